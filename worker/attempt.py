@@ -1,0 +1,125 @@
+"""One attempt at one record: claim, call Stripe, decide, record, log. No Celery here."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from worker.logging import get_logger
+from worker.models import Record, Status
+from worker.outcomes import Accepted, Outcome, Rejected
+from worker.retry import Decision, Policy, decide
+from worker.store import RecordStore
+
+log = get_logger("adjustments.attempt")
+
+Sender = Callable[[Record], Outcome]
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What the task must do next: nothing, or publish a retry after ``retry_in_s``."""
+
+    outcome: str  # claimed-and-decided reason, or why nothing was done
+    status: Status | None
+    retry_in_s: float | None = None
+
+
+def run_attempt(
+    record_id: str,
+    *,
+    store: RecordStore,
+    send: Sender,
+    policy: Policy,
+    lease_s: float,
+    clock: Clock = utcnow,
+    rng: random.Random | None = None,
+) -> AttemptResult:
+    """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line."""
+    now = clock()
+    claim = store.claim(record_id, now=now, lease_s=lease_s)
+    if claim.kind == "window_closed":
+        record = store.get(record_id)
+        store.expire_window(record, now=now)
+        _log_line(record, "window_closed", Status.EXPIRED, None, 0.0, attempt=record.attempts)
+        return AttemptResult("window_closed", Status.EXPIRED)
+    if claim.kind != "claimed" or claim.record is None:
+        # A duplicate or stale delivery: another worker holds it, it is done, or not yet due.
+        log.info(
+            "cancellation.skipped", request_id=record_id, reason=claim.kind, status=claim.status
+        )
+        return AttemptResult(claim.kind, None)
+
+    record = claim.record
+    started = time.perf_counter()
+    outcome = send(record)
+    duration_ms = (time.perf_counter() - started) * 1000
+    now = clock()
+    expires_at = (
+        record.event_received_at + timedelta(hours=24) if record.event_received_at else None
+    )
+    decision = decide(
+        outcome, attempt=record.attempts, now=now, expires_at=expires_at, policy=policy, rng=rng
+    )
+    retry_at = (
+        now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
+    )
+    written = store.finish(
+        record,
+        decision.status,
+        token=claim.token,
+        now=now,
+        accepted=outcome if isinstance(outcome, Accepted) else None,
+        error=decision.error,
+        retry_at=retry_at,
+        generation=record.generation + 1 if decision.bump_generation else None,
+        request_id=outcome.request_id,
+    )
+    if not written:
+        # Our lease lapsed and another worker took the record over: it owns the outcome now.
+        _log_line(record, "lease_lost", decision.status, outcome, duration_ms, decision=decision)
+        return AttemptResult("lease_lost", None)
+    _log_line(record, decision.reason, decision.status, outcome, duration_ms, decision=decision)
+    return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
+
+
+def _log_line(
+    record: Record,
+    outcome_name: str,
+    status: Status,
+    outcome: Outcome | None,
+    duration_ms: float,
+    *,
+    decision: Decision | None = None,
+    attempt: int | None = None,
+) -> None:
+    """The canonical line: one per attempt, fields not prose."""
+    fields: dict[str, object] = {
+        "request_id": record.id,
+        "api": record.api,
+        "event_name": record.event_name,
+        "attempt": record.attempts if attempt is None else attempt,
+        "generation": record.generation,
+        "outcome": outcome_name,
+        "status": status.value,
+        "http_status": outcome.http_status if outcome else None,
+        "stripe_request_id": outcome.request_id if outcome else None,
+        "duration_ms": round(duration_ms, 1),
+    }
+    if isinstance(outcome, Rejected):
+        fields["error_type"] = outcome.error_type
+        fields["error_code"] = outcome.code
+    if isinstance(outcome, Accepted):
+        fields["stripe_status"] = outcome.stripe_status
+    if decision is not None and decision.retry_in_s is not None:
+        fields["retry_in_s"] = round(decision.retry_in_s, 3)
+    level = "warning" if status is Status.FAILED else "info"
+    getattr(log, level)("cancellation.attempt", **fields)

@@ -1,0 +1,43 @@
+"""Every Redis key name and derived identifier, in one place.
+
+Identifiers and event names are user data: they are hashed, never pasted into a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from worker.models import CancelRequest, Status
+
+RECORD = "rec"
+DEDUPE = "dedupe"
+INDEX = "idx"
+
+
+def request_digest(req: CancelRequest) -> str:
+    """A stable digest of what is cancelled, where: the dedupe identity of a request."""
+    parts = (req.api, req.stripe_account or "", req.event_name, req.identifier)
+    # Unit separators keep ("a", "bc") and ("ab", "c") apart.
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def record(prefix: str, record_id: str) -> str:
+    return f"{prefix}:{RECORD}:{record_id}"
+
+
+def dedupe(prefix: str, digest: str) -> str:
+    return f"{prefix}:{DEDUPE}:{digest}"
+
+
+def index_prefix(prefix: str) -> str:
+    """Scripts append a status to this to name that status's index."""
+    return f"{prefix}:{INDEX}:"
+
+
+def index(prefix: str, status: Status) -> str:
+    return index_prefix(prefix) + status.value
+
+
+def idempotency_key(digest: str, generation: int) -> str:
+    """The Idempotency-Key for one generation of a request (<= 255 chars, deterministic)."""
+    return f"adjustments-{digest[:48]}-g{generation}"

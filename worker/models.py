@@ -1,0 +1,237 @@
+"""Requests, records and statuses, and the validation of what producers send."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+from worker.config import APIS, CANCEL_WINDOW_S, Api
+from worker.errors import InvalidInput
+
+MAX_FIELD_LEN = 100  # Stripe's limit for event_name and cancel.identifier
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{1,255}$")
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
+class Status(StrEnum):
+    """Where a cancellation stands (see DESIGN.md)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    PENDING = "pending"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True for statuses a record never leaves on its own."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.PENDING, Status.COMPLETE, Status.FAILED, Status.EXPIRED})
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > MAX_FIELD_LEN:
+        raise InvalidInput(f"{name} must be at most {MAX_FIELD_LEN} characters, got {len(value)}")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{name} must not contain control characters")
+    if value != value.strip():
+        raise InvalidInput(f"{name} must not start or end with white space")
+    return value
+
+
+def parse_received_at(value: object, *, now: datetime) -> datetime | None:
+    """Validate ``event_received_at``: aware datetime, epoch seconds or ISO 8601 with offset."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput("event_received_at must be a datetime or epoch seconds, not a bool")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise InvalidInput("event_received_at must be positive epoch seconds")
+        try:
+            when = datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"event_received_at is not an ISO 8601 time: {value!r}") from None
+    elif isinstance(value, datetime):
+        when = value
+    else:
+        raise InvalidInput(
+            f"event_received_at must be a datetime or epoch seconds, got {type(value).__name__}"
+        )
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidInput("event_received_at must be timezone-aware (e.g. 2026-11-21T10:00:00Z)")
+    when = when.astimezone(UTC)
+    if when > now + MAX_FUTURE_SKEW:
+        raise InvalidInput("event_received_at is in the future")
+    return when
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A validated cancellation: what to cancel and where."""
+
+    api: Api
+    event_name: str
+    identifier: str
+    stripe_account: str | None = None
+    event_received_at: datetime | None = None
+
+    @classmethod
+    def build(
+        cls,
+        event_name: object,
+        identifier: object,
+        *,
+        api: object,
+        stripe_account: object = None,
+        event_received_at: object = None,
+        now: datetime,
+    ) -> CancelRequest:
+        """Validate raw input; raise InvalidInput with a one-line reason."""
+        name = _check_text("event_name", event_name)
+        ident = _check_text("identifier", identifier)
+        if api not in APIS:
+            raise InvalidInput(f"api must be 'v1' or 'v2', got {api!r}")
+        account: str | None = None
+        if stripe_account is not None:
+            if not isinstance(stripe_account, str) or not _ACCOUNT.match(stripe_account):
+                raise InvalidInput(
+                    f"stripe_account must look like acct_..., got {stripe_account!r}"
+                )
+            account = stripe_account
+        received = parse_received_at(event_received_at, now=now)
+        return cls(cast(Api, api), name, ident, account, received)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When Stripe stops accepting this cancellation, if the event's receipt time is known."""
+        if self.event_received_at is None:
+            return None
+        return self.event_received_at + timedelta(seconds=CANCEL_WINDOW_S)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """The last error Stripe (or the network) gave for a record."""
+
+    type: str | None
+    code: str | None
+    message: str | None
+    http_status: int | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> ErrorInfo | None:
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return cls(data.get("type"), data.get("code"), data.get("message"), data.get("http_status"))
+
+
+def iso(when: datetime | None) -> str:
+    """UTC ISO 8601 with milliseconds and a Z, or '' for None (how the hash stores times)."""
+    if when is None:
+        return ""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_iso(raw: str) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
+
+
+def to_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One cancellation request as stored in Redis: the source of truth."""
+
+    id: str
+    api: Api
+    event_name: str
+    identifier: str
+    stripe_account: str | None
+    status: Status
+    attempts: int
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+    event_received_at: datetime | None
+    next_attempt_at: datetime | None
+    stripe_status: str | None
+    adjustment_id: str | None
+    adjustment_created: str | None
+    livemode: bool | None
+    stripe_request_id: str | None
+    last_error: ErrorInfo | None
+    idempotency_key: str
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Record:
+        livemode = data.get("livemode", "")
+        return cls(
+            id=data["id"],
+            api=cast(Api, data["api"]),
+            event_name=data["event_name"],
+            identifier=data["identifier"],
+            stripe_account=data.get("stripe_account") or None,
+            status=Status(data["status"]),
+            attempts=int(data.get("attempts") or 0),
+            generation=int(data.get("generation") or 0),
+            created_at=cast(datetime, parse_iso(data["created_at"])),
+            updated_at=cast(datetime, parse_iso(data["updated_at"])),
+            event_received_at=parse_iso(data.get("event_received_at", "")),
+            next_attempt_at=parse_iso(data.get("next_attempt_at", "")),
+            stripe_status=data.get("stripe_status") or None,
+            adjustment_id=data.get("adjustment_id") or None,
+            adjustment_created=data.get("adjustment_created") or None,
+            livemode=None if livemode == "" else livemode == "1",
+            stripe_request_id=data.get("stripe_request_id") or None,
+            last_error=ErrorInfo.from_json(data.get("last_error", "")),
+            idempotency_key=data.get("idempotency_key", ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (what ``--json`` prints)."""
+        return {
+            "id": self.id,
+            "api": self.api,
+            "event_name": self.event_name,
+            "identifier": self.identifier,
+            "stripe_account": self.stripe_account,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "generation": self.generation,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "event_received_at": iso(self.event_received_at) or None,
+            "next_attempt_at": iso(self.next_attempt_at) or None,
+            "stripe_status": self.stripe_status,
+            "adjustment_id": self.adjustment_id,
+            "adjustment_created": self.adjustment_created,
+            "livemode": self.livemode,
+            "stripe_request_id": self.stripe_request_id,
+            "last_error": asdict(self.last_error) if self.last_error else None,
+            "idempotency_key": self.idempotency_key,
+        }

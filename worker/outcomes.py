@@ -1,0 +1,39 @@
+"""What one Stripe call came to, in plain data (no stripe import, so decisions stay pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Stripe created the adjustment (or replayed the stored success)."""
+
+    stripe_status: str
+    http_status: int
+    request_id: str | None
+    adjustment_id: str | None = None  # v2 only
+    created: str | None = None  # v2 only, ISO 8601
+    livemode: bool | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The call failed: an error answer from Stripe, or no answer at all (http_status None)."""
+
+    http_status: int | None
+    error_type: str | None
+    code: str | None
+    message: str
+    request_id: str | None = None
+    should_retry: bool | None = None  # the Stripe-Should-Retry header, when present
+    retry_after_s: float | None = None
+    idempotent_replayed: bool = False
+
+    @property
+    def connection_error(self) -> bool:
+        return self.http_status is None
+
+
+Outcome = Accepted | Rejected

@@ -1,0 +1,319 @@
+"""What the sandbox answers to one adjustment request: Stripe's rules, faults and bookkeeping."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.sandbox.config import SCRIPTABLE, SandboxConfig
+from worker.sandbox.validation import Adjustment, Invalid, parse_v1, parse_v2
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer; ``drop`` closes the connection instead, ``delay_s`` answers late."""
+
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False
+
+
+def error_body(
+    api: str,
+    status: int,
+    message: str,
+    *,
+    code: str,
+    etype: str | None = None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    """Each API version's error shape (v1 has doc_url and param; v2 type/code/message)."""
+    if api == "v1":
+        err: dict[str, Any] = {
+            "type": etype or _v1_type(status),
+            "code": code,
+            "message": message,
+            "doc_url": f"https://stripe.com/docs/error-codes/{code}",
+        }
+        if param:
+            err["param"] = param
+        return {"error": err}
+    return {"error": {"type": etype or _v2_type(status, code), "code": code, "message": message}}
+
+
+def _v1_type(status: int) -> str:
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def _v2_type(status: int, code: str) -> str:
+    if code in ("rate_limit", "already_canceled"):
+        return code
+    return "api_error" if status >= 500 else "invalid_request"
+
+
+@dataclass
+class _Stored:
+    fingerprint: str
+    reply: Reply
+
+
+class StripeLogic:
+    """Thread-safe state of one sandbox: idempotency store, executions, scripts, rate limit."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._stored: dict[tuple[str, str, str], _Stored] = {}
+            self._inflight: set[tuple[str, str, str]] = set()
+            self._seen: Counter[tuple[str, str, str]] = Counter()
+            self.executions: Counter[str] = Counter()
+            self._cancelled: set[tuple[str, str, str]] = set()
+            self._scripts: dict[str, deque[str]] = {}
+            self.requests: dict[str, list[dict[str, Any]]] = {}
+            self._tokens = 0.0
+            self._refilled = time.monotonic()
+
+    def configure(self, changes: dict[str, Any]) -> SandboxConfig:
+        with self._lock:
+            self.config = self.config.update(changes)
+            return self.config
+
+    def script(self, identifier: str, outcomes: list[str]) -> None:
+        bad = [o for o in outcomes if o not in SCRIPTABLE]
+        if bad:
+            raise ValueError(f"unknown scripted outcomes {bad}; use {sorted(SCRIPTABLE)}")
+        with self._lock:
+            self._scripts.setdefault(identifier, deque()).extend(outcomes)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "executions": dict(self.executions),
+                "executed_total": sum(self.executions.values()),
+                "requests_total": sum(len(v) for v in self.requests.values()),
+                "config": self.config.to_dict(),
+            }
+
+    # --- one request --------------------------------------------------------------------------
+    def handle(
+        self, api: str, auth: str | None, account: str | None, key: str | None, body: bytes
+    ) -> Reply:
+        key = key or secrets.token_hex(12)  # the SDK always sends one; curl may not
+        if not auth or not auth.startswith("Bearer "):
+            return self._error(api, 401, "You did not provide an API key.", "api_key_required")
+        secret = auth[len("Bearer ") :]
+        if not secret.startswith(("sk_", "rk_")) or (api == "v2" and not secret.startswith("sk_")):
+            return self._error(
+                api,
+                401,
+                "Invalid API Key provided.",
+                "api_key_invalid",
+                etype="invalid_request_error" if api == "v1" else "invalid_request",
+            )
+        if account is not None and not account.startswith("acct_"):
+            return self._error(api, 400, "Invalid Stripe-Account header", "account_invalid")
+        try:
+            adj = parse_v1(body) if api == "v1" else parse_v2(body)
+        except Invalid as exc:
+            code = exc.code
+            return self._error(api, 400, str(exc), code, param=exc.param)
+        if not self._take_token():
+            return self._error(api, 429, "Too many requests hit the API too quickly.", "rate_limit")
+        scope = (secret, account or "", key)
+        fingerprint = f"{api}|{body!r}"
+        with self._lock:
+            stored = self._stored.get(scope)
+            if stored is None and scope in self._inflight:
+                return self._error(
+                    api,
+                    409,
+                    "There is currently another in-progress request using this Idempotency-Key.",
+                    "idempotency_key_in_use",
+                )
+            if stored is None:
+                self._inflight.add(scope)
+            self._seen[scope] += 1
+            attempt = self._seen[scope]
+        if stored is not None:
+            return self._replay(api, adj, key, stored, fingerprint)
+        try:
+            return self._execute(api, adj, secret, account, key, scope, fingerprint, attempt)
+        finally:
+            with self._lock:
+                self._inflight.discard(scope)
+
+    def _replay(
+        self, api: str, adj: Adjustment, key: str, stored: _Stored, fingerprint: str
+    ) -> Reply:
+        if stored.fingerprint != fingerprint:
+            return self._error(
+                api,
+                400,
+                "Keys for idempotent requests can only be used with the "
+                "same parameters they were first used with.",
+                "idempotency_error",
+                etype="idempotency_error",
+            )
+        self._log(adj.identifier, key, "replayed", stored.reply.status)
+        old = stored.reply
+        return Reply(
+            old.status,
+            old.body,
+            {**old.headers, "Idempotent-Replayed": "true", "Request-Id": _request_id()},
+        )
+
+    def _execute(
+        self,
+        api: str,
+        adj: Adjustment,
+        secret: str,
+        account: str | None,
+        key: str,
+        scope: tuple[str, str, str],
+        fingerprint: str,
+        attempt: int,
+    ) -> Reply:
+        cfg = self.config
+        if cfg.latency_ms:
+            time.sleep(cfg.latency_ms / 1000)
+        fault = self._fault(adj.identifier, key, attempt)
+        if fault in ("429", "429_retry", "429_no_retry"):
+            headers = {
+                "429_retry": {"Stripe-Should-Retry": "true"},
+                "429_no_retry": {"Stripe-Should-Retry": "false"},
+            }.get(fault, {})
+            self._log(adj.identifier, key, fault, 429)
+            return self._error(
+                api,
+                429,
+                "Too many requests hit the API too quickly.",
+                "rate_limit",
+                headers=headers,
+            )
+        if fault == "drop":
+            self._log(adj.identifier, key, "drop", None)
+            return Reply(drop=True)
+        if fault in ("500", "400", "404", "401"):
+            status = int(fault)
+            reply = self._error(
+                api,
+                status,
+                f"Sandbox fault {status}.",
+                {
+                    500: "api_error",
+                    400: "parameter_invalid",
+                    404: "resource_missing",
+                    401: "api_key_invalid",
+                }[status],
+            )
+        else:
+            reply = self._accept(api, adj, secret, account)
+        with self._lock:
+            if reply.status != 401:  # Stripe stores the response once the endpoint executes
+                self._stored[scope] = _Stored(fingerprint, reply)
+        self._log(adj.identifier, key, fault or "ok", reply.status)
+        if fault == "timeout":
+            return Reply(reply.status, reply.body, reply.headers, delay_s=cfg.slow_s)
+        return reply
+
+    def _accept(self, api: str, adj: Adjustment, secret: str, account: str | None) -> Reply:
+        target = (account or "", adj.event_name, adj.identifier)
+        with self._lock:
+            if api == "v2" and target in self._cancelled:
+                already = True
+            else:
+                already = False
+                self._cancelled.add(target)
+                self.executions[adj.identifier] += 1
+        if already:
+            return self._error(
+                api, 400, "This meter event was already canceled.", "already_canceled"
+            )
+        body: dict[str, Any] = {
+            "object": "billing.meter_event_adjustment",
+            "livemode": secret.startswith(("sk_live", "rk_live")),
+            "status": self.config.status,
+            "event_name": adj.event_name,
+            "type": "cancel",
+            "cancel": {"identifier": adj.identifier},
+        }
+        if api == "v2":
+            body = {
+                "id": "mtr_event_adj_" + secrets.token_hex(12),
+                "object": "v2.billing.meter_event_adjustment",
+                "created": datetime.now(UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                **{k: v for k, v in body.items() if k != "object"},
+            }
+        return Reply(200, body, {"Request-Id": _request_id()})
+
+    def _fault(self, identifier: str, key: str, attempt: int) -> str | None:
+        with self._lock:
+            queue = self._scripts.get(identifier)
+            if queue:
+                scripted = queue.popleft()
+                return None if scripted == "ok" else scripted
+        cfg = self.config
+        roll = random.Random(f"{cfg.seed}:{key}:{attempt}").random()
+        for name, rate in (
+            ("500", cfg.error_500),
+            ("429", cfg.error_429),
+            ("429_retry", cfg.error_429_retry),
+            ("timeout", cfg.slow),
+            ("drop", cfg.drop),
+        ):
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
+
+    def _take_token(self) -> bool:
+        rate = self.config.rps_limit
+        if rate <= 0:
+            return True
+        size = self.config.burst or max(1.0, rate / 5)
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(size, self._tokens + (now - self._refilled) * rate)
+            self._refilled = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+    def _log(self, identifier: str, key: str, outcome: str, status: int | None) -> None:
+        with self._lock:
+            self.requests.setdefault(identifier, []).append(
+                {"idempotency_key": key, "outcome": outcome, "http_status": status}
+            )
+
+    def _error(
+        self,
+        api: str,
+        status: int,
+        message: str,
+        code: str,
+        *,
+        etype: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        body = error_body(api, status, message, code=code, etype=etype, param=param)
+        return Reply(status, body, {"Request-Id": _request_id(), **(headers or {})})
+
+
+def _request_id() -> str:
+    return "req_" + secrets.token_hex(7)

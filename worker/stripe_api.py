@@ -1,0 +1,117 @@
+"""The only module that imports ``stripe``: one client per process, v1 or v2, outcomes as data."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import stripe
+
+from worker.config import Settings
+from worker.models import Record
+from worker.outcomes import Accepted, Outcome, Rejected
+from worker.redact import redact
+
+
+def build_client(settings: Settings) -> stripe.StripeClient:
+    """A StripeClient with the SDK's retries off (the queue retries) and our timeout."""
+    if not settings.stripe_api_key:
+        raise stripe.AuthenticationError("STRIPE_API_KEY is not set")
+    stripe.enable_telemetry = False
+    base: dict[str, str] = {}
+    if settings.stripe_api_base:
+        base = {"api": settings.stripe_api_base.rstrip("/")}
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses=base,  # type: ignore[arg-type]
+        stripe_version=settings.stripe_api_version,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_s),
+    )
+
+
+_lock = threading.Lock()
+_clients: dict[Settings, stripe.StripeClient] = {}
+
+
+def shared_client(settings: Settings) -> stripe.StripeClient:
+    """The process's client for these settings, created on first use and then reused."""
+    with _lock:
+        client = _clients.get(settings)
+        if client is None:
+            client = _clients[settings] = build_client(settings)
+        return client
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if str(key).lower() == name:
+            return str(value)
+    return None
+
+
+def _retry_after_s(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: rare from Stripe; the backoff applies
+
+
+def to_rejected(exc: stripe.StripeError) -> Rejected:
+    """Map an SDK exception to plain data, keeping the headers that decide retries."""
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    assert isinstance(err, dict)
+    should = _header(exc.headers, "stripe-should-retry")
+    return Rejected(
+        http_status=exc.http_status,
+        error_type=err.get("type") or (None if exc.http_status else "api_connection_error"),
+        code=exc.code or err.get("code"),
+        message=redact(" ".join(str(err.get("message") or exc.user_message or exc).split())[:500]),
+        request_id=exc.request_id,
+        should_retry=None if should is None else should.lower() == "true",
+        retry_after_s=_retry_after_s(_header(exc.headers, "retry-after")),
+        idempotent_replayed=_header(exc.headers, "idempotent-replayed") == "true",
+    )
+
+
+def cancel(client: stripe.StripeClient, record: Record) -> Outcome:
+    """Send one cancellation for ``record`` with its current idempotency key."""
+    params: dict[str, Any] = {
+        "event_name": record.event_name,
+        "type": "cancel",
+        "cancel": {"identifier": record.identifier},
+    }
+    options: dict[str, Any] = {"idempotency_key": record.idempotency_key}
+    if record.stripe_account:
+        options["stripe_account"] = record.stripe_account
+    try:
+        if record.api == "v1":
+            obj: Any = client.v1.billing.meter_event_adjustments.create(
+                params=params,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
+            )
+        else:
+            obj = client.v2.billing.meter_event_adjustments.create(
+                params,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
+            )
+    except stripe.StripeError as exc:
+        return to_rejected(exc)
+    response = obj.last_response
+    headers = response.headers if response is not None else {}
+    data: dict[str, Any] = obj.to_dict()
+    livemode = data.get("livemode")
+    return Accepted(
+        stripe_status=str(data.get("status") or "unknown"),
+        http_status=response.code if response is not None else 200,
+        request_id=response.request_id if response is not None else None,
+        adjustment_id=data.get("id"),
+        created=None if data.get("created") is None else str(data.get("created")),
+        livemode=None if livemode is None else bool(livemode),
+        replayed=_header(headers, "idempotent-replayed") == "true",
+    )
