@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from worker.errors import ConfigError
 
@@ -83,7 +83,7 @@ class Settings:
             stripe_api_key=_get(env, "STRIPE_API_KEY"),
             stripe_api_base=_get(env, "STRIPE_API_BASE"),
             stripe_api_version=_get(env, "STRIPE_API_VERSION"),
-            default_api=cast(Api, api),
+            default_api=api,
             max_attempts=_int(env, "ADJUSTMENTS_MAX_ATTEMPTS", 10, minimum=1),
             backoff_base_s=_float(env, "ADJUSTMENTS_BACKOFF_BASE_S", 2.0, minimum=0.0),
             backoff_cap_s=_float(env, "ADJUSTMENTS_BACKOFF_CAP_S", 300.0, minimum=0.0),

@@ -67,6 +67,9 @@ def configure(
     root.setLevel(level.upper())
     # The SDK logs request lines at INFO when asked to; keep it to warnings by default.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+    # Celery's "received"/"succeeded" lines would triple ours: cancellation.attempt is the line.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(name: str = "adjustments") -> Any:

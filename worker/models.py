@@ -118,7 +118,7 @@ class CancelRequest:
                 )
             account = stripe_account
         received = parse_received_at(event_received_at, now=now)
-        return cls(cast(Api, api), name, ident, account, received)
+        return cls(api, name, ident, account, received)
 
     @property
     def expires_at(self) -> datetime | None:

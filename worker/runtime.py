@@ -1,0 +1,56 @@
+"""What one worker process shares between its threads: settings, the store, the Stripe client."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import partial
+
+import redis
+
+from worker import stripe_api
+from worker.attempt import Sender
+from worker.config import Settings
+from worker.retry import Policy
+from worker.store import RecordStore
+
+
+def redis_client(url: str, *, max_connections: int | None = None) -> redis.Redis:
+    """A pooled client with short timeouts, so a Redis outage is an error, not a hang."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        max_connections=max_connections,
+    )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: RecordStore
+    send: Sender
+    policy: Policy
+
+    @classmethod
+    def build(cls, settings: Settings, redis_url: str) -> Runtime:
+        client = redis_client(redis_url, max_connections=settings.worker_concurrency + 8)
+        store = RecordStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s)
+        stripe_client = stripe_api.shared_client(settings)
+        policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
+        return cls(settings, store, partial(stripe_api.cancel, stripe_client), policy)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime(redis_url: str) -> Runtime:
+    """The process's runtime, built once on first use (never at import time)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime.build(Settings.from_env(), redis_url)
+        return _runtime

@@ -1,0 +1,38 @@
+"""Thin Celery tasks over ``worker.attempt``: carry out the decision, schedule the retry."""
+
+from __future__ import annotations
+
+import redis
+from celery import Task
+
+from worker.attempt import run_attempt
+from worker.celery_app import TASK_NAME, app
+from worker.logging import get_logger
+from worker.runtime import get_runtime
+
+log = get_logger("adjustments.tasks")
+REDIS_RETRY_S = 5
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def process_cancellation(self: Task, record_id: str) -> str:  # type: ignore[type-arg]
+    """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep."""
+    runtime = get_runtime(str(app.conf.broker_url))
+    try:
+        result = run_attempt(
+            record_id,
+            store=runtime.store,
+            send=runtime.send,
+            policy=runtime.policy,
+            lease_s=runtime.settings.lease_s,
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Redis blinked: try again later. The lease and the idempotency key make that safe.
+        log.warning("cancellation.redis_unavailable", request_id=record_id, error=str(exc))
+        raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
+    if result.retry_in_s is not None:
+        try:
+            self.apply_async((record_id,), countdown=result.retry_in_s)
+        except Exception as exc:  # the record says retrying; reconciliation re-publishes it
+            log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
+    return result.outcome
