@@ -72,7 +72,7 @@ def to_rejected(exc: stripe.StripeError) -> Rejected:
         error_type=err.get("type") or (None if exc.http_status else "api_connection_error"),
         code=exc.code or err.get("code"),
         message=redact(" ".join(str(err.get("message") or exc.user_message or exc).split())[:500]),
-        request_id=exc.request_id,
+        request_id=exc.request_id or _header(exc.headers, "request-id"),
         should_retry=None if should is None else should.lower() == "true",
         retry_after_s=_retry_after_s(_header(exc.headers, "retry-after")),
         idempotent_replayed=_header(exc.headers, "idempotent-replayed") == "true",

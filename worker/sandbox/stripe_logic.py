@@ -82,7 +82,7 @@ class StripeLogic:
             self._cancelled: set[tuple[str, str, str]] = set()
             self._scripts: dict[str, deque[str]] = {}
             self.requests: dict[str, list[dict[str, Any]]] = {}
-            self._tokens = 0.0
+            self._tokens = float("inf")  # a full bucket (clamped to its size on first use)
             self._refilled = time.monotonic()
 
     def configure(self, changes: dict[str, Any]) -> SandboxConfig:
