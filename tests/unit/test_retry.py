@@ -16,8 +16,8 @@ POLICY = Policy(max_attempts=10, backoff_base_s=2.0, backoff_cap_s=300.0)
 
 
 def rejected(status: int | None, **kw: object) -> Rejected:
-    return Rejected(http_status=status, error_type=kw.pop("error_type", None), code=kw.pop("code", None),
-                    message="boom", **kw)  # type: ignore[arg-type]  # fmt: skip
+    error_type, code = kw.pop("error_type", None), kw.pop("code", None)
+    return Rejected(status, error_type, code, "boom", **kw)  # type: ignore[arg-type]
 
 
 def run(outcome: Accepted | Rejected, *, attempt: int = 1, expires_at: datetime | None = None):  # type: ignore[no-untyped-def]
