@@ -207,10 +207,14 @@ class StripeLogic:
             return Reply(drop=True)
         if fault in ("500", "400", "404", "401"):
             status = int(fault)
+            # The 401 quotes the key unmasked (Stripe masks it): a harsher test of our redaction.
+            message = (
+                f"Invalid API Key provided: {secret}" if status == 401 else f"Sandbox {status}."
+            )
             reply = self._error(
                 api,
                 status,
-                f"Sandbox fault {status}.",
+                message,
                 {
                     500: "api_error",
                     400: "parameter_invalid",
@@ -223,7 +227,7 @@ class StripeLogic:
         with self._lock:
             if reply.status != 401:  # Stripe stores the response once the endpoint executes
                 self._stored[scope] = _Stored(fingerprint, reply)
-        self._log(adj.identifier, key, fault or "ok", reply.status)
+        self._log(adj.identifier, key, fault or "ok", reply.status, account)
         if fault == "timeout":
             return Reply(reply.status, reply.body, reply.headers, delay_s=cfg.slow_s)
         return reply
@@ -294,11 +298,22 @@ class StripeLogic:
                 return True
             return False
 
-    def _log(self, identifier: str, key: str, outcome: str, status: int | None) -> None:
+    def _log(
+        self,
+        identifier: str,
+        key: str,
+        outcome: str,
+        status: int | None,
+        account: str | None = None,
+    ) -> None:
+        row = {
+            "idempotency_key": key,
+            "outcome": outcome,
+            "http_status": status,
+            "account": account,
+        }
         with self._lock:
-            self.requests.setdefault(identifier, []).append(
-                {"idempotency_key": key, "outcome": outcome, "http_status": status}
-            )
+            self.requests.setdefault(identifier, []).append(row)
 
     def _error(
         self,

@@ -1,0 +1,137 @@
+"""Real parts: a redis-server process, the sandbox over HTTP, a Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from worker.config import Settings
+from worker.embedded import EmbeddedRedis
+from worker.models import Record
+from worker.producer import Producer
+from worker.sandbox import SandboxConfig, SandboxServer
+
+SECRET = "sk_test_integrationSECRET4242"
+CLIENT_TIMEOUT_S = 1.0
+SANDBOX_DEFAULTS = SandboxConfig(slow_s=CLIENT_TIMEOUT_S + 0.6)
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(predicate: Callable[[], object], *, timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(SANDBOX_DEFAULTS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADJUSTMENTS_", "STRIPE_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        STRIPE_API_KEY=SECRET,
+        STRIPE_API_BASE=sandbox.url,
+        ADJUSTMENTS_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+        ADJUSTMENTS_STRIPE_TIMEOUT_S=str(CLIENT_TIMEOUT_S),
+        ADJUSTMENTS_LEASE_S="5",
+        ADJUSTMENTS_BACKOFF_BASE_S="0.02",
+        ADJUSTMENTS_BACKOFF_CAP_S="0.2",
+        ADJUSTMENTS_MAX_ATTEMPTS="6",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """``adjustments worker`` as a real process, JSON logs to a file."""
+    log_path = tmp_path_factory.mktemp("logs") / "worker.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "8"],
+            env=worker_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    handle = WorkerProcess(proc, log_path)
+    try:
+        wait_until(lambda: " ready." in handle.log_text() or proc.poll() is not None,
+                   what="the worker to be ready")  # fmt: skip
+        assert proc.poll() is None, handle.log_text()
+        yield handle
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clean(redis_client: redis.Redis, sandbox: SandboxServer) -> None:
+    """Our keys only: flushing would also drop kombu's queue bindings under the live worker."""
+    for key in redis_client.scan_iter("adj:*"):
+        redis_client.delete(key)
+    sandbox.logic.reset()
+    sandbox.logic.config = SANDBOX_DEFAULTS
+
+
+@pytest.fixture
+def producer(worker: WorkerProcess, clean: None, worker_env: dict[str, str]) -> Iterator[Producer]:
+    settings = Settings.from_env(worker_env)
+    with Producer(worker_env["REDIS_URL"], settings=settings) as p:
+        yield p
+
+
+@pytest.fixture
+def settle(producer: Producer) -> Callable[[str], Record]:
+    """Wait for a record to reach a terminal status and return it."""
+
+    def wait(record_id: str, timeout_s: float = 30.0) -> Record:
+        wait_until(lambda: producer.get(record_id).status.terminal, timeout_s=timeout_s,
+                   what=f"{record_id} to settle")  # fmt: skip
+        return producer.get(record_id)
+
+    return wait

@@ -1,0 +1,106 @@
+"""The ``adjustments`` command as a user runs it: a real process, real Redis, the worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from .conftest import WorkerProcess, wait_until
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("clean")
+class TestCliAgainstWorker:
+    def test_cancel_then_status_reaches_stripe(
+        self, worker: WorkerProcess, worker_env: dict[str, str]
+    ) -> None:
+        """`cancel --json` prints one record; `status --json` then shows Stripe's answer."""
+        out = run(["cancel", "ai_search_api", "idmp_1", "--api", "v1", "--json"], worker_env)
+        assert out.returncode == 0, out.stderr
+        record = json.loads(out.stdout)
+        assert record["status"] == "queued" and record["api"] == "v1"
+
+        def settled() -> bool:
+            status = run(["status", record["id"], "--json"], worker_env)
+            return json.loads(status.stdout)["status"] in ("complete", "pending")
+
+        wait_until(settled, what="the CLI status to settle")
+        listed = run(["list", "--status", "pending", "--json"], worker_env)
+        assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
+        stats = json.loads(run(["stats", "--json"], worker_env).stdout)
+        assert stats["records"]["pending"] == 1 and stats["queue_depth"] >= 0
+
+    def test_unknown_request_id(self, worker_env: dict[str, str]) -> None:
+        out = run(["status", "adj_doesnotexist"], worker_env)
+        assert (
+            out.returncode == 1
+            and out.stderr.strip() == "adjustments: error: no such request: adj_doesnotexist"
+        )
+
+
+@pytest.mark.usefixtures("clean")
+class TestCliBadInput:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["cancel", "", "idmp_1"],
+            ["cancel", "ev", "x" * 101],
+            ["cancel", "ev", "id", "--api", "v3"],
+            ["cancel", "ev", "id", "--account", "cus_1"],
+            ["cancel", "ev", "id", "--received-at", "yesterday"],
+            ["cancel", "ev", "id", "--received-at", "2026-01-01T00:00:00"],
+            ["cancel", "ev"],
+            ["cancel", "ev", "id", "--bogus"],
+            ["list", "--status", "lost"],
+            ["list", "--limit", "0"],
+            ["nonsense"],
+        ],
+    )
+    def test_one_line_exit_2_nothing_written(
+        self, args: list[str], worker_env: dict[str, str], redis_client: redis.Redis
+    ) -> None:
+        out = run(args, worker_env)
+        assert out.returncode == 2, out
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("adjustments: error: "), out.stderr
+        assert out.stdout == ""
+        assert list(redis_client.scan_iter("adj:*")) == []
+
+    def test_bad_setting_is_exit_2(self, worker_env: dict[str, str]) -> None:
+        out = run(["stats"], {**worker_env, "ADJUSTMENTS_MAX_ATTEMPTS": "many"})
+        assert out.returncode == 2 and "ADJUSTMENTS_MAX_ATTEMPTS" in out.stderr
+
+
+class TestEmbeddedRedis:
+    def test_records_persist_across_embedded_restarts(
+        self, tmp_path: Path, worker_env: dict[str, str]
+    ) -> None:
+        """With REDIS_URL unset each command starts the bundled server, uses it and stops it;
+        the append-only file keeps the record for the next command."""
+        env = {k: v for k, v in worker_env.items() if k != "REDIS_URL"}
+        env["ADJUSTMENTS_DATA_DIR"] = str(tmp_path)
+        out = run(["cancel", "ev", "embedded_1", "--json"], env)
+        assert out.returncode == 0, out.stderr
+        record_id = json.loads(out.stdout)["id"]
+        assert not (tmp_path / "redis.json").exists()  # stopped what it started
+        assert (tmp_path / "appendonly.aof").exists() or list(tmp_path.glob("appendonly*"))
+        status = run(["status", record_id, "--json"], env)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["identifier"] == "embedded_1"
