@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SRC    := worker tests $(wildcard benchmarks/*.py)
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -18,13 +19,13 @@ demo: $(STAMP)
 	$(BIN)/adjustments demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests benchmarks
-	$(BIN)/ruff format --check worker tests benchmarks
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format worker tests benchmarks
-	$(BIN)/ruff check --fix worker tests benchmarks
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
 
 test: lint
 	$(BIN)/pytest -q
