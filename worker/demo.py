@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import click
 
 from worker.config import Settings
-from worker.embedded import EmbeddedRedis
+from worker.embedded import EmbeddedRedis, stop_process
 from worker.models import TERMINAL, Status
 from worker.producer import Producer
 from worker.sandbox import SandboxConfig, SandboxServer
@@ -83,11 +82,7 @@ def run_demo(*, count: int, seed: int, deadline_s: float = 300.0) -> int:
             return _drive(url, sandbox, count=count, deadline_s=deadline_s)
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_process(worker, timeout_s=15)
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 

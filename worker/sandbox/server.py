@@ -14,6 +14,11 @@ from worker.sandbox.stripe_logic import Reply, StripeLogic
 PATHS = {"/v1/billing/meter_event_adjustments": "v1", "/v2/billing/meter_event_adjustments": "v2"}
 
 
+def _not_found(path: str) -> Reply:
+    message = f"Unrecognized request URL ({path})"
+    return Reply(404, {"error": {"type": "invalid_request_error", "message": message}})
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's session expects
     server: _HTTPServer
@@ -75,17 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
                 logic.reset()
                 self._send(Reply(200, {"ok": True}))
             else:
-                self._send(
-                    Reply(
-                        404,
-                        {
-                            "error": {
-                                "type": "invalid_request_error",
-                                "message": f"Unrecognized request URL ({path})",
-                            }
-                        },
-                    )
-                )
+                self._send(_not_found(path))
         except (ValueError, KeyError, TypeError) as exc:
             self._send(
                 Reply(400, {"error": {"type": "invalid_request_error", "message": str(exc)}})
@@ -102,17 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rows = list(logic.requests.get(ident, []))
             self._send(Reply(200, {"identifier": ident, "requests": rows}))
         else:
-            self._send(
-                Reply(
-                    404,
-                    {
-                        "error": {
-                            "type": "invalid_request_error",
-                            "message": f"Unrecognized request URL ({url.path})",
-                        }
-                    },
-                )
-            )
+            self._send(_not_found(url.path))
 
 
 class _HTTPServer(ThreadingHTTPServer):
