@@ -63,11 +63,13 @@ def run_attempt(
     outcome = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
     now = clock()
-    expires_at = (
-        record.event_received_at + timedelta(hours=24) if record.event_received_at else None
-    )
     decision = decide(
-        outcome, attempt=record.attempts, now=now, expires_at=expires_at, policy=policy, rng=rng
+        outcome,
+        attempt=record.attempts,
+        now=now,
+        expires_at=record.expires_at,
+        policy=policy,
+        rng=rng,
     )
     retry_at = (
         now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
@@ -82,6 +84,8 @@ def run_attempt(
         retry_at=retry_at,
         generation=record.generation + 1 if decision.bump_generation else None,
         request_id=outcome.request_id,
+        reason=decision.reason,
+        http_status=outcome.http_status,
     )
     if not written:
         # Our lease lapsed and another worker took the record over: it owns the outcome now.

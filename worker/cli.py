@@ -113,7 +113,7 @@ def cancel(
 def status(request_id: str, as_json: bool) -> None:
     """Show one request's record."""
     with _producer(_settings()) as producer:
-        record = producer.get(request_id)
+        record = producer.get(request_id, with_history=True)
     _emit(record.to_dict(), as_json)
 
 

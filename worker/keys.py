@@ -12,6 +12,9 @@ from worker.models import CancelRequest, Status
 RECORD = "rec"
 DEDUPE = "dedupe"
 INDEX = "idx"
+HISTORY = "hist"
+DEADLINE = "deadline"
+LOCK = "lock"
 
 
 def request_digest(req: CancelRequest) -> str:
@@ -27,6 +30,20 @@ def record(prefix: str, record_id: str) -> str:
 
 def dedupe(prefix: str, digest: str) -> str:
     return f"{prefix}:{DEDUPE}:{digest}"
+
+
+def history(prefix: str, record_id: str) -> str:
+    """A capped list of a record's attempts (JSON entries, oldest first)."""
+    return f"{prefix}:{HISTORY}:{record_id}"
+
+
+def deadline(prefix: str) -> str:
+    """Live records with a known 24 h window, scored by when it closes (ms)."""
+    return f"{prefix}:{DEADLINE}"
+
+
+def lock(prefix: str, name: str) -> str:
+    return f"{prefix}:{LOCK}:{name}"
 
 
 def index_prefix(prefix: str) -> str:

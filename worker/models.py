@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -186,9 +187,18 @@ class Record:
     stripe_request_id: str | None
     last_error: ErrorInfo | None
     idempotency_key: str
+    replays: int = 0
+    history: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the 24 h cancellation window closes, if the event's receipt time is known."""
+        if self.event_received_at is None:
+            return None
+        return self.event_received_at + timedelta(seconds=CANCEL_WINDOW_S)
 
     @classmethod
-    def from_hash(cls, data: dict[str, str]) -> Record:
+    def from_hash(cls, data: dict[str, str], history: Sequence[str] = ()) -> Record:
         livemode = data.get("livemode", "")
         return cls(
             id=data["id"],
@@ -210,6 +220,8 @@ class Record:
             stripe_request_id=data.get("stripe_request_id") or None,
             last_error=ErrorInfo.from_json(data.get("last_error", "")),
             idempotency_key=data.get("idempotency_key", ""),
+            replays=int(data.get("replays") or 0),
+            history=tuple(json.loads(entry) for entry in history),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,4 +246,6 @@ class Record:
             "stripe_request_id": self.stripe_request_id,
             "last_error": asdict(self.last_error) if self.last_error else None,
             "idempotency_key": self.idempotency_key,
+            "replays": self.replays,
+            "history": list(self.history),
         }

@@ -86,12 +86,12 @@ class Producer:
             return False
         return True
 
-    def get(self, record_id: str) -> Record:
+    def get(self, record_id: str, *, with_history: bool = False) -> Record:
         """The record for ``record_id``; RecordNotFound if unknown or past retention."""
-        return self.store.get(record_id)
+        return self.store.get(record_id, with_history=with_history)
 
     def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
-        return self.store.list(status, limit=limit)
+        return self.store.latest(status, limit=limit)
 
     def stats(self) -> dict[str, object]:
         """Records per status and the queue's depth (messages waiting, not yet taken)."""

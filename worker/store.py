@@ -1,11 +1,15 @@
 """The Redis record store: create with dedupe, leased claims, atomic transitions, indexes.
 
-Every write is one Lua script, so a record and its status indexes never disagree and an
-illegal move (a late duplicate overwriting ``complete``) is refused inside Redis.
+Every write is one Lua script, so a record, its status indexes, its history and the deadline
+index never disagree, and an illegal move (a late duplicate overwriting ``complete``) is
+refused inside Redis. Index scores say when a record next needs attention: creation time for
+``queued``, lease end for ``processing``, ``next_attempt_at`` for ``retrying``, and the last
+update for terminal statuses.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,6 +27,8 @@ from worker.outcomes import Accepted
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
 EARLY_RETRY_TOLERANCE_MS = 1000
+HISTORY_CAP = 20
+LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
 
 
 def _load(name: str) -> str:
@@ -38,6 +44,13 @@ def _pairs(fields: Mapping[str, str | int]) -> list[str]:
 
 def _hash(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def request_of(record: Record) -> CancelRequest:
+    return CancelRequest(
+        record.api, record.event_name, record.identifier, record.stripe_account,
+        record.event_received_at,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,14 +73,18 @@ class RecordStore:
         self._create = client.register_script(_load("create.lua"))
         self._claim = client.register_script(_load("claim.lua"))
         self._transition = client.register_script(_load("transition.lua"))
+        self._unlock = client.register_script(_load("unlock.lua"))
 
     # --- keys -----------------------------------------------------------------------------
     def record_key(self, record_id: str) -> str:
         return keys.record(self.prefix, record_id)
 
     def dedupe_key(self, record: Record | CancelRequest) -> str:
-        req = record if isinstance(record, CancelRequest) else _request_of(record)
+        req = record if isinstance(record, CancelRequest) else request_of(record)
         return keys.dedupe(self.prefix, keys.request_digest(req))
+
+    def index_key(self, status: Status) -> str:
+        return keys.index(self.prefix, status)
 
     # --- create and read -------------------------------------------------------------------
     def new_fields(self, req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
@@ -83,14 +100,29 @@ class RecordStore:
             "status": Status.QUEUED.value,
             "attempts": 0,
             "generation": 0,
+            "replays": 0,
             "created_at": iso(now),
             "updated_at": iso(now),
             "event_received_at": iso(req.event_received_at),
             "expires_at_ms": to_ms(expires) if expires else "",
             "next_attempt_at": "",
             "idempotency_key": keys.idempotency_key(digest, 0),
-            "digest": digest,
         }
+
+    def create_args(
+        self, req: CancelRequest, now: datetime
+    ) -> tuple[list[str], list[str], dict[str, str | int]]:
+        """KEYS and ARGV of create.lua for ``req`` (also used by pipelined bulk writes)."""
+        record_id = "adj_" + uuid.uuid4().hex
+        fields = self.new_fields(req, record_id, now)
+        script_keys = [
+            self.record_key(record_id),
+            self.dedupe_key(req),
+            self.index_key(Status.QUEUED),
+            keys.deadline(self.prefix),
+        ]
+        args = [record_id, str(to_ms(now)), str(fields["expires_at_ms"]), *_pairs(fields)]
+        return script_keys, args, fields
 
     def create(self, req: CancelRequest, *, now: datetime) -> tuple[Record, bool]:
         """Write a queued record, or find the existing one for the same request.
@@ -98,19 +130,8 @@ class RecordStore:
         Returns ``(record, created)``; ``created`` is False for a duplicate.
         """
         for _ in range(2):
-            record_id = "adj_" + uuid.uuid4().hex
-            fields = self.new_fields(req, record_id, now)
-            created, found_id = cast(
-                list[Any],
-                self._create(
-                    keys=[
-                        self.record_key(record_id),
-                        self.dedupe_key(req),
-                        keys.index(self.prefix, Status.QUEUED),
-                    ],
-                    args=[record_id, to_ms(now), *_pairs(fields)],
-                ),
-            )
+            script_keys, args, fields = self.create_args(req, now)
+            created, found_id = cast(list[Any], self._create(keys=script_keys, args=args))
             if int(created):
                 return Record.from_hash({k: str(v) for k, v in fields.items()}), True
             existing = self.find(str(found_id))
@@ -120,35 +141,73 @@ class RecordStore:
             self.client.delete(self.dedupe_key(req))
         raise RuntimeError("could not create or find the record")  # pragma: no cover
 
-    def find(self, record_id: str) -> Record | None:
-        data = cast(dict[str, str], self.client.hgetall(self.record_key(record_id)))
-        return Record.from_hash(data) if data else None
+    def create_many(
+        self, requests: Sequence[CancelRequest], *, now: datetime
+    ) -> list[tuple[str, bool]]:
+        """Pipelined ``create``: one round trip for the lot; ``(record id, created)`` each."""
+        pipe = self.client.pipeline(transaction=False)
+        for req in requests:
+            script_keys, args, _ = self.create_args(req, now)
+            self._create(keys=script_keys, args=args, client=pipe)
+        return [(str(found), bool(int(created))) for created, found in pipe.execute()]
 
-    def get(self, record_id: str) -> Record:
-        record = self.find(record_id)
+    def find(self, record_id: str, *, with_history: bool = False) -> Record | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.record_key(record_id))
+        if with_history:
+            pipe.lrange(keys.history(self.prefix, record_id), 0, -1)
+        data, *history = pipe.execute()
+        return Record.from_hash(data, history[0] if history else ()) if data else None
+
+    def get(self, record_id: str, *, with_history: bool = False) -> Record:
+        record = self.find(record_id, with_history=with_history)
         if record is None:
             raise RecordNotFound(record_id)
         return record
 
-    def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
+    def get_many(self, record_ids: Sequence[str]) -> list[Record]:
+        """Records for ``record_ids`` in one round trip, skipping any that are gone."""
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in record_ids:
+            pipe.hgetall(self.record_key(record_id))
+        return [Record.from_hash(h) for h in cast(list[dict[str, str]], pipe.execute()) if h]
+
+    def ids_by_score(
+        self, status: Status, *, low_ms: float | str = "-inf", high_ms: float | str = "+inf",
+        limit: int = 1000, newest_first: bool = False,
+    ) -> list[str]:  # fmt: skip
+        """Ids in one status index with scores in [low, high] (see the module docstring)."""
+        key = self.index_key(status)
+        if newest_first:
+            return cast(list[str], self.client.zrevrangebyscore(key, high_ms, low_ms, 0, limit))
+        return cast(list[str], self.client.zrangebyscore(key, low_ms, high_ms, 0, limit))
+
+    def latest(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
         """The newest records first, of one status or of all."""
         statuses = [status] if status else list(Status)
         pipe = self.client.pipeline(transaction=False)
         for s in statuses:
-            pipe.zrevrange(keys.index(self.prefix, s), 0, limit - 1)
+            pipe.zrevrange(self.index_key(s), 0, limit - 1)
         ids = [i for group in cast(list[list[str]], pipe.execute()) for i in group]
-        pipe = self.client.pipeline(transaction=False)
-        for record_id in ids:
-            pipe.hgetall(self.record_key(record_id))
-        records = [Record.from_hash(h) for h in cast(list[dict[str, str]], pipe.execute()) if h]
+        records = self.get_many(ids)
         records.sort(key=lambda r: r.updated_at, reverse=True)
         return records[:limit]
 
     def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         for s in Status:
-            pipe.zcard(keys.index(self.prefix, s))
+            pipe.zcard(self.index_key(s))
         return dict(zip([s.value for s in Status], cast(list[int], pipe.execute()), strict=True))
+
+    def deadline_due(self, now: datetime, *, limit: int = 1000) -> list[str]:
+        """Live records whose 24 h window has closed."""
+        key = keys.deadline(self.prefix)
+        return cast(list[str], self.client.zrangebyscore(key, "-inf", to_ms(now), 0, limit))
+
+    def touch(self, status: Status, record_ids: Sequence[str], score_ms: int) -> None:
+        """Re-score index entries that still exist (so a repair is not repeated at once)."""
+        if record_ids:
+            self.client.zadd(self.index_key(status), dict.fromkeys(record_ids, score_ms), xx=True)
 
     # --- the attempt cycle ------------------------------------------------------------------
     def claim(self, record_id: str, *, now: datetime, lease_s: float) -> Claim:
@@ -184,22 +243,35 @@ class RecordStore:
         fields: Mapping[str, str | int] | None = None,
         token: str = "",
         score_ms: int | None = None,
+        history: Mapping[str, Any] | None = None,
+        unless_leased: bool = False,
     ) -> bool:
-        """Move ``record`` to ``to`` if it is in ``allowed_from`` (and the lease is ours)."""
-        terminal = to in TERMINAL
+        """Move ``record`` to ``to`` if it is in ``allowed_from`` (and the lease is ours).
+
+        ``unless_leased`` refuses a ``processing`` record whose lease still runs.
+        """
         now_ms = to_ms(now)
+        entry = json.dumps({"at": iso(now), **history}, separators=(",", ":")) if history else ""
         reply = cast(
             list[Any],
             self._transition(
-                keys=[self.record_key(record.id), self.dedupe_key(record)],
+                keys=[
+                    self.record_key(record.id),
+                    self.dedupe_key(record),
+                    keys.history(self.prefix, record.id),
+                    keys.deadline(self.prefix),
+                ],
                 args=[
                     keys.index_prefix(self.prefix),
                     ",".join(s.value for s in allowed_from),
                     to.value,
                     now_ms if score_ms is None else score_ms,
                     token,
-                    self.retention_s if terminal else 0,
+                    self.retention_s if to in TERMINAL else 0,
                     now_ms - self.retention_s * 1000,
+                    now_ms if unless_leased else "",
+                    entry,
+                    HISTORY_CAP,
                     *_pairs({"updated_at": iso(now), **(fields or {})}),
                 ],
             ),
@@ -213,11 +285,13 @@ class RecordStore:
         *,
         token: str,
         now: datetime,
+        reason: str = "",
         accepted: Accepted | None = None,
         error: ErrorInfo | None = None,
         retry_at: datetime | None = None,
         generation: int | None = None,
         request_id: str | None = None,
+        http_status: int | None = None,
     ) -> bool:
         """End the attempt that holds ``token``: record Stripe's answer and the new status."""
         fields: dict[str, str | int] = {
@@ -236,36 +310,54 @@ class RecordStore:
         if request_id:
             fields["stripe_request_id"] = request_id
         if generation is not None and generation != record.generation:
-            digest = keys.request_digest(_request_of(record))
-            fields.update(
-                generation=generation, idempotency_key=keys.idempotency_key(digest, generation)
-            )
+            fields.update(generation=generation, idempotency_key=self._key_for(record, generation))
+        entry = {
+            "attempt": record.attempts, "outcome": reason or to.value, "status": to.value,
+            "http_status": http_status, "error_code": error.code if error else None,
+            "generation": record.generation,
+        }  # fmt: skip
         return self.transition(
-            record,
-            to,
-            now=now,
-            allowed_from={Status.PROCESSING},
-            fields=fields,
-            token=token,
-            score_ms=to_ms(retry_at) if retry_at else None,
-        )
+            record, to, now=now, allowed_from={Status.PROCESSING}, fields=fields, token=token,
+            score_ms=to_ms(retry_at) if retry_at else None, history=entry,
+        )  # fmt: skip
 
     def expire_window(self, record: Record, *, now: datetime) -> bool:
-        """Mark a record whose 24 h window closed before Stripe accepted it."""
+        """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
         return self.transition(
-            record,
-            Status.EXPIRED,
-            now=now,
-            allowed_from={Status.QUEUED, Status.RETRYING, Status.PROCESSING},
+            record, Status.EXPIRED, now=now, allowed_from=LIVE, unless_leased=True,
             fields={"next_attempt_at": "", "next_attempt_ms": ""},
+            history={"attempt": record.attempts, "outcome": "window_closed", "status": "expired",
+                     "generation": record.generation},
+        )  # fmt: skip
+
+    def requeue_for_replay(self, record: Record, *, now: datetime, force: bool = False) -> bool:
+        """``failed`` (or, forced, ``expired``) back to ``queued`` with the next key generation
+        and a fresh attempt budget. Refused for any other status, so a second replay is a no-op."""
+        generation = record.generation + 1
+        fields: dict[str, str | int] = {
+            "generation": generation, "idempotency_key": self._key_for(record, generation),
+            "attempts": 0, "replays": record.replays + 1, "next_attempt_at": "",
+            "next_attempt_ms": "",
+        }  # fmt: skip
+        if force:
+            fields["expires_at_ms"] = ""  # Stripe decides now; we no longer expire it ourselves
+        allowed = {Status.FAILED, Status.EXPIRED} if force else {Status.FAILED}
+        return self.transition(
+            record, Status.QUEUED, now=now, allowed_from=allowed, fields=fields,
+            history={"outcome": "replayed", "status": "queued", "generation": generation},
+        )  # fmt: skip
+
+    def _key_for(self, record: Record, generation: int) -> str:
+        return keys.idempotency_key(keys.request_digest(request_of(record)), generation)
+
+    # --- locks ------------------------------------------------------------------------------
+    def try_lock(self, name: str, *, ttl_s: float) -> str | None:
+        """A Redis lock (SET NX PX); the token to release it, or None if another holds it."""
+        token = secrets.token_hex(8)
+        acquired = self.client.set(
+            keys.lock(self.prefix, name), token, nx=True, px=int(ttl_s * 1000)
         )
+        return token if acquired else None
 
-
-def _request_of(record: Record) -> CancelRequest:
-    return CancelRequest(
-        record.api,
-        record.event_name,
-        record.identifier,
-        record.stripe_account,
-        record.event_received_at,
-    )
+    def unlock(self, name: str, token: str) -> None:
+        self._unlock(keys=[keys.lock(self.prefix, name)], args=[token])

@@ -152,6 +152,6 @@ class TestListing:
         ids = [
             store.create(CancelRequest("v2", "ev", f"i{n}"), now=later(n))[0].id for n in range(3)
         ]
-        listed = store.list(Status.QUEUED, limit=2)
+        listed = store.latest(Status.QUEUED, limit=2)
         assert [r.id for r in listed] == [ids[2], ids[1]]
-        assert [r.id for r in store.list(limit=10)] == ids[::-1]
+        assert [r.id for r in store.latest(limit=10)] == ids[::-1]
