@@ -14,6 +14,7 @@ from celery import Celery, signals
 from worker.config import Settings
 
 TASK_NAME = "adjustments.process_cancellation"
+RECONCILE_TASK = "adjustments.reconcile"
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
@@ -45,6 +46,15 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "imports": ["worker.tasks"],
+        "beat_schedule": {
+            "reconcile": {
+                "task": RECONCILE_TASK,
+                "schedule": settings.reconcile_interval_s,
+                # A run nobody picked up before the next one is due is dropped, not piled up.
+                "options": {"expires": settings.reconcile_interval_s},
+            }
+        },
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
 
 

@@ -5,57 +5,23 @@ Bad input prints one line on stderr and exits 2, before anything is written.
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
 import click
 import redis
 
-from worker.config import APIS, Settings
+from worker.cli_common import emit, producer_for, record_line, settings
+from worker.cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
+from worker.config import APIS
 from worker.embedded import redis_url
 from worker.errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
-from worker.models import CancelRequest, Record, Status
+from worker.models import CancelRequest, Status
 from worker.redact import redact
-
-
-def _settings() -> Settings:
-    return Settings.from_env()
-
-
-@contextmanager
-def _producer(settings: Settings) -> Iterator[Any]:
-    from worker.producer import Producer
-
-    with (
-        redis_url(settings.redis_url, settings.data_dir) as url,
-        Producer(url, settings=settings) as producer,
-    ):
-        yield producer
-
-
-def _emit(data: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(data, default=str))
-        return
-    if isinstance(data, dict):
-        width = max((len(k) for k in data), default=0)
-        for key, value in data.items():
-            shown = json.dumps(value) if isinstance(value, dict | list) else value
-            click.echo(f"{key:<{width}}  {'' if shown is None else shown}")
-    else:
-        click.echo(str(data))
-
-
-def _record_line(record: Record) -> str:
-    return (
-        f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
-        f"{record.event_name}/{record.identifier}"
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,18 +50,18 @@ def cancel(
     as_json: bool,
 ) -> None:
     """Enqueue the cancellation of one meter event and print its record."""
-    settings = _settings()
+    cfg = settings()
     now = datetime.now().astimezone()
     # Validate before touching Redis, so bad input writes nothing (and starts nothing).
     CancelRequest.build(
         event_name,
         identifier,
-        api=api or settings.default_api,
+        api=api or cfg.default_api,
         stripe_account=stripe_account,
         event_received_at=received_at,
         now=now,
     )
-    with _producer(settings) as producer:
+    with producer_for(cfg) as producer:
         record = producer.cancel(
             event_name,
             identifier,
@@ -104,7 +70,7 @@ def cancel(
             event_received_at=received_at,
             now=now,
         )
-    _emit(record.to_dict() if as_json else _record_line(record), as_json)
+    emit(record.to_dict() if as_json else record_line(record), as_json)
 
 
 @cli.command()
@@ -112,9 +78,9 @@ def cancel(
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
 def status(request_id: str, as_json: bool) -> None:
     """Show one request's record."""
-    with _producer(_settings()) as producer:
+    with producer_for(settings()) as producer:
         record = producer.get(request_id, with_history=True)
-    _emit(record.to_dict(), as_json)
+    emit(record.to_dict(), as_json)
 
 
 @cli.command(name="list")
@@ -123,23 +89,23 @@ def status(request_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
 def list_(status_: str | None, limit: int, as_json: bool) -> None:
     """List records, newest first."""
-    with _producer(_settings()) as producer:
+    with producer_for(settings()) as producer:
         records = producer.list(Status(status_) if status_ else None, limit=limit)
     if as_json:
-        _emit([r.to_dict() for r in records], True)
+        emit([r.to_dict() for r in records], True)
     else:
         for record in records:
-            click.echo(_record_line(record))
+            click.echo(record_line(record))
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(as_json: bool) -> None:
     """Records per status and the queue's depth."""
-    with _producer(_settings()) as producer:
+    with producer_for(settings()) as producer:
         data = producer.stats()
     if as_json:
-        _emit(data, True)
+        emit(data, True)
         return
     records = data["records"]
     assert isinstance(records, dict)
@@ -153,16 +119,16 @@ def stats(as_json: bool) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1)."""
-    settings = _settings()
-    with redis_url(settings.redis_url, settings.data_dir):
+    cfg = settings()
+    with redis_url(cfg.redis_url, cfg.data_dir):
         from worker.celery_app import app
 
         argv = [
             "worker",
             "--pool=threads",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--concurrency={concurrency or cfg.worker_concurrency}",
             f"--loglevel={loglevel}",
-            f"--queues={settings.queue}",
+            f"--queues={cfg.queue}",
             f"--hostname=adjustments-{socket.gethostname()}@%h",
             "--without-gossip",
             "--without-mingle",
@@ -206,6 +172,10 @@ def demo(count: int, seed: int) -> None:
     from worker.demo import run_demo
 
     sys.exit(run_demo(count=count, seed=seed))
+
+
+for command in (replay_cmd, reconcile_cmd, beat_cmd, import_cmd):
+    cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -69,6 +69,8 @@ class Settings:
     queue: str = "adjustments"
     key_prefix: str = "adj"
     worker_concurrency: int = 32
+    reconcile_interval_s: float = 60.0
+    reconcile_grace_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +97,8 @@ class Settings:
             queue=_get(env, "ADJUSTMENTS_QUEUE") or "adjustments",
             key_prefix=_get(env, "ADJUSTMENTS_KEY_PREFIX") or "adj",
             worker_concurrency=_int(env, "ADJUSTMENTS_WORKER_CONCURRENCY", 32, minimum=1),
+            reconcile_interval_s=_float(env, "ADJUSTMENTS_RECONCILE_INTERVAL_S", 60.0, minimum=1.0),
+            reconcile_grace_s=_float(env, "ADJUSTMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.0),
         )
         if settings.lease_s <= settings.stripe_timeout_s:
             raise ConfigError(

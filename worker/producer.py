@@ -8,19 +8,36 @@ record.id  # keep it to ask for the status later
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from worker.celery_app import TASK_NAME, create_app
 from worker.config import Settings
 from worker.embedded import EmbeddedRedis
+from worker.errors import InvalidInput
 from worker.logging import get_logger
 from worker.models import CancelRequest, Record, Status
+from worker.replay import ReplayFilter, ReplayReport, replay
 from worker.runtime import redis_client
 from worker.store import RecordStore
 
 log = get_logger("adjustments.producer")
+BULK_CHUNK = 1000
+
+
+@dataclass
+class BulkResult:
+    """What ``cancel_many`` did, position by position of its input."""
+
+    ids: list[str | None] = field(default_factory=list)  # None where the item was invalid
+    created: int = 0
+    duplicates: int = 0
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+    publish_failures: int = 0
 
 
 class Producer:
@@ -75,6 +92,88 @@ class Producer:
         if created:
             self.publish(record.id)
         return record
+
+    def cancel_many(
+        self, items: Iterable[Mapping[str, Any]], *, now: datetime | None = None
+    ) -> BulkResult:
+        """Enqueue many cancellations: Redis writes pipelined, messages sent on one connection.
+
+        Each item has the keyword arguments of ``cancel()`` (``event_name``, ``identifier``,
+        optional ``api``, ``stripe_account``, ``event_received_at``). Invalid items are reported
+        in ``invalid`` with their position and skipped; every valid one is enqueued once.
+        """
+        now = now or datetime.now().astimezone()
+        result = BulkResult()
+        chunk: list[CancelRequest] = []
+        slots: list[int] = []
+        for position, item in enumerate(items):
+            result.ids.append(None)
+            try:
+                chunk.append(self._request(item, now))
+            except InvalidInput as exc:
+                result.invalid.append((position, str(exc)))
+                continue
+            slots.append(position)
+            if len(chunk) >= BULK_CHUNK:
+                self._write_chunk(chunk, slots, result, now)
+                chunk, slots = [], []
+        if chunk:
+            self._write_chunk(chunk, slots, result, now)
+        return result
+
+    def _request(self, item: Mapping[str, Any], now: datetime) -> CancelRequest:
+        if not isinstance(item, Mapping):
+            raise InvalidInput(
+                f"expected a mapping of cancel() arguments, got {type(item).__name__}"
+            )
+        return CancelRequest.build(
+            item.get("event_name"),
+            item.get("identifier"),
+            api=item.get("api") or self.settings.default_api,
+            stripe_account=item.get("stripe_account"),
+            event_received_at=item.get("event_received_at"),
+            now=now,
+        )
+
+    def _write_chunk(
+        self, chunk: list[CancelRequest], slots: list[int], result: BulkResult, now: datetime
+    ) -> None:
+        written = self.store.create_many(chunk, now=now)
+        fresh: list[str] = []
+        for position, (record_id, created) in zip(slots, written, strict=True):
+            result.ids[position] = record_id
+            if created:
+                fresh.append(record_id)
+        result.created += len(fresh)
+        result.duplicates += len(written) - len(fresh)
+        result.publish_failures += len(fresh) - self.publish_many(fresh)
+
+    def publish_many(self, record_ids: list[str]) -> int:
+        """Send one message per id on one broker connection; returns how many were sent."""
+        if not record_ids:
+            return 0
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for record_id in record_ids:
+                    self.app.send_task(
+                        TASK_NAME, args=(record_id,), queue=self.settings.queue, producer=producer
+                    )
+                    sent += 1
+        except Exception as exc:  # the records are queued in Redis: reconciliation sends them
+            log.warning("cancellation.publish_failed", count=len(record_ids) - sent, error=str(exc))
+        return sent
+
+    def replay(
+        self, flt: ReplayFilter | None = None, *, force: bool = False, dry_run: bool = False,
+        now: datetime | None = None, **filters: Any,
+    ) -> ReplayReport:  # fmt: skip
+        """Replay failed (or, with ``force``, expired) records: next key generation, fresh
+        attempt budget, published again. Filters: ``ids``, ``status``, ``event_name``,
+        ``error_code``, ``since``, ``until``, ``limit`` (see ``ReplayFilter``)."""
+        flt = flt or ReplayFilter(**filters)
+        return replay(self.store, self.publish, flt, now=now or datetime.now().astimezone(),
+                      force=force, dry_run=dry_run)  # fmt: skip
 
     def publish(self, record_id: str) -> bool:
         """Send the task message. A failure is logged, not raised: the record is already safe

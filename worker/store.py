@@ -174,13 +174,15 @@ class RecordStore:
 
     def ids_by_score(
         self, status: Status, *, low_ms: float | str = "-inf", high_ms: float | str = "+inf",
-        limit: int = 1000, newest_first: bool = False,
+        offset: int = 0, limit: int = 1000, newest_first: bool = False,
     ) -> list[str]:  # fmt: skip
         """Ids in one status index with scores in [low, high] (see the module docstring)."""
         key = self.index_key(status)
         if newest_first:
-            return cast(list[str], self.client.zrevrangebyscore(key, high_ms, low_ms, 0, limit))
-        return cast(list[str], self.client.zrangebyscore(key, low_ms, high_ms, 0, limit))
+            ids = self.client.zrevrangebyscore(key, high_ms, low_ms, offset, limit)
+        else:
+            ids = self.client.zrangebyscore(key, low_ms, high_ms, offset, limit)
+        return cast(list[str], ids)
 
     def latest(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
         """The newest records first, of one status or of all."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import redis
 from celery import Task
 
-from worker.attempt import run_attempt
-from worker.celery_app import TASK_NAME, app
+from worker.attempt import run_attempt, utcnow
+from worker.celery_app import RECONCILE_TASK, TASK_NAME, app
 from worker.logging import get_logger
+from worker.reconcile import reconcile
 from worker.runtime import get_runtime
 
 log = get_logger("adjustments.tasks")
@@ -36,3 +37,26 @@ def process_cancellation(self: Task, record_id: str) -> str:  # type: ignore[typ
         except Exception as exc:  # the record says retrying; reconciliation re-publishes it
             log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
     return result.outcome
+
+
+def publish(record_id: str) -> bool:
+    """Publish one attempt message; False (logged) if the broker refused it."""
+    try:
+        process_cancellation.apply_async((record_id,))
+    except Exception as exc:
+        log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
+        return False
+    return True
+
+
+@app.task(name=RECONCILE_TASK, ignore_result=True)
+def reconcile_task() -> dict[str, object]:
+    """The scheduled repair run (``adjustments beat`` sends it every interval)."""
+    runtime = get_runtime(str(app.conf.broker_url))
+    report = reconcile(
+        store=runtime.store,
+        publish=publish,
+        now=utcnow(),
+        grace_s=runtime.settings.reconcile_grace_s,
+    )
+    return report.to_dict()

@@ -1,0 +1,69 @@
+"""Reading cancellations from JSON Lines or CSV, each row with its line number."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+FIELDS = ("event_name", "identifier", "api", "stripe_account", "event_received_at")
+REQUIRED = ("event_name", "identifier")
+
+Row = dict[str, Any]
+
+
+def detect_format(name: str, explicit: str | None) -> str:
+    """``jsonl`` or ``csv``: from --format, else from the file's extension (stdin: jsonl)."""
+    if explicit:
+        return explicit
+    lower = name.lower()
+    if lower.endswith(".csv"):
+        return "csv"
+    return "jsonl"
+
+
+def _normalise(raw: dict[str, Any]) -> Row | str:
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        return f"unknown field(s): {', '.join(unknown)}"
+    row = {k: v for k, v in raw.items() if v not in (None, "")}
+    missing = [f for f in REQUIRED if f not in row]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    received = row.get("event_received_at")
+    if isinstance(received, str):
+        with contextlib.suppress(ValueError):  # else an ISO time, validated with the rest
+            row["event_received_at"] = float(received)  # epoch seconds in a CSV cell
+    return row
+
+
+def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
+    """Yield ``(line number, row)`` or ``(line number, reason)`` for a bad line."""
+    if fmt == "csv":
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None:
+            return
+        header_unknown = sorted(set(reader.fieldnames) - set(FIELDS))
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                yield line, "more cells than header columns"
+            elif header_unknown:
+                yield line, f"unknown field(s): {', '.join(header_unknown)}"
+            else:
+                yield line, _normalise(dict(raw))
+        return
+    for line, text in enumerate(stream, start=1):
+        if not text.strip():
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield line, f"invalid JSON: {exc.msg}"
+            continue
+        if not isinstance(data, dict):
+            yield line, "not a JSON object"
+            continue
+        yield line, _normalise(data)

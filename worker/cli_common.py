@@ -1,0 +1,71 @@
+"""Helpers shared by the CLI's command modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from worker.config import Settings
+from worker.embedded import redis_url
+from worker.errors import InvalidInput
+from worker.models import Record
+
+if TYPE_CHECKING:
+    from worker.producer import Producer
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@contextmanager
+def producer_for(cfg: Settings) -> Iterator[Producer]:
+    """A producer on REDIS_URL, or on the embedded Redis for the duration of the command."""
+    from worker.producer import Producer
+
+    with redis_url(cfg.redis_url, cfg.data_dir) as url, Producer(url, settings=cfg) as producer:
+        yield producer
+
+
+def emit(data: Any, as_json: bool) -> None:
+    """One JSON document, or aligned ``key  value`` lines for people."""
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+        return
+    if isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for key, value in data.items():
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            click.echo(f"{key:<{width}}  {'' if shown is None else shown}")
+    else:
+        click.echo(str(data))
+
+
+def record_line(record: Record) -> str:
+    return (
+        f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
+        f"{record.event_name}/{record.identifier}"
+    )
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time with an offset (a naive time is ambiguous across hosts)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
+    if when.tzinfo is None:
+        raise InvalidInput(f"{name} must include a UTC offset, e.g. {value}Z")
+    return when
+
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty()

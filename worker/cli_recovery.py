@@ -1,0 +1,167 @@
+"""CLI commands for recovery and bulk work: replay, reconcile, beat, import."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import click
+
+from worker.bulk import Row, detect_format, read_rows
+from worker.cli_common import emit, on_terminal, parse_time, producer_for, record_line, settings
+from worker.embedded import redis_url
+from worker.errors import InvalidInput
+from worker.models import Status
+from worker.replay import EXPIRED_WARNING, ReplayFilter, replay
+
+IMPORT_CHUNK = 1000
+
+
+@click.command(name="replay")
+@click.option("--id", "ids", multiple=True, help="A request id to replay (repeatable).")
+@click.option("--status", "status_", type=click.Choice(["failed", "expired"]), default="failed",
+              show_default=True)  # fmt: skip
+@click.option("--event-name", help="Only records of this event name.")
+@click.option("--error-code", help="Only records whose last error has this code.")
+@click.option("--since", help="Reached its status at or after this ISO time.")
+@click.option("--until", help="Reached its status at or before this ISO time.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option("--force", is_flag=True, help="Allow expired records (Stripe will likely refuse).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
+def replay_cmd(
+    ids: tuple[str, ...], status_: str, event_name: str | None, error_code: str | None,
+    since: str | None, until: str | None, limit: int, dry_run: bool, force: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Put failed cancellations back on the queue with the next idempotency-key generation."""
+    cfg = settings()
+    flt = ReplayFilter(
+        ids=ids, status=Status(status_), event_name=event_name, error_code=error_code,
+        since=parse_time("--since", since), until=parse_time("--until", until), limit=limit,
+    )  # fmt: skip
+    if flt.status is Status.EXPIRED and not force and not ids:
+        raise InvalidInput(EXPIRED_WARNING.replace("with force", "with --force"))
+    if force and not as_json:
+        click.echo("warning: --force: " + EXPIRED_WARNING.split(": ", 1)[1], err=True)
+    with producer_for(cfg) as producer:
+        now = datetime.now(UTC)
+        if dry_run:
+            report = replay(
+                producer.store, producer.publish, flt, now=now, force=force, dry_run=True
+            )
+        else:
+            total = len(ids) or limit
+            bar = (
+                click.progressbar(length=total, label="replaying", file=sys.stderr)
+                if on_terminal()
+                else nullcontext()
+            )
+            with bar as progress:
+                step = progress.update if progress is not None else None
+                report = replay(producer.store, producer.publish, flt, now=now, force=force,
+                                progress=step)  # fmt: skip
+    if as_json:
+        emit(report.to_dict(), True)
+        return
+    if dry_run:
+        for record in report.selected:
+            click.echo(record_line(record))
+    for record_id, reason in report.skipped:
+        click.echo(f"skipped {record_id}: {reason}", err=True)
+    verb = "would replay" if dry_run else "replayed"
+    count = len(report.selected) if dry_run else len(report.replayed)
+    click.echo(f"{verb} {count}, skipped {len(report.skipped)}")
+
+
+@click.command(name="reconcile")
+@click.option("--grace-s", type=click.FloatRange(0), help="Override ADJUSTMENTS_RECONCILE_GRACE_S.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
+def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
+    """Run one reconciliation now (beat runs it on a schedule)."""
+    from worker.reconcile import reconcile
+
+    cfg = settings()
+    with producer_for(cfg) as producer:
+        grace = cfg.reconcile_grace_s if grace_s is None else grace_s
+        now = datetime.now(UTC)
+        report = reconcile(store=producer.store, publish=producer.publish, now=now, grace_s=grace)
+    emit(report.to_dict(), as_json)
+
+
+@click.command(name="beat")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def beat_cmd(loglevel: str) -> None:
+    """Run Celery beat: sends the reconciliation task every ADJUSTMENTS_RECONCILE_INTERVAL_S."""
+    cfg = settings()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    with redis_url(cfg.redis_url, cfg.data_dir):
+        from worker.celery_app import app
+
+        app.start(["beat", f"--loglevel={loglevel}"])
+
+
+def _chunks(
+    rows: Iterator[tuple[int, Row | str]], bad: list[tuple[int, str]]
+) -> Iterator[list[tuple[int, Row]]]:
+    chunk: list[tuple[int, Row]] = []
+    for line, row in rows:
+        if isinstance(row, str):
+            bad.append((line, row))
+            click.echo(f"line {line}: {row}", err=True)
+            continue
+        chunk.append((line, row))
+        if len(chunk) >= IMPORT_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@click.command(name="import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Default: by extension.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
+    """Enqueue cancellations from JSON Lines or CSV (FILE, or - for stdin).
+
+    Bad lines are reported with their line number and skipped; every good line is enqueued.
+    Exit code 0 when every line was good, 1 when any was bad.
+    """
+    cfg = settings()
+    fmt = detect_format(file.name, fmt)
+    bad: list[tuple[int, str]] = []
+    totals: dict[str, Any] = {"created": 0, "duplicates": 0, "publish_failures": 0}
+    with producer_for(cfg) as producer:
+        bar = (
+            click.progressbar(length=0, label="importing", file=sys.stderr)
+            if on_terminal()
+            else nullcontext()
+        )
+        with bar as progress:
+            for chunk in _chunks(read_rows(file, fmt), bad):
+                result = producer.cancel_many([row for _, row in chunk])
+                for position, reason in result.invalid:
+                    line = chunk[position][0]
+                    bad.append((line, reason))
+                    click.echo(f"line {line}: {reason}", err=True)
+                for name in totals:
+                    totals[name] += getattr(result, name)
+                if progress is not None:
+                    progress.update(len(chunk))
+    bad.sort()
+    summary = {
+        **totals,
+        "enqueued": totals["created"] + totals["duplicates"],
+        "bad_lines": len(bad),
+        "bad": [{"line": n, "reason": r} for n, r in bad],
+    }
+    if as_json:
+        emit(summary, True)
+    else:
+        click.echo(f"enqueued {summary['enqueued']} ({totals['created']} new, "
+                   f"{totals['duplicates']} already known), {len(bad)} bad lines")  # fmt: skip
+    if bad:
+        sys.exit(1)

@@ -1,0 +1,97 @@
+"""The scheduled repair job: re-drive stuck records from their state, never from the broker.
+
+- ``queued`` for longer than the grace period: the message may be lost → publish again;
+- ``processing`` with a lapsed lease: the worker died mid-call → publish again;
+- ``retrying`` past ``next_attempt_at`` by more than the grace period → publish again;
+- any live record whose 24 h window has closed → ``expired``.
+
+Publishing again is safe: a claim refuses a record that is leased, done or not yet due, and
+the idempotency key makes a repeated Stripe call replay the first answer.
+Only one run at a time, across every process and host: a Redis lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from worker.logging import get_logger
+from worker.models import Status, to_ms
+from worker.store import RecordStore
+
+log = get_logger("adjustments.reconcile")
+LOCK_NAME = "reconcile"
+BATCH = 1000
+
+Publish = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one run repaired (``ran`` False: another run held the lock)."""
+
+    ran: bool
+    republished_queued: int = 0
+    republished_processing: int = 0
+    republished_retrying: int = 0
+    expired: int = 0
+    publish_failures: int = 0
+    duration_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def reconcile(
+    *,
+    store: RecordStore,
+    publish: Publish,
+    now: datetime,
+    grace_s: float,
+    lock_ttl_s: float = 300.0,
+    batch: int = BATCH,
+) -> ReconcileReport:
+    """One reconciliation run; emits one ``reconcile.run`` line with the counts."""
+    started = time.perf_counter()
+    token = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
+    if token is None:
+        log.info("reconcile.run", ran=False, reason="another run holds the lock")
+        return ReconcileReport(ran=False)
+    try:
+        expired = _expire_closed_windows(store, now, batch)
+        grace_ms = int(grace_s * 1000)
+        now_ms = to_ms(now)
+        counts: dict[Status, int] = {}
+        failures = 0
+        for status, stuck_before in (
+            (Status.QUEUED, now_ms - grace_ms),  # score: created (or last republished)
+            (Status.PROCESSING, now_ms),  # score: lease end
+            (Status.RETRYING, now_ms - grace_ms),  # score: next_attempt_at
+        ):
+            ids = store.ids_by_score(status, high_ms=stuck_before, limit=batch)
+            sent = [record_id for record_id in ids if publish(record_id)]
+            failures += len(ids) - len(sent)
+            # Look again only after another grace period, not on the very next run.
+            store.touch(status, sent, now_ms + grace_ms if status is Status.PROCESSING else now_ms)
+            counts[status] = len(sent)
+    finally:
+        store.unlock(LOCK_NAME, token)
+    report = ReconcileReport(
+        ran=True,
+        republished_queued=counts[Status.QUEUED],
+        republished_processing=counts[Status.PROCESSING],
+        republished_retrying=counts[Status.RETRYING],
+        expired=expired,
+        publish_failures=failures,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    log.info("reconcile.run", **report.to_dict())
+    return report
+
+
+def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
+    """Expire live records past their window; one a worker holds a live lease on is left to it."""
+    records = store.get_many(store.deadline_due(now, limit=batch))
+    return sum(store.expire_window(record, now=now) for record in records)
