@@ -144,9 +144,11 @@ def worker(concurrency: int | None, loglevel: str) -> None:
 @click.option("--error-500", type=click.FloatRange(0, 1), default=0.0, help="Rate of 500s.")
 @click.option("--error-429", type=click.FloatRange(0, 1), default=0.0, help="Rate of plain 429s.")
 @click.option(
-    "--error-429-retry", type=click.FloatRange(0, 1), default=0.0,
+    "--error-429-retry",
+    type=click.FloatRange(0, 1),
+    default=0.0,
     help="Rate of 429s with Stripe-Should-Retry: true.",
-)  # fmt: skip
+)
 @click.option("--slow", type=click.FloatRange(0, 1), default=0.0, help="Rate of late answers.")
 @click.option("--slow-s", type=float, default=3.0, show_default=True)
 @click.option(

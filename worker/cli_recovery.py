@@ -22,8 +22,13 @@ IMPORT_CHUNK = 1000
 
 @click.command(name="replay")
 @click.option("--id", "ids", multiple=True, help="A request id to replay (repeatable).")
-@click.option("--status", "status_", type=click.Choice(["failed", "expired"]), default="failed",
-              show_default=True)  # fmt: skip
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["failed", "expired"]),
+    default="failed",
+    show_default=True,
+)
 @click.option("--event-name", help="Only records of this event name.")
 @click.option("--error-code", help="Only records whose last error has this code.")
 @click.option("--since", help="Reached its status at or after this ISO time.")
@@ -33,15 +38,28 @@ IMPORT_CHUNK = 1000
 @click.option("--force", is_flag=True, help="Allow expired records (Stripe will likely refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
 def replay_cmd(
-    ids: tuple[str, ...], status_: str, event_name: str | None, error_code: str | None,
-    since: str | None, until: str | None, limit: int, dry_run: bool, force: bool, as_json: bool,
-) -> None:  # fmt: skip
+    ids: tuple[str, ...],
+    status_: str,
+    event_name: str | None,
+    error_code: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Put failed cancellations back on the queue with the next idempotency-key generation."""
     cfg = settings()
     flt = ReplayFilter(
-        ids=ids, status=Status(status_), event_name=event_name, error_code=error_code,
-        since=parse_time("--since", since), until=parse_time("--until", until), limit=limit,
-    )  # fmt: skip
+        ids=ids,
+        status=Status(status_),
+        event_name=event_name,
+        error_code=error_code,
+        since=parse_time("--since", since),
+        until=parse_time("--until", until),
+        limit=limit,
+    )
     if flt.status is Status.EXPIRED and not force and not ids:
         raise InvalidInput(EXPIRED_WARNING.replace("with force", "with --force"))
     if force and not as_json:
@@ -61,8 +79,9 @@ def replay_cmd(
             )
             with bar as progress:
                 step = progress.update if progress is not None else None
-                report = replay(producer.store, producer.publish, flt, now=now, force=force,
-                                progress=step)  # fmt: skip
+                report = replay(
+                    producer.store, producer.publish, flt, now=now, force=force, progress=step
+                )
     if as_json:
         emit(report.to_dict(), True)
         return
@@ -161,7 +180,9 @@ def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
     if as_json:
         emit(summary, True)
     else:
-        click.echo(f"enqueued {summary['enqueued']} ({totals['created']} new, "
-                   f"{totals['duplicates']} already known), {len(bad)} bad lines")  # fmt: skip
+        click.echo(
+            f"enqueued {summary['enqueued']} ({totals['created']} new, "
+            f"{totals['duplicates']} already known), {len(bad)} bad lines"
+        )
     if bad:
         sys.exit(1)

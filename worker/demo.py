@@ -63,9 +63,15 @@ def run_demo(*, count: int, seed: int, deadline_s: float = 300.0) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     redis_server = EmbeddedRedis(work)
     faults = SandboxConfig(
-        latency_ms=20, error_500=0.04, error_429=0.04, error_429_retry=0.03,
-        slow=0.01, slow_s=TIMEOUT_S + 0.5, drop=0.02, seed=seed,
-    )  # fmt: skip
+        latency_ms=20,
+        error_500=0.04,
+        error_429=0.04,
+        error_429_retry=0.03,
+        slow=0.01,
+        slow_s=TIMEOUT_S + 0.5,
+        drop=0.02,
+        seed=seed,
+    )
     worker: subprocess.Popen[bytes] | None = None
     try:
         url = redis_server.start()
@@ -151,8 +157,10 @@ def _report(records: list, plan: dict[str, Status], sandbox: SandboxServer) -> i
             click.echo(
                 f"MISMATCH {r.id} {r.identifier}: {r.status.value}, expected {plan[r.id].value}"
             )
-        click.echo(f"FAILED: {len(wrong)} wrong status, {len(twice)} executed twice, "
-                   f"{len(missing)} not executed")  # fmt: skip
+        click.echo(
+            f"FAILED: {len(wrong)} wrong status, {len(twice)} executed twice, "
+            f"{len(missing)} not executed"
+        )
         return 1
     click.echo(f"OK: all {len(records)} requests reached the status the sandbox's faults call for")
     return 0

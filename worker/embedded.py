@@ -90,19 +90,27 @@ class EmbeddedRedis:
             self.process = subprocess.Popen(
                 [
                     redis_binary(),
-                    "--bind", "127.0.0.1",
-                    "--port", str(port),
-                    "--dir", str(self.data_dir),
-                    "--appendonly", "yes",
-                    "--appendfsync", "everysec",
-                    "--save", "",
-                    "--maxmemory-policy", "noeviction",
-                    "--logfile", "redis.log",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--dir",
+                    str(self.data_dir),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--logfile",
+                    "redis.log",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C to us is not a Ctrl-C to Redis: we stop it
-            )  # fmt: skip
+            )
             url = f"redis://127.0.0.1:{port}/0"
             deadline = time.monotonic() + timeout_s
             while not _alive(url):

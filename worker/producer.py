@@ -165,15 +165,26 @@ class Producer:
         return sent
 
     def replay(
-        self, flt: ReplayFilter | None = None, *, force: bool = False, dry_run: bool = False,
-        now: datetime | None = None, **filters: Any,
-    ) -> ReplayReport:  # fmt: skip
+        self,
+        flt: ReplayFilter | None = None,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        **filters: Any,
+    ) -> ReplayReport:
         """Replay failed (or, with ``force``, expired) records: next key generation, fresh
         attempt budget, published again. Filters: ``ids``, ``status``, ``event_name``,
         ``error_code``, ``since``, ``until``, ``limit`` (see ``ReplayFilter``)."""
         flt = flt or ReplayFilter(**filters)
-        return replay(self.store, self.publish, flt, now=now or datetime.now().astimezone(),
-                      force=force, dry_run=dry_run)  # fmt: skip
+        return replay(
+            self.store,
+            self.publish,
+            flt,
+            now=now or datetime.now().astimezone(),
+            force=force,
+            dry_run=dry_run,
+        )
 
     def publish(self, record_id: str) -> bool:
         """Send the task message. A failure is logged, not raised: the record is already safe

@@ -80,8 +80,9 @@ def select(
     chosen = []
     offset = 0
     while len(chosen) < flt.limit:
-        ids = store.ids_by_score(flt.status, low_ms=low, high_ms=high, offset=offset, limit=PAGE,
-                                 newest_first=True)  # fmt: skip
+        ids = store.ids_by_score(
+            flt.status, low_ms=low, high_ms=high, offset=offset, limit=PAGE, newest_first=True
+        )
         if not ids:
             break
         offset += len(ids)
@@ -122,6 +123,11 @@ def replay(
             report.skipped.append((record.id, "changed status meanwhile (already replayed?)"))
         if progress is not None:
             progress(1)
-    log.info("replay.run", selected=len(records), replayed=len(report.replayed),
-             skipped=len(report.skipped), forced=force)  # fmt: skip
+    log.info(
+        "replay.run",
+        selected=len(records),
+        replayed=len(report.replayed),
+        skipped=len(report.skipped),
+        forced=force,
+    )
     return report

@@ -48,9 +48,12 @@ def _hash(flat: Sequence[Any]) -> dict[str, str]:
 
 def request_of(record: Record) -> CancelRequest:
     return CancelRequest(
-        record.api, record.event_name, record.identifier, record.stripe_account,
+        record.api,
+        record.event_name,
+        record.identifier,
+        record.stripe_account,
         record.event_received_at,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,15 @@ class RecordStore:
         return [Record.from_hash(h) for h in cast(list[dict[str, str]], pipe.execute()) if h]
 
     def ids_by_score(
-        self, status: Status, *, low_ms: float | str = "-inf", high_ms: float | str = "+inf",
-        offset: int = 0, limit: int = 1000, newest_first: bool = False,
-    ) -> list[str]:  # fmt: skip
+        self,
+        status: Status,
+        *,
+        low_ms: float | str = "-inf",
+        high_ms: float | str = "+inf",
+        offset: int = 0,
+        limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[str]:
         """Ids in one status index with scores in [low, high] (see the module docstring)."""
         key = self.index_key(status)
         if newest_first:
@@ -314,40 +323,64 @@ class RecordStore:
         if generation is not None and generation != record.generation:
             fields.update(generation=generation, idempotency_key=self._key_for(record, generation))
         entry = {
-            "attempt": record.attempts, "outcome": reason or to.value, "status": to.value,
-            "http_status": http_status, "error_code": error.code if error else None,
+            "attempt": record.attempts,
+            "outcome": reason or to.value,
+            "status": to.value,
+            "http_status": http_status,
+            "error_code": error.code if error else None,
             "generation": record.generation,
-        }  # fmt: skip
+        }
         return self.transition(
-            record, to, now=now, allowed_from={Status.PROCESSING}, fields=fields, token=token,
-            score_ms=to_ms(retry_at) if retry_at else None, history=entry,
-        )  # fmt: skip
+            record,
+            to,
+            now=now,
+            allowed_from={Status.PROCESSING},
+            fields=fields,
+            token=token,
+            score_ms=to_ms(retry_at) if retry_at else None,
+            history=entry,
+        )
 
     def expire_window(self, record: Record, *, now: datetime) -> bool:
         """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
         return self.transition(
-            record, Status.EXPIRED, now=now, allowed_from=LIVE, unless_leased=True,
+            record,
+            Status.EXPIRED,
+            now=now,
+            allowed_from=LIVE,
+            unless_leased=True,
             fields={"next_attempt_at": "", "next_attempt_ms": ""},
-            history={"attempt": record.attempts, "outcome": "window_closed", "status": "expired",
-                     "generation": record.generation},
-        )  # fmt: skip
+            history={
+                "attempt": record.attempts,
+                "outcome": "window_closed",
+                "status": "expired",
+                "generation": record.generation,
+            },
+        )
 
     def requeue_for_replay(self, record: Record, *, now: datetime, force: bool = False) -> bool:
         """``failed`` (or, forced, ``expired``) back to ``queued`` with the next key generation
         and a fresh attempt budget. Refused for any other status, so a second replay is a no-op."""
         generation = record.generation + 1
         fields: dict[str, str | int] = {
-            "generation": generation, "idempotency_key": self._key_for(record, generation),
-            "attempts": 0, "replays": record.replays + 1, "next_attempt_at": "",
+            "generation": generation,
+            "idempotency_key": self._key_for(record, generation),
+            "attempts": 0,
+            "replays": record.replays + 1,
+            "next_attempt_at": "",
             "next_attempt_ms": "",
-        }  # fmt: skip
+        }
         if force:
             fields["expires_at_ms"] = ""  # Stripe decides now; we no longer expire it ourselves
         allowed = {Status.FAILED, Status.EXPIRED} if force else {Status.FAILED}
         return self.transition(
-            record, Status.QUEUED, now=now, allowed_from=allowed, fields=fields,
+            record,
+            Status.QUEUED,
+            now=now,
+            allowed_from=allowed,
+            fields=fields,
             history={"outcome": "replayed", "status": "queued", "generation": generation},
-        )  # fmt: skip
+        )
 
     def _key_for(self, record: Record, generation: int) -> str:
         return keys.idempotency_key(keys.request_digest(request_of(record)), generation)

@@ -90,8 +90,10 @@ def worker(
         )
     handle = WorkerProcess(proc, log_path)
     try:
-        wait_until(lambda: " ready." in handle.log_text() or proc.poll() is not None,
-                   what="the worker to be ready")  # fmt: skip
+        wait_until(
+            lambda: " ready." in handle.log_text() or proc.poll() is not None,
+            what="the worker to be ready",
+        )
         assert proc.poll() is None, handle.log_text()
         yield handle
     finally:
@@ -130,8 +132,11 @@ def settle(producer: Producer) -> Callable[[str], Record]:
     """Wait for a record to reach a terminal status and return it."""
 
     def wait(record_id: str, timeout_s: float = 30.0) -> Record:
-        wait_until(lambda: producer.get(record_id).status.terminal, timeout_s=timeout_s,
-                   what=f"{record_id} to settle")  # fmt: skip
+        wait_until(
+            lambda: producer.get(record_id).status.terminal,
+            timeout_s=timeout_s,
+            what=f"{record_id} to settle",
+        )
         return producer.get(record_id)
 
     return wait

@@ -29,8 +29,15 @@ def answering(*outcomes: Outcome):  # type: ignore[no-untyped-def]
 
 
 def attempt(store: RecordStore, record_id: str, send, at: datetime = T0):  # type: ignore[no-untyped-def]
-    return run_attempt(record_id, store=store, send=send, policy=POLICY, lease_s=30,
-                       clock=lambda: at, rng=random.Random(0))  # fmt: skip
+    return run_attempt(
+        record_id,
+        store=store,
+        send=send,
+        policy=POLICY,
+        lease_s=30,
+        clock=lambda: at,
+        rng=random.Random(0),
+    )
 
 
 class TestRunAttempt:
@@ -43,12 +50,28 @@ class TestRunAttempt:
         lines = [e for e in logs if e["event"] == "cancellation.attempt"]
         assert len(lines) == 1
         line = lines[0]
-        assert {k: line[k] for k in ("request_id", "api", "event_name", "attempt", "outcome",
-                                     "status", "http_status", "stripe_request_id")} == {
-            "request_id": record.id, "api": "v1", "event_name": "ev", "attempt": 1,
-            "outcome": "accepted", "status": "pending", "http_status": 200,
+        assert {
+            k: line[k]
+            for k in (
+                "request_id",
+                "api",
+                "event_name",
+                "attempt",
+                "outcome",
+                "status",
+                "http_status",
+                "stripe_request_id",
+            )
+        } == {
+            "request_id": record.id,
+            "api": "v1",
+            "event_name": "ev",
+            "attempt": 1,
+            "outcome": "accepted",
+            "status": "pending",
+            "http_status": 200,
             "stripe_request_id": "req_ok",
-        }  # fmt: skip
+        }
         assert isinstance(line["duration_ms"], float) and "retry_in_s" not in line
 
     def test_retry_then_success_keeps_key_until_replayed_5xx(self, store: RecordStore) -> None:

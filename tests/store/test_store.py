@@ -109,12 +109,20 @@ class TestFinish:
         accepted = Accepted(
             "pending", 200, "req_1", "mtr_event_adj_1", "2026-11-21T12:00:00Z", False
         )
-        assert store.finish(record, Status.PENDING, token=claim.token, now=later(1),
-                            accepted=accepted, request_id="req_1")  # fmt: skip
+        assert store.finish(
+            record,
+            Status.PENDING,
+            token=claim.token,
+            now=later(1),
+            accepted=accepted,
+            request_id="req_1",
+        )
         got = store.get(record.id)
         assert (got.status, got.stripe_status, got.adjustment_id) == (
-            Status.PENDING, "pending", "mtr_event_adj_1",
-        )  # fmt: skip
+            Status.PENDING,
+            "pending",
+            "mtr_event_adj_1",
+        )
         assert got.livemode is False and got.stripe_request_id == "req_1"
         assert store.counts() == {**dict.fromkeys(store.counts(), 0), "pending": 1}
 
@@ -122,8 +130,15 @@ class TestFinish:
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         error = ErrorInfo("api_error", "api_error", "boom", 500)
-        store.finish(record, Status.RETRYING, token=claim.token, now=T0, error=error,
-                     retry_at=later(4), generation=1)  # fmt: skip
+        store.finish(
+            record,
+            Status.RETRYING,
+            token=claim.token,
+            now=T0,
+            error=error,
+            retry_at=later(4),
+            generation=1,
+        )
         got = store.get(record.id)
         assert got.last_error == error and got.generation == 1
         assert got.idempotency_key.endswith("-g1") and got.next_attempt_at == later(4)

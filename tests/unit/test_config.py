@@ -28,8 +28,11 @@ class TestSettings:
         }
         s = Settings.from_env(env)
         assert (s.redis_url, s.default_api, s.max_attempts, s.backoff_base_s) == (
-            "redis://h:1/2", "v1", 3, 0.5,
-        )  # fmt: skip
+            "redis://h:1/2",
+            "v1",
+            3,
+            0.5,
+        )
         assert s.lease_s == 60.0
 
     @pytest.mark.parametrize(

@@ -21,8 +21,14 @@ def rejected(status: int | None, **kw: object) -> Rejected:
 
 
 def run(outcome: Accepted | Rejected, *, attempt: int = 1, expires_at: datetime | None = None):  # type: ignore[no-untyped-def]
-    return decide(outcome, attempt=attempt, now=NOW, expires_at=expires_at, policy=POLICY,
-                  rng=random.Random(1))  # fmt: skip
+    return decide(
+        outcome,
+        attempt=attempt,
+        now=NOW,
+        expires_at=expires_at,
+        policy=POLICY,
+        rng=random.Random(1),
+    )
 
 
 class TestAccepted:

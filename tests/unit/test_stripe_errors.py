@@ -14,11 +14,16 @@ class TestToRejected:
             "Too many requests",
             http_body="{}",
             http_status=429,
-            json_body={"error": {"type": "invalid_request_error", "code": "rate_limit",
-                                 "message": "Too many requests"}},
+            json_body={
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "rate_limit",
+                    "message": "Too many requests",
+                }
+            },
             headers={"Stripe-Should-Retry": "true", "Retry-After": "3", "Request-Id": "req_9"},
             code="rate_limit",
-        )  # fmt: skip
+        )
         out = to_rejected(exc)
         assert (out.http_status, out.error_type, out.code) == (
             429,

@@ -1,0 +1,224 @@
+"""History, replay, reconciliation and bulk writes on fakeredis."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from worker import keys
+from worker.errors import InvalidInput
+from worker.models import CancelRequest, ErrorInfo, Record, Status
+from worker.reconcile import LOCK_NAME, reconcile
+from worker.replay import ReplayFilter, replay
+from worker.store import HISTORY_CAP, RecordStore
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def failed(
+    store: RecordStore,
+    ident: str,
+    *,
+    code: str = "parameter_invalid",
+    when: datetime = T0,
+    event: str = "ev",
+) -> Record:
+    record, _ = store.create(CancelRequest("v2", event, ident), now=when)
+    claim = store.claim(record.id, now=when, lease_s=30)
+    store.finish(
+        record,
+        Status.FAILED,
+        token=claim.token,
+        now=when,
+        reason="permanent",
+        error=ErrorInfo("invalid_request_error", code, "bad", 400),
+        http_status=400,
+    )
+    return store.get(record.id)
+
+
+class Published(list[str]):
+    def __call__(self, record_id: str) -> bool:
+        self.append(record_id)
+        return True
+
+
+class TestHistory:
+    def test_attempts_are_recorded_and_capped(self, store: RecordStore) -> None:
+        """Each attempt adds (time, outcome, http status, error code, generation); capped."""
+        record, _ = store.create(CancelRequest("v1", "ev", "h"), now=T0)
+        for n in range(HISTORY_CAP + 5):
+            claim = store.claim(record.id, now=at(n * 10), lease_s=5)
+            assert claim.record is not None
+            store.finish(
+                claim.record,
+                Status.RETRYING,
+                token=claim.token,
+                now=at(n * 10),
+                reason="retryable",
+                http_status=503,
+                retry_at=at(n * 10),
+                error=ErrorInfo("api_error", "x", "down", 503),
+            )
+        history = store.get(record.id, with_history=True).history
+        assert len(history) == HISTORY_CAP
+        assert history[-1] == {
+            "at": "2026-11-21T12:04:00.000Z",
+            "attempt": HISTORY_CAP + 5,
+            "outcome": "retryable",
+            "status": "retrying",
+            "http_status": 503,
+            "error_code": "x",
+            "generation": 0,
+        }
+
+
+class TestReplay:
+    def test_replay_requeues_with_next_generation(self, store: RecordStore) -> None:
+        record = failed(store, "r1")
+        published = Published()
+        report = replay(store, published, ReplayFilter(ids=[record.id]), now=at(60))
+        assert report.replayed == [record.id] and published == [record.id]
+        got = store.get(record.id, with_history=True)
+        assert (got.status, got.generation, got.attempts, got.replays) == (Status.QUEUED, 1, 0, 1)
+        assert got.idempotency_key.endswith("-g1") and got.history[-1]["outcome"] == "replayed"
+        assert store.client.ttl(store.record_key(record.id)) == -1  # live again: no expiry
+
+    def test_second_replay_in_a_row_enqueues_once(self, store: RecordStore) -> None:
+        record = failed(store, "r2")
+        published = Published()
+        replay(store, published, ReplayFilter(ids=[record.id]), now=at(60))
+        again = replay(store, published, ReplayFilter(ids=[record.id]), now=at(61))
+        assert published == [record.id] and again.replayed == []
+        assert again.skipped == [(record.id, "status is queued, not failed")]
+
+    def test_filters(self, store: RecordStore) -> None:
+        """--event-name, --error-code, --since/--until and --limit narrow the selection."""
+        a = failed(store, "a", code="c1", when=at(10), event="e1")
+        b = failed(store, "b", code="c2", when=at(20), event="e1")
+        c = failed(store, "c", code="c1", when=at(30), event="e2")
+
+        def pick(**kw: object) -> list[str]:
+            flt = ReplayFilter(**kw)  # type: ignore[arg-type]
+            return [
+                r.id for r in replay(store, Published(), flt, now=at(99), dry_run=True).selected
+            ]
+
+        assert pick() == [c.id, b.id, a.id]
+        assert pick(event_name="e1") == [b.id, a.id]
+        assert pick(error_code="c1") == [c.id, a.id]
+        assert pick(since=at(15), until=at(25)) == [b.id]
+        assert pick(limit=1) == [c.id]
+
+    def test_dry_run_changes_nothing(self, store: RecordStore) -> None:
+        record = failed(store, "d")
+        report = replay(store, Published(), ReplayFilter(), now=at(5), dry_run=True)
+        assert [r.id for r in report.selected] == [record.id] and report.replayed == []
+        assert store.get(record.id).status is Status.FAILED
+
+    def test_expired_needs_force(self, store: RecordStore) -> None:
+        old = CancelRequest("v1", "ev", "old", None, T0 - timedelta(hours=25))
+        record, _ = store.create(old, now=T0)
+        store.expire_window(record, now=T0)
+        with pytest.raises(InvalidInput, match="force"):
+            replay(store, Published(), ReplayFilter(status=Status.EXPIRED), now=at(1))
+        skipped = replay(store, Published(), ReplayFilter(ids=[record.id]), now=at(1))
+        assert skipped.replayed == [] and "force" in skipped.skipped[0][1]
+        forced = replay(store, Published(), ReplayFilter(ids=[record.id]), now=at(1), force=True)
+        assert forced.replayed == [record.id]
+        # forced: the worker calls Stripe (and records its answer) instead of expiring it again
+        assert store.claim(record.id, now=at(2), lease_s=5).kind == "claimed"
+
+
+class TestReconcile:
+    def run(self, store: RecordStore, now: datetime, published: Published | None = None):  # type: ignore[no-untyped-def]
+        return reconcile(
+            store=store,
+            publish=published if published is not None else Published(),
+            now=now,
+            grace_s=60,
+        )
+
+    def test_repairs_each_kind_of_stuck_record(self, store: RecordStore) -> None:
+        queued, _ = store.create(CancelRequest("v2", "ev", "q"), now=T0)
+        fresh, _ = store.create(CancelRequest("v2", "ev", "fresh"), now=at(3680))
+        dead, _ = store.create(CancelRequest("v2", "ev", "p"), now=T0)
+        store.claim(dead.id, now=T0, lease_s=30)  # the worker died holding the lease
+        late, _ = store.create(CancelRequest("v2", "ev", "r"), now=T0)
+        claim = store.claim(late.id, now=T0, lease_s=30)
+        store.finish(late, Status.RETRYING, token=claim.token, now=T0, retry_at=at(10))
+        old, _ = store.create(
+            CancelRequest("v2", "ev", "o", None, T0 - timedelta(hours=23)), now=T0
+        )
+        published = Published()
+        with capture_logs() as logs:
+            report = self.run(store, at(3700), published)
+        assert set(published) == {queued.id, dead.id, late.id}  # not fresh, not the expired one
+        assert (
+            report.republished_queued,
+            report.republished_processing,
+            report.republished_retrying,
+            report.expired,
+        ) == (1, 1, 1, 1)
+        assert store.get(old.id).status is Status.EXPIRED
+        assert store.get(fresh.id).status is Status.QUEUED
+        lines = [e for e in logs if e["event"] == "reconcile.run"]
+        assert len(lines) == 1 and lines[0]["expired"] == 1
+        # the same records are not republished again on the very next run
+        assert self.run(store, at(3701)).republished_queued == 0
+
+    def test_live_lease_is_left_alone_even_past_the_window(self, store: RecordStore) -> None:
+        """A worker mid-call past the deadline finishes with Stripe's answer; we don't expire it."""
+        req = CancelRequest(
+            "v2", "ev", "mid", None, T0 - timedelta(hours=24) + timedelta(seconds=5)
+        )
+        record, _ = store.create(req, now=T0)
+        store.claim(record.id, now=T0, lease_s=60)
+        report = self.run(store, at(10))
+        assert report.expired == 0 and store.get(record.id).status is Status.PROCESSING
+
+    def test_only_one_run_at_a_time(self, store: RecordStore) -> None:
+        token = store.try_lock(LOCK_NAME, ttl_s=30)
+        assert token is not None
+        assert self.run(store, T0).ran is False
+        store.unlock(LOCK_NAME, token)
+        assert self.run(store, T0).ran is True
+
+    def test_concurrent_runs_one_wins(self, store: RecordStore) -> None:
+        """Two runs overlapping in time: the second finds the lock and does nothing."""
+        store.create(CancelRequest("v2", "ev", "c"), now=T0)
+        inside, second_done = threading.Event(), threading.Event()
+        first: list[bool] = []
+
+        def slow_publish(record_id: str) -> bool:
+            inside.set()
+            second_done.wait(timeout=10)
+            return True
+
+        thread = threading.Thread(
+            target=lambda: first.append(
+                reconcile(store=store, publish=slow_publish, now=at(3600), grace_s=60).ran
+            )
+        )
+        thread.start()
+        assert inside.wait(timeout=10)
+        second = self.run(store, at(3600))
+        second_done.set()
+        thread.join(timeout=10)
+        assert first == [True] and second.ran is False
+        assert store.client.get(keys.lock("t", LOCK_NAME)) is None  # released after the run
+
+
+class TestCreateMany:
+    def test_pipelined_creates_dedupe(self, store: RecordStore) -> None:
+        reqs = [CancelRequest("v1", "ev", f"m{n % 3}") for n in range(5)]
+        out = store.create_many(reqs, now=T0)
+        assert [created for _, created in out] == [True, True, True, False, False]
+        assert out[3][0] == out[0][0] and store.counts()["queued"] == 3
