@@ -20,6 +20,7 @@ from worker.cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
 from worker.config import APIS
 from worker.embedded import redis_url
 from worker.errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
+from worker.logging import configure as configure_logging
 from worker.models import CancelRequest, Status
 from worker.redact import redact
 
@@ -28,6 +29,9 @@ from worker.redact import redact
 @click.version_option(package_name="adjustments")
 def cli() -> None:
     """Cancel Stripe meter events through a queue, with retries, records and replay."""
+    # Log lines go to stderr so that stdout carries only the command's output (--json).
+    # The worker and beat re-point them at stdout when Celery sets up logging.
+    configure_logging(stream=sys.stderr)
 
 
 @cli.command()

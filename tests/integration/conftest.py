@@ -75,16 +75,12 @@ def worker_env(
     return env
 
 
-@pytest.fixture(scope="session")
-def worker(
-    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    """``adjustments worker`` as a real process, JSON logs to a file."""
-    log_path = tmp_path_factory.mktemp("logs") / "worker.log"
+def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 8) -> WorkerProcess:
+    """``adjustments worker`` as a real process, JSON logs to ``log_path``; waits until ready."""
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "8"],
-            env=worker_env,
+            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency)],
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -94,14 +90,30 @@ def worker(
             lambda: " ready." in handle.log_text() or proc.poll() is not None,
             what="the worker to be ready",
         )
-        assert proc.poll() is None, handle.log_text()
-        yield handle
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    except BaseException:
+        proc.kill()
+        raise
+    assert proc.poll() is None, handle.log_text()
+    return handle
+
+
+def stop_worker(handle: WorkerProcess) -> None:
+    handle.process.terminate()
+    try:
+        handle.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        handle.process.kill()
+        handle.process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """The shared worker on the default queue."""
+    handle = start_worker(worker_env, tmp_path_factory.mktemp("logs") / "worker.log")
+    yield handle
+    stop_worker(handle)
 
 
 @pytest.fixture
