@@ -28,7 +28,6 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
-            "retry_on_timeout": True,
             "health_check_interval": 30,
         },
         "result_backend": None,
