@@ -139,6 +139,17 @@ def _chunks(
         yield chunk
 
 
+def _import_bar(file: IO[str]) -> Any:
+    """A progress bar over the file's lines (counted first when it can be re-read)."""
+    total = 0
+    if file.seekable():
+        total = sum(1 for _ in file)
+        file.seek(0)
+    if not total:  # a pipe: no length to show progress against
+        return nullcontext()
+    return click.progressbar(length=total, label="importing", file=sys.stderr)
+
+
 @click.command(name="import")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Default: by extension.")
@@ -154,11 +165,7 @@ def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
     bad: list[tuple[int, str]] = []
     totals: dict[str, Any] = {"created": 0, "duplicates": 0, "publish_failures": 0}
     with producer_for(cfg) as producer:
-        bar = (
-            click.progressbar(length=0, label="importing", file=sys.stderr)
-            if on_terminal()
-            else nullcontext()
-        )
+        bar = _import_bar(file) if on_terminal() else nullcontext()
         with bar as progress:
             for chunk in _chunks(read_rows(file, fmt), bad):
                 result = producer.cancel_many([row for _, row in chunk])
