@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from worker.logging import get_logger
-from worker.models import Record, Status
+from worker.models import Record, Status, to_ms
 from worker.outcomes import Accepted, Outcome, Rejected
+from worker.ratelimit import SharedRateLimiter
 from worker.retry import Decision, Policy, decide
 from worker.store import RecordStore
 
@@ -31,6 +32,7 @@ class AttemptResult:
     outcome: str  # claimed-and-decided reason, or why nothing was done
     status: Status | None
     retry_in_s: float | None = None
+    slot_reserved: bool = False  # the retry message owns a rate-limit slot at its countdown
 
 
 def run_attempt(
@@ -40,11 +42,22 @@ def run_attempt(
     send: Sender,
     policy: Policy,
     lease_s: float,
+    limiter: SharedRateLimiter | None = None,
+    slot_reserved: bool = False,
     clock: Clock = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> AttemptResult:
-    """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line."""
+    """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line.
+
+    With a ``limiter``, the attempt first takes a slot of the shared Stripe rate (unless its
+    message already owns one); a slot further away than ``max_sleep_s`` defers the attempt.
+    """
     now = clock()
+    if limiter is not None and limiter.enabled and not slot_reserved:
+        deferred = _take_slot(record_id, store, limiter, now, sleep, rng or random.Random())
+        if deferred is not None:
+            return deferred
     claim = store.claim(record_id, now=now, lease_s=lease_s)
     if claim.kind == "window_closed":
         record = store.get(record_id)
@@ -62,6 +75,8 @@ def run_attempt(
     started = time.perf_counter()
     outcome = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
+    if limiter is not None and isinstance(outcome, Rejected) and outcome.http_status == 429:
+        limiter.penalize()  # someone else spent the account's budget: slow everyone down
     now = clock()
     decision = decide(
         outcome,
@@ -93,6 +108,34 @@ def run_attempt(
         return AttemptResult("lease_lost", None)
     _log_line(record, decision.reason, decision.status, outcome, duration_ms, decision=decision)
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
+
+
+def _take_slot(
+    record_id: str,
+    store: RecordStore,
+    limiter: SharedRateLimiter,
+    now: datetime,
+    sleep: Callable[[float], None],
+    rng: random.Random,
+) -> AttemptResult | None:
+    """None: go ahead now. Otherwise the deferral the task must publish (no Celery slot is
+    held for longer than ``max_sleep_s``; no polling: a granted slot is reserved for it)."""
+    grant = limiter.acquire()
+    if grant.granted and grant.wait_s <= limiter.policy.max_sleep_s:
+        if grant.wait_s > 0:
+            sleep(grant.wait_s)
+        return None
+    # No slot within the horizon: come back in half to one horizon, spread out.
+    delay = grant.wait_s if grant.granted else limiter.policy.horizon_s * rng.uniform(0.5, 1.0)
+    store.touch_live(record_id, to_ms(now + timedelta(seconds=delay)))  # reconcile: not lost
+    log.debug(
+        "cancellation.deferred",
+        request_id=record_id,
+        retry_in_s=round(delay, 3),
+        rate_per_s=grant.rate_per_s,
+        slot_reserved=grant.granted,
+    )
+    return AttemptResult("deferred", None, retry_in_s=delay, slot_reserved=grant.granted)
 
 
 def _log_line(

@@ -116,6 +116,11 @@ def stats(as_json: bool) -> None:
     for name, count in records.items():
         click.echo(f"{name:<11} {count}")
     click.echo(f"{'queue depth':<11} {data['queue_depth']}")
+    rate = data["rate_limit"]
+    assert isinstance(rate, dict)
+    click.echo(
+        f"{'stripe rate':<11} {rate['current_per_s']}/s (limit {rate['configured_per_s']}/s)"
+    )
 
 
 @cli.command()

@@ -69,6 +69,9 @@ class Settings:
     queue: str = "adjustments"
     key_prefix: str = "adj"
     worker_concurrency: int = 32
+    rate_limit_per_s: float = 20.0
+    rate_burst: float = 2.0
+    rate_recovery_per_s: float = 2.0
     reconcile_interval_s: float = 60.0
     reconcile_grace_s: float = 60.0
 
@@ -97,6 +100,9 @@ class Settings:
             queue=_get(env, "ADJUSTMENTS_QUEUE") or "adjustments",
             key_prefix=_get(env, "ADJUSTMENTS_KEY_PREFIX") or "adj",
             worker_concurrency=_int(env, "ADJUSTMENTS_WORKER_CONCURRENCY", 32, minimum=1),
+            rate_limit_per_s=_float(env, "ADJUSTMENTS_RATE_LIMIT", 20.0, minimum=0.0),
+            rate_burst=_float(env, "ADJUSTMENTS_RATE_BURST", 2.0, minimum=1.0),
+            rate_recovery_per_s=_float(env, "ADJUSTMENTS_RATE_RECOVERY_PER_S", 2.0, minimum=0.0),
             reconcile_interval_s=_float(env, "ADJUSTMENTS_RECONCILE_INTERVAL_S", 60.0, minimum=1.0),
             reconcile_grace_s=_float(env, "ADJUSTMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.0),
         )

@@ -52,6 +52,10 @@ def _worker_env(redis_url: str, sandbox_url: str, data_dir: Path) -> dict[str, s
         # attempts make an exhausted record a one-in-billions event, so every planned
         # outcome is deterministic enough to check.
         ADJUSTMENTS_MAX_ATTEMPTS="25",
+        # The sandbox is not Stripe: a faster shared rate than Stripe's 25/s default, and a
+        # quick climb back after the injected 429s cut it (they are faults, not overload).
+        ADJUSTMENTS_RATE_LIMIT="400",
+        ADJUSTMENTS_RATE_RECOVERY_PER_S="400",
     )
     return env
 

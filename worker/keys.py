@@ -42,6 +42,11 @@ def deadline(prefix: str) -> str:
     return f"{prefix}:{DEADLINE}"
 
 
+def rate_limiter(prefix: str) -> str:
+    """The shared Stripe rate limiter's state (one per prefix, i.e. per Stripe account)."""
+    return f"{prefix}:ratelimit"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

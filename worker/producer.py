@@ -23,8 +23,9 @@ from worker.embedded import EmbeddedRedis
 from worker.errors import InvalidInput
 from worker.logging import get_logger
 from worker.models import CancelRequest, Record, Status
+from worker.ratelimit import SharedRateLimiter
 from worker.replay import ReplayFilter, ReplayReport, replay
-from worker.runtime import redis_client
+from worker.runtime import rate_policy, redis_client
 from worker.store import RecordStore
 
 log = get_logger("adjustments.producer")
@@ -219,8 +220,19 @@ class Producer:
         return self.store.latest(status, limit=limit)
 
     def stats(self) -> dict[str, object]:
-        """Records per status and the queue's depth (messages waiting, not yet taken)."""
-        return {"records": self.store.counts(), "queue_depth": self.queue_depth()}
+        """Records per status, the queue's depth (messages waiting, not yet taken) and the
+        shared Stripe rate (configured ceiling, and current value after any 429 cuts)."""
+        limiter = SharedRateLimiter(
+            self.client, rate_policy(self.settings), prefix=self.settings.key_prefix
+        )
+        return {
+            "records": self.store.counts(),
+            "queue_depth": self.queue_depth(),
+            "rate_limit": {
+                "configured_per_s": self.settings.rate_limit_per_s,
+                "current_per_s": round(limiter.current_rate(), 2),
+            },
+        }
 
     def queue_depth(self) -> int:
         # kombu's Redis transport keeps one list per priority step: name, name\x06\x163, ...

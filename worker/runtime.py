@@ -11,6 +11,7 @@ import redis
 from worker import stripe_api
 from worker.attempt import Sender
 from worker.config import Settings
+from worker.ratelimit import RatePolicy, SharedRateLimiter
 from worker.retry import Policy
 from worker.store import RecordStore
 
@@ -27,12 +28,21 @@ def redis_client(url: str, *, max_connections: int | None = None) -> redis.Redis
     )
 
 
+def rate_policy(settings: Settings) -> RatePolicy:
+    return RatePolicy(
+        limit_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_burst,
+        recovery_per_s=settings.rate_recovery_per_s,
+    )
+
+
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     store: RecordStore
     send: Sender
     policy: Policy
+    limiter: SharedRateLimiter
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
@@ -40,7 +50,8 @@ class Runtime:
         store = RecordStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s)
         stripe_client = stripe_api.shared_client(settings)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
-        return cls(settings, store, partial(stripe_api.cancel, stripe_client), policy)
+        limiter = SharedRateLimiter(client, rate_policy(settings), prefix=settings.key_prefix)
+        return cls(settings, store, partial(stripe_api.cancel, stripe_client), policy, limiter)
 
 
 _lock = threading.Lock()

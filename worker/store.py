@@ -31,7 +31,7 @@ HISTORY_CAP = 20
 LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
 
 
-def _load(name: str) -> str:
+def load_script(name: str) -> str:
     return resources.files("worker").joinpath("lua", name).read_text()
 
 
@@ -73,10 +73,10 @@ class RecordStore:
         self.client = client
         self.prefix = prefix
         self.retention_s = retention_s
-        self._create = client.register_script(_load("create.lua"))
-        self._claim = client.register_script(_load("claim.lua"))
-        self._transition = client.register_script(_load("transition.lua"))
-        self._unlock = client.register_script(_load("unlock.lua"))
+        self._create = client.register_script(load_script("create.lua"))
+        self._claim = client.register_script(load_script("claim.lua"))
+        self._transition = client.register_script(load_script("transition.lua"))
+        self._unlock = client.register_script(load_script("unlock.lua"))
 
     # --- keys -----------------------------------------------------------------------------
     def record_key(self, record_id: str) -> str:
@@ -219,6 +219,13 @@ class RecordStore:
         """Re-score index entries that still exist (so a repair is not repeated at once)."""
         if record_ids:
             self.client.zadd(self.index_key(status), dict.fromkeys(record_ids, score_ms), xx=True)
+
+    def touch_live(self, record_id: str, score_ms: int) -> None:
+        """Re-score a waiting (queued or retrying) record so reconciliation leaves it alone."""
+        pipe = self.client.pipeline(transaction=False)
+        for status in (Status.QUEUED, Status.RETRYING):
+            pipe.zadd(self.index_key(status), {record_id: score_ms}, xx=True)
+        pipe.execute()
 
     # --- the attempt cycle ------------------------------------------------------------------
     def claim(self, record_id: str, *, now: datetime, lease_s: float) -> Claim:

@@ -71,6 +71,9 @@ def worker_env(
         ADJUSTMENTS_BACKOFF_BASE_S="0.02",
         ADJUSTMENTS_BACKOFF_CAP_S="0.2",
         ADJUSTMENTS_MAX_ATTEMPTS="6",
+        # Generous: tests of the limiter itself use their own prefix and limit.
+        ADJUSTMENTS_RATE_LIMIT="1000",
+        ADJUSTMENTS_RATE_RECOVERY_PER_S="1000",
     )
     return env
 
