@@ -103,6 +103,12 @@ class StripeLogic:
                 "executions": dict(self.executions),
                 "executed_total": sum(self.executions.values()),
                 "requests_total": sum(len(v) for v in self.requests.values()),
+                "rate_limited_total": sum(
+                    1
+                    for rows in self.requests.values()
+                    for r in rows
+                    if r["outcome"] == "rate_limited"
+                ),
                 "config": self.config.to_dict(),
             }
 
@@ -130,6 +136,7 @@ class StripeLogic:
             code = exc.code
             return self._error(api, 400, str(exc), code, param=exc.param)
         if not self._take_token():
+            self._log(adj.identifier, key, "rate_limited", 429, account)
             return self._error(api, 429, "Too many requests hit the API too quickly.", "rate_limit")
         scope = (secret, account or "", key)
         fingerprint = f"{api}|{body!r}"
@@ -307,6 +314,7 @@ class StripeLogic:
         account: str | None = None,
     ) -> None:
         row = {
+            "at": time.monotonic(),
             "idempotency_key": key,
             "outcome": outcome,
             "http_status": status,

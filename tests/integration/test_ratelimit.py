@@ -1,0 +1,74 @@
+"""The shared Stripe rate limit across two real worker processes, against the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from worker.config import Settings
+from worker.models import Status
+from worker.producer import Producer
+from worker.sandbox import SandboxServer
+
+from .conftest import start_worker, stop_worker, wait_until
+
+LIMIT = 10.0
+
+
+@pytest.fixture(scope="module")
+def limited(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """Two worker processes sharing one limit of 10 requests/s (own prefix and queue)."""
+    env = {
+        **worker_env,
+        "ADJUSTMENTS_KEY_PREFIX": "rl",
+        "ADJUSTMENTS_QUEUE": "rl",
+        "ADJUSTMENTS_RATE_LIMIT": str(LIMIT),
+        "ADJUSTMENTS_RATE_BURST": "1",
+        "ADJUSTMENTS_RATE_RECOVERY_PER_S": "0.5",
+        "ADJUSTMENTS_MAX_ATTEMPTS": "50",
+    }
+    logs = tmp_path_factory.mktemp("rl")
+    workers = [start_worker(env, logs / f"w{n}.log", concurrency=8) for n in range(2)]
+    yield env
+    for w in workers:
+        stop_worker(w)
+
+
+@pytest.fixture
+def rl_producer(limited: dict[str, str], clean: None) -> Iterator[Producer]:
+    with Producer(limited["REDIS_URL"], settings=Settings.from_env(limited)) as producer:
+        for key in producer.client.scan_iter("rl:*"):
+            producer.client.delete(key)
+        yield producer
+
+
+def busiest_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+
+
+class TestSharedLimit:
+    def test_two_workers_stay_within_one_limit(
+        self, rl_producer: Producer, sandbox: SandboxServer
+    ) -> None:
+        """However the two processes split the work, no second sees more than limit + burst."""
+        ids = [rl_producer.cancel("ev", f"rl_{n}", api="v2").id for n in range(30)]
+        wait_until(lambda: all(rl_producer.get(i).status.terminal for i in ids), timeout_s=60)
+        assert {rl_producer.get(i).status for i in ids} == {Status.PENDING}
+        rows = [r for n in range(30) for r in sandbox.logic.requests[f"rl_{n}"]]
+        assert len(rows) == 30  # one request each: nothing was rate-limited by "Stripe"
+        assert busiest_second([float(r["at"]) for r in rows]) <= LIMIT + 1
+
+    def test_429s_cut_the_shared_rate(self, rl_producer: Producer, sandbox: SandboxServer) -> None:
+        """When "Stripe" allows less than our limit, its 429s lower the rate all workers use."""
+        sandbox.logic.configure({"rps_limit": 3, "burst": 1})
+        ids = [rl_producer.cancel("ev", f"ad_{n}", api="v1").id for n in range(15)]
+        wait_until(lambda: all(rl_producer.get(i).status.terminal for i in ids), timeout_s=90)
+        assert {rl_producer.get(i).status for i in ids} == {Status.PENDING}
+        assert sandbox.logic.stats()["rate_limited_total"] >= 1
+        rate = rl_producer.stats()["rate_limit"]
+        assert isinstance(rate, dict)
+        assert rate["configured_per_s"] == LIMIT and rate["current_per_s"] < LIMIT

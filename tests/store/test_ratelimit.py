@@ -1,0 +1,112 @@
+"""The shared limiter on fakeredis (its Lua reads Redis's TIME), and how attempts use it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import fakeredis
+import pytest
+
+from worker.attempt import run_attempt
+from worker.models import CancelRequest, Record, Status
+from worker.outcomes import Accepted, Outcome, Rejected
+from worker.ratelimit import RatePolicy, SharedRateLimiter
+from worker.retry import Policy
+from worker.store import RecordStore
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def limiter(client: fakeredis.FakeRedis, **kw: float) -> SharedRateLimiter:
+    return SharedRateLimiter(
+        client, RatePolicy(**{"limit_per_s": 10.0, "burst": 2.0, **kw}), prefix="t"
+    )
+
+
+class TestLimiter:
+    def test_burst_then_spacing(self, client: fakeredis.FakeRedis) -> None:
+        """The first `burst` requests go at once; then each waits one interval more."""
+        lim = limiter(client)
+        waits = [lim.acquire().wait_s for _ in range(5)]
+        assert waits[0] == 0 and waits[1] == 0
+        assert [round(w, 1) for w in waits[2:]] == [0.1, 0.2, 0.3]
+
+    def test_beyond_the_horizon_nothing_is_reserved(self, client: fakeredis.FakeRedis) -> None:
+        lim = limiter(client, horizon_s=0.25)
+        grants = [lim.acquire() for _ in range(6)]
+        assert [g.granted for g in grants] == [True, True, True, True, False, False]
+        assert grants[-1].wait_s > 0.25
+
+    def test_penalize_cuts_once_per_cooldown(self, client: fakeredis.FakeRedis) -> None:
+        lim = limiter(client, cut_factor=0.5, cooldown_s=60)
+        assert lim.penalize() == 5.0
+        assert lim.penalize() == 5.0  # same cooldown: a burst of 429s is one signal
+        assert lim.current_rate() == pytest.approx(5.0, abs=0.1)
+        assert lim.acquire().rate_per_s == pytest.approx(5.0, abs=0.1)
+
+    def test_rate_recovers_linearly_never_above_the_limit(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        lim = limiter(client, recovery_per_s=1.0)
+        seconds, micros = client.time()
+        now_us = seconds * 1_000_000 + micros
+        client.hset(lim.key, mapping={"rate": "4", "cut_us": str(now_us - 3_000_000)})
+        assert lim.current_rate() == pytest.approx(7.0, abs=0.1)
+        client.hset(lim.key, mapping={"rate": "4", "cut_us": str(now_us - 60_000_000)})
+        assert lim.current_rate() == 10.0
+
+    def test_disabled_with_zero(self, client: fakeredis.FakeRedis) -> None:
+        lim = limiter(client, limit_per_s=0)
+        assert not lim.enabled and all(lim.acquire().granted for _ in range(100))
+
+
+class TestAttemptsUseTheLimiter:
+    def run(
+        self,
+        store: RecordStore,
+        lim: SharedRateLimiter,
+        record_id: str,
+        outcome: Outcome,
+        slept: list[float],
+        **kw: bool,
+    ):  # type: ignore[no-untyped-def]
+        return run_attempt(
+            record_id,
+            store=store,
+            send=lambda _r: outcome,
+            policy=Policy(5, 1, 10),
+            lease_s=30,
+            limiter=lim,
+            clock=lambda: T0,
+            sleep=slept.append,
+            **kw,
+        )
+
+    def test_short_wait_sleeps_long_wait_defers_with_reserved_slot(
+        self, store: RecordStore, client: fakeredis.FakeRedis
+    ) -> None:
+        lim = limiter(client, limit_per_s=4.0, burst=1.0, max_sleep_s=0.3)
+        ok = Accepted("pending", 200, "req")
+        ids = [store.create(CancelRequest("v2", "ev", f"l{n}"), now=T0)[0].id for n in range(3)]
+        slept: list[float] = []
+        assert self.run(store, lim, ids[0], ok, slept).status is Status.PENDING
+        assert self.run(store, lim, ids[1], ok, slept).status is Status.PENDING
+        assert slept == [pytest.approx(0.25, abs=0.05)]  # slept out a short wait
+        deferred = self.run(store, lim, ids[2], ok, slept)
+        assert deferred.outcome == "deferred" and deferred.slot_reserved
+        assert deferred.retry_in_s == pytest.approx(0.5, abs=0.06)
+        assert store.get(ids[2]).status is Status.QUEUED and store.get(ids[2]).attempts == 0
+        # the deferred message owns its slot: it does not queue for another one
+        done = self.run(store, lim, ids[2], ok, slept, slot_reserved=True)
+        assert done.status is Status.PENDING and len(slept) == 1
+
+    def test_a_429_cuts_the_shared_rate(
+        self, store: RecordStore, client: fakeredis.FakeRedis
+    ) -> None:
+        lim = limiter(client, limit_per_s=20.0)
+        record: Record = store.create(CancelRequest("v2", "ev", "busy"), now=T0)[0]
+        result = self.run(
+            store, lim, record.id, Rejected(429, "rate_limit", "rate_limit", "slow"), []
+        )
+        assert result.status is Status.RETRYING
+        assert lim.current_rate() == pytest.approx(14.0, abs=0.2)
