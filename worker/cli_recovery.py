@@ -163,7 +163,7 @@ def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
     cfg = settings()
     fmt = detect_format(file.name, fmt)
     bad: list[tuple[int, str]] = []
-    totals: dict[str, Any] = {"created": 0, "duplicates": 0, "publish_failures": 0}
+    totals: dict[str, Any] = {"created": 0, "duplicates": 0}
     with producer_for(cfg) as producer:
         bar = _import_bar(file) if on_terminal() else nullcontext()
         with bar as progress:

@@ -15,18 +15,17 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from kombu.utils.uuid import uuid
-
 from worker.celery_app import TASK_NAME, create_app
 from worker.config import Settings
 from worker.embedded import EmbeddedRedis
 from worker.errors import InvalidInput
 from worker.logging import get_logger
+from worker.messages import TaskMessages
 from worker.models import CancelRequest, Record, Status
 from worker.ratelimit import SharedRateLimiter
 from worker.replay import ReplayFilter, ReplayReport, replay
 from worker.runtime import rate_policy, redis_client
-from worker.store import RecordStore
+from worker.store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
 BULK_CHUNK = 1000
@@ -40,7 +39,6 @@ class BulkResult:
     created: int = 0
     duplicates: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
-    publish_failures: int = 0
 
 
 class Producer:
@@ -54,6 +52,8 @@ class Producer:
             self.client, prefix=self.settings.key_prefix, retention_s=self.settings.retention_s
         )
         self.app = create_app(self.settings, redis_url, name="adjustments-producer")
+        messages = TaskMessages(self.app, self.settings.queue)
+        self.outbox = Outbox(self.settings.queue, messages.payload)
         self._resources = ExitStack()
 
     @classmethod
@@ -91,15 +91,14 @@ class Producer:
             event_received_at=event_received_at,
             now=now,
         )
-        record, created = self.store.create(request, now=now)
-        if created:
-            self.publish(record.id)
+        record, _ = self.store.create(request, now=now, outbox=self.outbox)
         return record
 
     def cancel_many(
         self, items: Iterable[Mapping[str, Any]], *, now: datetime | None = None
     ) -> BulkResult:
-        """Enqueue many cancellations: Redis writes pipelined, messages sent on one connection.
+        """Enqueue many cancellations: records and their task messages written by the same
+        Lua script as ``cancel()``, pipelined 1,000 to a Redis round trip.
 
         Each item has the keyword arguments of ``cancel()`` (``event_name``, ``identifier``,
         optional ``api``, ``stripe_account``, ``event_received_at``). Invalid items are reported
@@ -124,6 +123,17 @@ class Producer:
             self._write_chunk(chunk, slots, result, now)
         return result
 
+    def _write_chunk(
+        self, chunk: list[CancelRequest], slots: list[int], result: BulkResult, now: datetime
+    ) -> None:
+        written = self.store.create_many(chunk, now=now, outbox=self.outbox)
+        for position, (record_id, created) in zip(slots, written, strict=True):
+            result.ids[position] = record_id
+            if created:
+                result.created += 1
+            else:
+                result.duplicates += 1
+
     def _request(self, item: Mapping[str, Any], now: datetime) -> CancelRequest:
         if not isinstance(item, Mapping):
             raise InvalidInput(
@@ -137,48 +147,6 @@ class Producer:
             event_received_at=item.get("event_received_at"),
             now=now,
         )
-
-    def _write_chunk(
-        self, chunk: list[CancelRequest], slots: list[int], result: BulkResult, now: datetime
-    ) -> None:
-        written = self.store.create_many(chunk, now=now)
-        fresh: list[str] = []
-        for position, (record_id, created) in zip(slots, written, strict=True):
-            result.ids[position] = record_id
-            if created:
-                fresh.append(record_id)
-        result.created += len(fresh)
-        result.duplicates += len(written) - len(fresh)
-        result.publish_failures += len(fresh) - self.publish_many(fresh)
-
-    def publish_many(self, record_ids: list[str]) -> int:
-        """Send one message per id on one broker connection; returns how many were sent.
-
-        Celery's own message builder and publisher, minus send_task()'s per-call routing and
-        option merging; kombu >= 5.7 buffers a batch's LPUSHes in one Redis pipeline.
-        """
-        if not record_ids:
-            return 0
-        amqp = self.app.amqp
-        queue = self.settings.queue
-        declare: list[object] | None = None  # None: the first message declares the queue
-        sent = 0
-        try:
-            with self.app.producer_or_acquire() as producer, producer.batch(max_size=BULK_CHUNK):
-                for record_id in record_ids:
-                    task_id = uuid()
-                    message = amqp.create_task_message(
-                        task_id, TASK_NAME, (record_id,), {}, root_id=task_id,
-                        argsrepr=repr((record_id,)), kwargsrepr="{}", ignore_result=True,
-                    )  # fmt: skip
-                    amqp.send_task_message(
-                        producer, TASK_NAME, message, queue=queue, declare=declare
-                    )
-                    declare = []  # declared once; re-declaring per message costs ~90 us
-                    sent += 1
-        except Exception as exc:  # the records are queued in Redis: reconciliation sends them
-            log.warning("cancellation.publish_failed", count=len(record_ids) - sent, error=str(exc))
-        return sent
 
     def replay(
         self,

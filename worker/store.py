@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -54,6 +54,14 @@ def request_of(record: Record) -> CancelRequest:
         record.stripe_account,
         record.event_received_at,
     )
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """Where and what to enqueue with a new record: the queue's list and its message."""
+
+    queue_key: str
+    message_for: Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class RecordStore:
         }
 
     def create_args(
-        self, req: CancelRequest, now: datetime
+        self, req: CancelRequest, now: datetime, outbox: Outbox | None = None
     ) -> tuple[list[str], list[str], dict[str, str | int]]:
         """KEYS and ARGV of create.lua for ``req`` (also used by pipelined bulk writes)."""
         record_id = "adj_" + uuid.uuid4().hex
@@ -123,17 +131,20 @@ class RecordStore:
             self.dedupe_key(req),
             self.index_key(Status.QUEUED),
             keys.deadline(self.prefix),
+            outbox.queue_key if outbox else keys.deadline(self.prefix),  # unused without outbox
         ]
-        args = [record_id, str(to_ms(now)), str(fields["expires_at_ms"]), *_pairs(fields)]
+        message = outbox.message_for(record_id) if outbox else ""
+        stored = {k: v for k, v in fields.items() if v != ""}  # absent reads as empty
+        args = [record_id, str(to_ms(now)), str(fields["expires_at_ms"]), message, *_pairs(stored)]
         return script_keys, args, fields
 
-    def create(self, req: CancelRequest, *, now: datetime) -> tuple[Record, bool]:
-        """Write a queued record, or find the existing one for the same request.
-
-        Returns ``(record, created)``; ``created`` is False for a duplicate.
-        """
+    def create(
+        self, req: CancelRequest, *, now: datetime, outbox: Outbox | None = None
+    ) -> tuple[Record, bool]:
+        """Write a queued record (and, with ``outbox``, its task message in the same step), or
+        find the existing one for the same request. Returns ``(record, created)``."""
         for _ in range(2):
-            script_keys, args, fields = self.create_args(req, now)
+            script_keys, args, fields = self.create_args(req, now, outbox)
             created, found_id = cast(list[Any], self._create(keys=script_keys, args=args))
             if int(created):
                 return Record.from_hash({k: str(v) for k, v in fields.items()}), True
@@ -145,12 +156,12 @@ class RecordStore:
         raise RuntimeError("could not create or find the record")  # pragma: no cover
 
     def create_many(
-        self, requests: Sequence[CancelRequest], *, now: datetime
+        self, requests: Sequence[CancelRequest], *, now: datetime, outbox: Outbox | None = None
     ) -> list[tuple[str, bool]]:
         """Pipelined ``create``: one round trip for the lot; ``(record id, created)`` each."""
         pipe = self.client.pipeline(transaction=False)
         for req in requests:
-            script_keys, args, _ = self.create_args(req, now)
+            script_keys, args, _ = self.create_args(req, now, outbox)
             self._create(keys=script_keys, args=args, client=pipe)
         return [(str(found), bool(int(created))) for created, found in pipe.execute()]
 
