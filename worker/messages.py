@@ -38,6 +38,7 @@ class TaskMessages:
             root_id=task_id,
             argsrepr=repr((record_id,)),
             kwargsrepr="{}",
+            ignore_result=None,  # what send_task sends when the caller does not say
         )
         content_type, content_encoding, data = serialize(body, serializer="json")
         raw = data.encode(content_encoding) if isinstance(data, str) else data
