@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from worker.logging import get_logger
 from worker.models import Record, Status, to_ms
 from worker.outcomes import Accepted, Outcome, Rejected
-from worker.ratelimit import SharedRateLimiter
+from worker.ratelimit import SharedRateLimiter, Slot
 from worker.retry import Decision, Policy, decide
 from worker.store import RecordStore
 
@@ -32,7 +32,7 @@ class AttemptResult:
     outcome: str  # claimed-and-decided reason, or why nothing was done
     status: Status | None
     retry_in_s: float | None = None
-    slot_reserved: bool = False  # the retry message owns a rate-limit slot at its countdown
+    slot: Slot | None = None  # the deferred message's rate-limit reservation
 
 
 def run_attempt(
@@ -43,19 +43,19 @@ def run_attempt(
     policy: Policy,
     lease_s: float,
     limiter: SharedRateLimiter | None = None,
-    slot_reserved: bool = False,
+    slot: Slot | None = None,
     clock: Clock = utcnow,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> AttemptResult:
     """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line.
 
-    With a ``limiter``, the attempt first takes a slot of the shared Stripe rate (unless its
-    message already owns one); a slot further away than ``max_sleep_s`` defers the attempt.
+    With a ``limiter``, the attempt first takes a slot of the shared Stripe rate (or confirms
+    the one its message reserved); a slot further away than ``max_sleep_s`` defers it.
     """
     now = clock()
-    if limiter is not None and limiter.enabled and not slot_reserved:
-        deferred = _take_slot(record_id, store, limiter, now, sleep, rng or random.Random())
+    if limiter is not None and limiter.enabled:
+        deferred = _take_slot(record_id, store, limiter, slot, now, sleep, rng or random.Random())
         if deferred is not None:
             return deferred
     claim = store.claim(record_id, now=now, lease_s=lease_s)
@@ -114,13 +114,14 @@ def _take_slot(
     record_id: str,
     store: RecordStore,
     limiter: SharedRateLimiter,
+    reserved: Slot | None,
     now: datetime,
     sleep: Callable[[float], None],
     rng: random.Random,
 ) -> AttemptResult | None:
     """None: go ahead now. Otherwise the deferral the task must publish (no Celery slot is
     held for longer than ``max_sleep_s``; no polling: a granted slot is reserved for it)."""
-    grant = limiter.acquire()
+    grant = limiter.acquire(reserved)
     if grant.granted and grant.wait_s <= limiter.policy.max_sleep_s:
         if grant.wait_s > 0:
             sleep(grant.wait_s)
@@ -135,7 +136,9 @@ def _take_slot(
         rate_per_s=grant.rate_per_s,
         slot_reserved=grant.granted,
     )
-    return AttemptResult("deferred", None, retry_in_s=delay, slot_reserved=grant.granted)
+    return AttemptResult(
+        "deferred", None, retry_in_s=delay, slot=grant.slot if grant.granted else None
+    )
 
 
 def _log_line(

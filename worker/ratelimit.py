@@ -29,10 +29,14 @@ class RatePolicy:
     burst: float = 2.0
     max_sleep_s: float = 0.25  # a worker sleeps at most this long for its slot; longer: defer
     horizon_s: float = 120.0  # slots are reserved at most this far ahead
+    late_s: float = 0.05  # a reserved slot used later than this is given up (no bunching)
     cut_factor: float = 0.7
     cooldown_s: float = 1.0
     recovery_per_s: float = 2.0  # req/s regained per second after a cut
     floor_per_s: float = 1.0
+
+
+Slot = tuple[int, int]  # (slot time, reservation time), microseconds on the Redis clock
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,12 @@ class Grant:
     granted: bool
     wait_s: float
     rate_per_s: float
+    now_us: int = 0
+
+    @property
+    def slot(self) -> Slot:
+        """The reservation, to hand to ``acquire`` when the deferred attempt comes back."""
+        return (self.now_us + int(self.wait_s * 1e6), self.now_us)
 
 
 class SharedRateLimiter:
@@ -58,12 +68,14 @@ class SharedRateLimiter:
     def enabled(self) -> bool:
         return self.policy.limit_per_s > 0
 
-    def acquire(self) -> Grant:
-        """Reserve the next free slot if it is at most ``horizon_s`` away."""
+    def acquire(self, reserved: Slot | None = None) -> Grant:
+        """Reserve the next free slot if it is at most ``horizon_s`` away; with ``reserved``,
+        confirm that earlier reservation instead (unless it lapsed: then queue anew)."""
         p = self.policy
         if not self.enabled:
             return Grant(True, 0.0, 0.0)
-        granted, wait_us, rate_milli = cast(
+        slot_us, reserved_us = reserved if reserved else ("", "")
+        granted, wait_us, rate_milli, now_us = cast(
             list[Any],
             self._acquire(
                 keys=[self.key],
@@ -73,10 +85,13 @@ class SharedRateLimiter:
                     int(p.horizon_s * 1e6),
                     p.recovery_per_s,
                     p.floor_per_s,
+                    slot_us,
+                    reserved_us,
+                    int(p.late_s * 1e6),
                 ],
             ),
         )
-        return Grant(bool(granted), int(wait_us) / 1e6, int(rate_milli) / 1000)
+        return Grant(bool(granted), int(wait_us) / 1e6, int(rate_milli) / 1000, int(now_us))
 
     def penalize(self) -> float:
         """Stripe said 429: cut the shared rate; returns the new rate."""

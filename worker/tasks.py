@@ -16,7 +16,11 @@ REDIS_RETRY_S = 5
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def process_cancellation(self: Task, record_id: str, slot_reserved: bool = False) -> str:  # type: ignore[type-arg]
+def process_cancellation(
+    self: Task,  # type: ignore[type-arg]
+    record_id: str,
+    slot: list[int] | None = None,
+) -> str:
     """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep."""
     runtime = get_runtime(str(app.conf.broker_url))
     try:
@@ -27,7 +31,7 @@ def process_cancellation(self: Task, record_id: str, slot_reserved: bool = False
             policy=runtime.policy,
             lease_s=runtime.settings.lease_s,
             limiter=runtime.limiter,
-            slot_reserved=slot_reserved,
+            slot=(slot[0], slot[1]) if slot else None,
         )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Redis blinked: try again later. The lease and the idempotency key make that safe.
@@ -35,9 +39,7 @@ def process_cancellation(self: Task, record_id: str, slot_reserved: bool = False
         raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
     if result.retry_in_s is not None:
         try:
-            self.apply_async(
-                (record_id,), {"slot_reserved": result.slot_reserved}, countdown=result.retry_in_s
-            )
+            self.apply_async((record_id,), {"slot": result.slot}, countdown=result.retry_in_s)
         except Exception as exc:  # the record says retrying; reconciliation re-publishes it
             log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
     return result.outcome

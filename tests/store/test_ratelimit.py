@@ -93,12 +93,27 @@ class TestAttemptsUseTheLimiter:
         assert self.run(store, lim, ids[1], ok, slept).status is Status.PENDING
         assert slept == [pytest.approx(0.25, abs=0.05)]  # slept out a short wait
         deferred = self.run(store, lim, ids[2], ok, slept)
-        assert deferred.outcome == "deferred" and deferred.slot_reserved
+        assert deferred.outcome == "deferred" and deferred.slot is not None
         assert deferred.retry_in_s == pytest.approx(0.5, abs=0.06)
         assert store.get(ids[2]).status is Status.QUEUED and store.get(ids[2]).attempts == 0
-        # the deferred message owns its slot: it does not queue for another one
-        done = self.run(store, lim, ids[2], ok, slept, slot_reserved=True)
-        assert done.status is Status.PENDING and len(slept) == 1
+        slot_us, reserved_us = deferred.slot
+        assert slot_us - reserved_us == pytest.approx(500_000, abs=60_000)
+
+    def test_reservations_hold_unless_late_or_cut(self, client: fakeredis.FakeRedis) -> None:
+        """A reserved slot is honoured when its time comes; one used late, or made before a
+        cut of the rate, is void and the caller queues again."""
+        lim = limiter(client, limit_per_s=1.0, burst=1.0, late_s=0.05)
+        first = lim.acquire()
+        now = first.now_us
+        on_time = lim.acquire(reserved=(now, now))
+        assert on_time.granted and on_time.wait_s == 0  # confirmed; no new slot taken
+        late = lim.acquire(reserved=(now - 1_000_000, now - 2_000_000))
+        assert late.granted and late.wait_s == pytest.approx(1.0, abs=0.05)  # queued anew
+        honoured = lim.acquire(reserved=late.slot)
+        assert honoured.wait_s == pytest.approx(1.0, abs=0.05)  # early: wait for the slot
+        lim.penalize()  # restarts the schedule; reservations made before it are void
+        voided = lim.acquire(reserved=late.slot)
+        assert voided.granted and voided.wait_s == pytest.approx(0.0, abs=0.05)
 
     def test_a_429_cuts_the_shared_rate(
         self, store: RecordStore, client: fakeredis.FakeRedis

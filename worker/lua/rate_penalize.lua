@@ -16,6 +16,7 @@ if state[1] then
   rate = math.min(limit, tonumber(state[1]) + tonumber(ARGV[4]) * (now - tonumber(state[2])) / 1000000)
 end
 rate = math.max(tonumber(ARGV[5]), rate * tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut_us', tostring(now))
+-- Reservations made at the old rate are void (callers re-queue): restart the schedule now.
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut_us', tostring(now), 'tat_us', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return math.floor(rate * 1000)

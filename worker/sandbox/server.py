@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -91,6 +92,15 @@ class _Handler(BaseHTTPRequestHandler):
         logic = self.server.logic
         if url.path == "/_sandbox/stats":
             self._send(Reply(200, logic.stats()))
+        elif url.path == "/_sandbox/timeline":
+            with logic._lock:
+                rows = [
+                    {"at": r["at"], "outcome": r["outcome"], "http_status": r["http_status"]}
+                    for group in logic.requests.values()
+                    for r in group
+                ]
+            rows.sort(key=lambda r: float(r["at"]))
+            self._send(Reply(200, {"now": time.monotonic(), "requests": rows}))
         elif url.path == "/_sandbox/requests":
             ident = parse_qs(url.query).get("identifier", [""])[0]
             with logic._lock:

@@ -1,0 +1,314 @@
+"""`make bench`: each figure measured next to its baseline in the same run.
+
+    python -m benchmarks.bench [--quick] [--json PATH]
+
+Starts everything on loopback (embedded Redis, the sandbox in its own process, workers),
+runs every scenario, prints a table and writes JSON (default benchmarks/results/latest.json).
+--quick runs every scenario briefly, to keep the script working (a test runs it); its figures
+are not meant to meet the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import stripe
+
+from benchmarks.harness import KEY, ROOT, Services, cpu_s, rss_mb, wait_until
+from worker.config import Settings
+from worker.producer import Producer
+
+RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+
+
+@dataclass
+class Row:
+    scenario: str
+    figure: str
+    value: float
+    unit: str
+    baseline: float | None
+    target: str
+    ok: bool | None
+
+    def cells(self) -> list[str]:
+        base = "" if self.baseline is None else f"{self.baseline:,.2f}"
+        verdict = {True: "yes", False: "NO", None: "-"}[self.ok]
+        return [
+            self.scenario,
+            self.figure,
+            f"{self.value:,.2f} {self.unit}",
+            base,
+            self.target,
+            verdict,
+        ]
+
+
+def producer(services: Services, **env: str) -> Producer:
+    settings = Settings.from_env(services.env(**env))
+    return Producer(services.redis_url, settings=settings)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+def single_enqueue(services: Services, n: int) -> list[Row]:
+    """producer.cancel() latency next to Celery's apply_async of a no-op task."""
+    from benchmarks import baseline_app
+
+    baseline_app.app.conf.broker_url = services.redis_url
+    baseline_app.app.conf.task_default_queue = "bench-noop"
+    ours: list[float] = []
+    theirs: list[float] = []
+    with producer(services, ADJUSTMENTS_QUEUE="bench-single", ADJUSTMENTS_KEY_PREFIX="single") as p:
+        p.cancel("ev", "warm-up")
+        baseline_app.noop.apply_async()
+        for i in range(n):  # interleaved, so both see the same machine
+            t0 = time.perf_counter()
+            p.cancel("ev", f"single_{i}")
+            t1 = time.perf_counter()
+            baseline_app.noop.apply_async()
+            t2 = time.perf_counter()
+            ours.append((t1 - t0) * 1000)
+            theirs.append((t2 - t1) * 1000)
+    p50, p99 = percentile(ours, 0.5), percentile(ours, 0.99)
+    b50, b99 = percentile(theirs, 0.5), percentile(theirs, 0.99)
+    return [
+        Row(
+            "single enqueue",
+            "cancel() p50",
+            p50,
+            "ms",
+            b50,
+            "<= 0.5 ms and <= baseline",
+            p50 <= 0.5 and p50 <= b50,
+        ),
+        Row(
+            "single enqueue",
+            "cancel() p99",
+            p99,
+            "ms",
+            b99,
+            "<= 2 ms and <= baseline",
+            p99 <= 2.0 and p99 <= b99,
+        ),
+    ]
+
+
+def bulk_enqueue(services: Services, n: int) -> list[Row]:
+    """cancel_many() throughput next to one-by-one cancel()."""
+    with producer(services, ADJUSTMENTS_QUEUE="bench-bulk", ADJUSTMENTS_KEY_PREFIX="bulk") as p:
+        one = max(200, n // 10)
+        t0 = time.perf_counter()
+        for i in range(one):
+            p.cancel("ev", f"one_{i}")
+        single_rate = one / (time.perf_counter() - t0)
+        items = [{"event_name": "ev", "identifier": f"bulk_{i}"} for i in range(n)]
+        t0 = time.perf_counter()
+        result = p.cancel_many(items)
+        bulk_rate = n / (time.perf_counter() - t0)
+        assert result.created == n
+    return [
+        Row(
+            "bulk enqueue",
+            "cancel_many()",
+            bulk_rate,
+            "req/s",
+            single_rate,
+            ">= 10,000/s",
+            bulk_rate >= 10_000,
+        )
+    ]
+
+
+def _rate_from_timeline(rows: list[dict[str, Any]], *, ok_only: bool = True) -> float:
+    done = [float(r["at"]) for r in rows if not ok_only or r["http_status"] == 200]
+    if len(done) < 2:
+        return 0.0
+    return (len(done) - 1) / (done[-1] - done[0])
+
+
+def end_to_end(services: Services, n: int, n_base: int, concurrency: int | None = None,
+               label: str = "") -> tuple[list[Row], dict[str, float]]:  # fmt: skip
+    """Completed cancellations/s, Stripe answering in 100 ms: ours vs a plain prefork task."""
+    cores = os.cpu_count() or 2
+    sandbox = services.sandbox
+    env = services.env(
+        ADJUSTMENTS_QUEUE="bench-e2e", ADJUSTMENTS_KEY_PREFIX="e2e", ADJUSTMENTS_RATE_LIMIT="0"
+    )
+    worker = services.worker(env, concurrency=concurrency, name=f"e2e-worker{label}")
+    sandbox.reset(latency_ms=100)
+    with producer(services, ADJUSTMENTS_QUEUE="bench-e2e", ADJUSTMENTS_KEY_PREFIX="e2e") as p:
+        cpu0 = cpu_s(worker.pid)
+        p.cancel_many([{"event_name": "ev", "identifier": f"e2e{label}_{i}"} for i in range(n)])
+        wait_until(lambda: p.store.counts()["pending"] >= n, 300, "our worker to finish")
+        cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / n
+    ours = _rate_from_timeline(sandbox.timeline())
+    memory = rss_mb(worker.pid)
+    services.stop_all()
+    if label:  # a sweep point: no baseline run
+        return [Row("worker pool", f"threads x{concurrency}", ours, "req/s", None, "-", None)], {}
+
+    from benchmarks import baseline_app
+
+    base_env = services.env(BASELINE_QUEUE="bench-baseline")
+    services.start([sys.executable, "-m", "celery", "-A", "benchmarks.baseline_app", "worker",
+                    "--pool", "prefork", "--concurrency", str(cores), "--loglevel", "INFO"],
+                   base_env, "baseline-worker")  # fmt: skip
+    sandbox.reset(latency_ms=100)
+    baseline_app.app.conf.broker_url = services.redis_url
+    for i in range(n_base):
+        baseline_app.cancel.apply_async(("ev", f"base_{i}"), queue="bench-baseline")
+    wait_until(lambda: sandbox.executed() >= n_base, 300, "the baseline worker to finish")
+    base = _rate_from_timeline(sandbox.timeline())
+    services.stop_all()
+    rows = [Row("end to end, Stripe 100 ms", "completed/s, one worker process", ours, "req/s", base,
+                ">= 250/s and >= 10x baseline", ours >= 250 and ours >= 10 * base)]  # fmt: skip
+    return rows, {"cpu_ms": cpu_ms, "rss_mb": memory}
+
+
+def worker_cpu(services: Services, ours_ms: float, calls: int) -> list[Row]:
+    """Our worker's CPU per cancellation next to one bare SDK call against the same sandbox."""
+    services.sandbox.reset(latency_ms=0)
+    stripe.enable_telemetry = False
+    client = stripe.StripeClient(KEY, base_addresses={"api": services.sandbox.url})
+    params: Any = {"event_name": "ev", "type": "cancel", "cancel": {"identifier": "x"}}
+    for i in range(20):
+        client.v1.billing.meter_event_adjustments.create(
+            params={**params, "cancel": {"identifier": f"w{i}"}}
+        )
+    t0 = time.process_time()
+    for i in range(calls):
+        client.v1.billing.meter_event_adjustments.create(
+            params={**params, "cancel": {"identifier": f"c{i}"}}
+        )
+    bare_ms = (time.process_time() - t0) * 1000 / calls
+    return [Row("worker CPU", "CPU per cancellation", ours_ms, "ms", bare_ms, "<= 2x bare SDK call",
+                ours_ms <= 2 * bare_ms)]  # fmt: skip
+
+
+def _limited_run(
+    services: Services, *, sandbox_limit: float, seconds: float, prefix: str
+) -> list[dict[str, Any]]:
+    """3 worker processes sharing ADJUSTMENTS_RATE_LIMIT=50 against a sandbox limit; timeline."""
+    env = services.env(
+        ADJUSTMENTS_QUEUE=f"bench-{prefix}",
+        ADJUSTMENTS_KEY_PREFIX=prefix,
+        ADJUSTMENTS_RATE_LIMIT="50",
+    )
+    for n in range(3):
+        services.worker(env, name=f"{prefix}-worker{n}")
+    services.sandbox.reset(latency_ms=50, rps_limit=sandbox_limit)
+    with producer(
+        services, ADJUSTMENTS_QUEUE=f"bench-{prefix}", ADJUSTMENTS_KEY_PREFIX=prefix
+    ) as p:
+        p.cancel_many(
+            [{"event_name": "ev", "identifier": f"{prefix}_{i}"} for i in range(int(60 * seconds))]
+        )
+        time.sleep(seconds)
+    rows = services.sandbox.timeline()
+    services.stop_all()
+    return rows
+
+
+def shared_limit(services: Services, seconds: float) -> list[Row]:
+    rows = _limited_run(services, sandbox_limit=60, seconds=seconds, prefix="shared")
+    start = float(rows[0]["at"])
+    window = [r for r in rows if start + 1 <= float(r["at"]) <= start + seconds - 0.5]
+    achieved = sum(1 for r in window if r["http_status"] == 200) / (seconds - 1.5)
+    too_many = sum(1 for r in rows if r["http_status"] == 429)
+    return [
+        Row("shared limit (3 procs, 50/s; sandbox 60/s)", "achieved rate", achieved, "req/s", 50.0,
+            "95-100 % of 50/s", 47.5 <= achieved <= 50.5),
+        Row("shared limit (3 procs, 50/s; sandbox 60/s)", "429 answers", too_many, "", None, "0",
+            too_many == 0),
+    ]  # fmt: skip
+
+
+def adaptive_limit(services: Services, seconds: float) -> list[Row]:
+    rows = _limited_run(services, sandbox_limit=30, seconds=seconds, prefix="adaptive")
+    start = float(rows[0]["at"])
+    settle = min(5.0, seconds / 3)
+    late = [r for r in rows if start + settle <= float(r["at"]) <= start + seconds - 0.5]
+    length = seconds - settle - 0.5
+    achieved = sum(1 for r in late if r["http_status"] == 200) / length
+    share = sum(1 for r in late if r["http_status"] == 429) / max(1, len(late))
+    return [
+        Row("adaptive limit (50/s; sandbox 30/s)", "achieved rate", achieved, "req/s", 30.0,
+            ">= 80 % of 30/s", achieved >= 24),
+        Row("adaptive limit (50/s; sandbox 30/s)", f"429 share after {settle:g} s", share * 100,
+            "%", None, "<= 5 %", share <= 0.05),
+    ]  # fmt: skip
+
+
+# --- the run -----------------------------------------------------------------------------------
+def run(quick: bool) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="adjustments-bench-"))
+    services = Services(workdir)
+    rows: list[Row] = []
+    try:
+        rows += single_enqueue(services, 300 if quick else 3000)
+        rows += bulk_enqueue(services, 2000 if quick else 30_000)
+        e2e, measured = end_to_end(services, 300 if quick else 4000, 30 if quick else 300)
+        rows += e2e
+        rows += worker_cpu(services, measured["cpu_ms"], 100 if quick else 1000)
+        rows.append(Row("memory", "worker RSS, default concurrency", measured["rss_mb"], "MB", None,
+                        "<= 200 MB", measured["rss_mb"] <= 200))  # fmt: skip
+        if not quick:
+            for concurrency in (16, 64):
+                rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
+        rows += shared_limit(services, 5 if quick else 30)
+        rows += adaptive_limit(services, 6 if quick else 30)
+    finally:
+        services.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    header = ["scenario", "figure", "value", "baseline", "target", "met"]
+    rows = [Row(**r).cells() for r in report["rows"]]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    line = "  ".join("-" * w for w in widths)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if report["quick"]:
+        print("(--quick: brief runs that keep the script working; figures are not the targets')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every scenario, briefly")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    report = run(args.quick)
+    print_table(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
