@@ -30,6 +30,9 @@ format: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/store
 
