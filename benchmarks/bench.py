@@ -147,12 +147,13 @@ def end_to_end(services: Services, n: int, n_base: int, concurrency: int | None 
     """Completed cancellations/s, Stripe answering in 100 ms: ours vs a plain prefork task."""
     cores = os.cpu_count() or 2
     sandbox = services.sandbox
+    prefix = f"e2e{label}"  # each run its own records, so the counts are this run's
     env = services.env(
-        ADJUSTMENTS_QUEUE="bench-e2e", ADJUSTMENTS_KEY_PREFIX="e2e", ADJUSTMENTS_RATE_LIMIT="0"
+        ADJUSTMENTS_QUEUE=prefix, ADJUSTMENTS_KEY_PREFIX=prefix, ADJUSTMENTS_RATE_LIMIT="0"
     )
     worker = services.worker(env, concurrency=concurrency, name=f"e2e-worker{label}")
     sandbox.reset(latency_ms=100)
-    with producer(services, ADJUSTMENTS_QUEUE="bench-e2e", ADJUSTMENTS_KEY_PREFIX="e2e") as p:
+    with producer(services, ADJUSTMENTS_QUEUE=prefix, ADJUSTMENTS_KEY_PREFIX=prefix) as p:
         cpu0 = cpu_s(worker.pid)
         p.cancel_many([{"event_name": "ev", "identifier": f"e2e{label}_{i}"} for i in range(n)])
         wait_until(lambda: p.store.counts()["pending"] >= n, 300, "our worker to finish")

