@@ -2,14 +2,18 @@
 
 ``cancel()`` writes the record and LPUSHes its task message in one Lua script: one round trip,
 and no window in which a record exists without its message (a transactional outbox).
-The message is built by Celery's own ``create_task_message`` and serialised like kombu's
-virtual channel does; a contract test compares it with what ``send_task`` stores.
+
+The message is built once by Celery's own ``create_task_message`` and serialised the way
+kombu's virtual channel does, with placeholders for the three per-message values (record id,
+task id, body); each payload is then a few string substitutions. Building every message from
+scratch cost a third of ``cancel_many``'s client time. A contract test compares the result
+with what ``send_task`` stores.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+import re
 
 from celery import Celery
 from kombu.serialization import dumps as serialize
@@ -19,6 +23,10 @@ from kombu.utils.uuid import uuid
 from worker.celery_app import TASK_NAME
 
 DELIVERY_PERSISTENT = 2
+_RECORD = "@@RECORD_ID@@"
+_TASK = "@@TASK_ID@@"
+_BODY = "@@BODY@@"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # our ids need no JSON or repr escaping
 
 
 class TaskMessages:
@@ -27,33 +35,45 @@ class TaskMessages:
     def __init__(self, app: Celery, queue: str) -> None:
         self.app = app
         self.queue = queue  # the Redis list for priority 0 is the queue's own name
+        self._message = ""
+        self._body = ""
 
-    def payload(self, record_id: str) -> str:
-        task_id = uuid()
+    def _build_templates(self) -> None:
         headers, properties, body, _ = self.app.amqp.create_task_message(
-            task_id,
+            _TASK,
             TASK_NAME,
-            (record_id,),
+            (_RECORD,),
             {},
-            root_id=task_id,
-            argsrepr=repr((record_id,)),
+            root_id=_TASK,
+            argsrepr=repr((_RECORD,)),
             kwargsrepr="{}",
             ignore_result=None,  # what send_task sends when the caller does not say
         )
         content_type, content_encoding, data = serialize(body, serializer="json")
-        raw = data.encode(content_encoding) if isinstance(data, str) else data
-        message: dict[str, Any] = {
-            "body": base64.b64encode(raw).decode("ascii"),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers,
-            "properties": {
-                **properties,
-                "delivery_mode": DELIVERY_PERSISTENT,
-                "delivery_info": {"exchange": "", "routing_key": self.queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": uuid(),
-            },
-        }
-        return str(json_dumps(message))
+        self._body = data.decode(content_encoding) if isinstance(data, bytes) else str(data)
+        self._message = str(
+            json_dumps(
+                {
+                    "body": _BODY,
+                    "content-encoding": content_encoding,
+                    "content-type": content_type,
+                    "headers": headers,
+                    "properties": {
+                        **properties,
+                        "delivery_mode": DELIVERY_PERSISTENT,
+                        "delivery_info": {"exchange": "", "routing_key": self.queue},
+                        "priority": 0,
+                        "body_encoding": "base64",
+                        "delivery_tag": _TASK,  # unique per message, like the task id
+                    },
+                }
+            )
+        )
+
+    def payload(self, record_id: str) -> str:
+        if not self._message:
+            self._build_templates()
+        if not _SAFE_ID.match(record_id):
+            raise ValueError(f"unexpected record id {record_id!r}")
+        body = base64.b64encode(self._body.replace(_RECORD, record_id).encode()).decode("ascii")
+        return self._message.replace(_BODY, body).replace(_TASK, uuid()).replace(_RECORD, record_id)
