@@ -153,7 +153,7 @@ def iso(when: datetime | None) -> str:
     """UTC ISO 8601 with milliseconds and a Z, or '' for None (how the hash stores times)."""
     if when is None:
         return ""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(raw: str) -> datetime | None:
