@@ -270,7 +270,7 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append(Row("memory", "worker RSS, default concurrency", measured["rss_mb"], "MB", None,
                         "<= 200 MB", measured["rss_mb"] <= 200))  # fmt: skip
         if not quick:
-            for concurrency in (16, 64):
+            for concurrency in (16, 32):
                 rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
         rows += shared_limit(services, 5 if quick else 30)
         rows += adaptive_limit(services, 6 if quick else 30)

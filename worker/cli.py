@@ -124,7 +124,7 @@ def stats(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 32).")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 64).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1)."""

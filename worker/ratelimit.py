@@ -29,7 +29,7 @@ class RatePolicy:
     burst: float = 2.0
     max_sleep_s: float = 0.25  # a worker sleeps at most this long for its slot; longer: defer
     horizon_s: float = 120.0  # slots are reserved at most this far ahead
-    late_s: float = 0.05  # a reserved slot used later than this is given up (no bunching)
+    late_s: float = 0.15  # a reserved slot used later than this is given up (no bunching)
     cut_factor: float = 0.7
     cooldown_s: float = 1.0
     recovery_per_s: float = 2.0  # req/s regained per second after a cut
