@@ -122,23 +122,21 @@ def _take_slot(
     """None: go ahead now. Otherwise the deferral the task must publish (no Celery slot is
     held for longer than ``max_sleep_s``; no polling: a granted slot is reserved for it)."""
     grant = limiter.acquire(reserved)
-    if grant.granted and grant.wait_s <= limiter.policy.max_sleep_s:
+    if grant.go:
         if grant.wait_s > 0:
             sleep(grant.wait_s)
         return None
-    # No slot within the horizon: come back in half to one horizon, spread out.
-    delay = grant.wait_s if grant.granted else limiter.policy.horizon_s * rng.uniform(0.5, 1.0)
+    # Reserved: come back at the slot. Denied (none within the horizon): half to one horizon.
+    delay = grant.wait_s if grant.slot else limiter.policy.horizon_s * rng.uniform(0.5, 1.0)
     store.touch_live(record_id, to_ms(now + timedelta(seconds=delay)))  # reconcile: not lost
     log.debug(
         "cancellation.deferred",
         request_id=record_id,
         retry_in_s=round(delay, 3),
         rate_per_s=grant.rate_per_s,
-        slot_reserved=grant.granted,
+        slot_reserved=grant.slot is not None,
     )
-    return AttemptResult(
-        "deferred", None, retry_in_s=delay, slot=grant.slot if grant.granted else None
-    )
+    return AttemptResult("deferred", None, retry_in_s=delay, slot=grant.slot)
 
 
 def _log_line(

@@ -10,6 +10,7 @@ import atexit
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Queue
 
 from worker.config import Settings
 
@@ -33,6 +34,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.queue,
+        # Both queues are consumed, in turn (kombu rotates its BRPOP order).
+        "task_queues": (Queue(settings.queue), Queue(settings.later_queue)),
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_acks_late": True,

@@ -137,7 +137,7 @@ def worker(concurrency: int | None, loglevel: str) -> None:
             "--pool=threads",
             f"--concurrency={concurrency or cfg.worker_concurrency}",
             f"--loglevel={loglevel}",
-            f"--queues={cfg.queue}",
+            f"--queues={cfg.queue},{cfg.later_queue}",
             f"--hostname=adjustments-{socket.gethostname()}@%h",
             "--without-gossip",
             "--without-mingle",

@@ -117,6 +117,12 @@ class Settings:
         return settings
 
     @property
+    def later_queue(self) -> str:
+        """Where countdown messages (retries, rate-limit deferrals) go: consumed alongside the
+        main queue, so a deep backlog of new work does not delay them past their time."""
+        return f"{self.queue}.later"
+
+    @property
     def visibility_timeout_s(self) -> int:
         """Broker visibility timeout: longer than the longest retry countdown plus one call."""
         return int(max(3600.0, 2 * (self.backoff_cap_s + self.lease_s)))

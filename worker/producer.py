@@ -203,9 +203,13 @@ class Producer:
         }
 
     def queue_depth(self) -> int:
-        # kombu's Redis transport keeps one list per priority step: name, name\x06\x163, ...
-        queue = self.settings.queue
-        names = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+        # kombu's Redis transport keeps one list per queue and priority step (name, name\x06\x163,
+        # ...); countdown messages held by workers until due are not counted.
+        names = [
+            f"{queue}{suffix}"
+            for queue in (self.settings.queue, self.settings.later_queue)
+            for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")
+        ]
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.llen(name)

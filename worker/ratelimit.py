@@ -29,7 +29,6 @@ class RatePolicy:
     burst: float = 2.0
     max_sleep_s: float = 0.25  # a worker sleeps at most this long for its slot; longer: defer
     horizon_s: float = 120.0  # slots are reserved at most this far ahead
-    late_s: float = 0.15  # a reserved slot used later than this is given up (no bunching)
     cut_factor: float = 0.7
     cooldown_s: float = 1.0
     recovery_per_s: float = 2.0  # req/s regained per second after a cut
@@ -39,19 +38,22 @@ class RatePolicy:
 Slot = tuple[int, int]  # (slot time, reservation time), microseconds on the Redis clock
 
 
+GO, RESERVED, DENIED = 1, 2, 0
+
+
 @dataclass(frozen=True)
 class Grant:
-    """``granted``: the slot ``wait_s`` from now is ours; otherwise none within the horizon."""
+    """What the limiter said: ``go`` after ``wait_s`` (at most ``max_sleep_s``); or come back
+    after ``wait_s`` holding ``slot`` (reserved); or come back later with nothing (denied)."""
 
-    granted: bool
+    verdict: int
     wait_s: float
     rate_per_s: float
-    now_us: int = 0
+    slot: Slot | None = None
 
     @property
-    def slot(self) -> Slot:
-        """The reservation, to hand to ``acquire`` when the deferred attempt comes back."""
-        return (self.now_us + int(self.wait_s * 1e6), self.now_us)
+    def go(self) -> bool:
+        return self.verdict == GO
 
 
 class SharedRateLimiter:
@@ -69,13 +71,15 @@ class SharedRateLimiter:
         return self.policy.limit_per_s > 0
 
     def acquire(self, reserved: Slot | None = None) -> Grant:
-        """Reserve the next free slot if it is at most ``horizon_s`` away; with ``reserved``,
-        confirm that earlier reservation instead (unless it lapsed: then queue anew)."""
+        """Take the next free slot (reserving it if it is more than ``max_sleep_s`` and at most
+        ``horizon_s`` away); with ``reserved``, redeem that earlier reservation instead, unless
+        the rate was cut since it was made. Sends are spaced by the rate even when callers come
+        back late for their slots, so they never arrive in a burst."""
         p = self.policy
         if not self.enabled:
-            return Grant(True, 0.0, 0.0)
+            return Grant(GO, 0.0, 0.0)
         slot_us, reserved_us = reserved if reserved else ("", "")
-        granted, wait_us, rate_milli, now_us = cast(
+        verdict, wait_us, rate_milli, _now_us, slot_at, reserved_at = cast(
             list[Any],
             self._acquire(
                 keys=[self.key],
@@ -87,11 +91,12 @@ class SharedRateLimiter:
                     p.floor_per_s,
                     slot_us,
                     reserved_us,
-                    int(p.late_s * 1e6),
+                    int(p.max_sleep_s * 1e6),
                 ],
             ),
         )
-        return Grant(bool(granted), int(wait_us) / 1e6, int(rate_milli) / 1000, int(now_us))
+        slot = (int(slot_at), int(reserved_at)) if int(verdict) == RESERVED else None
+        return Grant(int(verdict), int(wait_us) / 1e6, int(rate_milli) / 1000, slot)
 
     def penalize(self) -> float:
         """Stripe said 429: cut the shared rate; returns the new rate."""

@@ -39,7 +39,12 @@ def process_cancellation(
         raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
     if result.retry_in_s is not None:
         try:
-            self.apply_async((record_id,), {"slot": result.slot}, countdown=result.retry_in_s)
+            self.apply_async(
+                (record_id,),
+                {"slot": result.slot},
+                countdown=result.retry_in_s,
+                queue=runtime.settings.later_queue,
+            )
         except Exception as exc:  # the record says retrying; reconciliation re-publishes it
             log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
     return result.outcome

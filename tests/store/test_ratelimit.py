@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import fakeredis
@@ -10,7 +11,7 @@ import pytest
 from worker.attempt import run_attempt
 from worker.models import CancelRequest, Record, Status
 from worker.outcomes import Accepted, Outcome, Rejected
-from worker.ratelimit import RatePolicy, SharedRateLimiter
+from worker.ratelimit import DENIED, GO, RESERVED, RatePolicy, SharedRateLimiter
 from worker.retry import Policy
 from worker.store import RecordStore
 
@@ -26,16 +27,19 @@ def limiter(client: fakeredis.FakeRedis, **kw: float) -> SharedRateLimiter:
 class TestLimiter:
     def test_burst_then_spacing(self, client: fakeredis.FakeRedis) -> None:
         """The first `burst` requests go at once; then each waits one interval more."""
-        lim = limiter(client)
-        waits = [lim.acquire().wait_s for _ in range(5)]
-        assert waits[0] == 0 and waits[1] == 0
-        assert [round(w, 1) for w in waits[2:]] == [0.1, 0.2, 0.3]
+        lim = limiter(client, max_sleep_s=1.0)
+        grants = [lim.acquire() for _ in range(5)]
+        assert all(g.go for g in grants)
+        assert [round(g.wait_s, 1) for g in grants] == [0, 0, 0.1, 0.2, 0.3]
 
-    def test_beyond_the_horizon_nothing_is_reserved(self, client: fakeredis.FakeRedis) -> None:
-        lim = limiter(client, horizon_s=0.25)
-        grants = [lim.acquire() for _ in range(6)]
-        assert [g.granted for g in grants] == [True, True, True, True, False, False]
-        assert grants[-1].wait_s > 0.25
+    def test_far_slots_are_reserved_then_denied_past_the_horizon(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        lim = limiter(client, max_sleep_s=0.15, horizon_s=0.45)
+        grants = [lim.acquire() for _ in range(7)]
+        assert [g.verdict for g in grants] == [GO, GO, GO, RESERVED, RESERVED, RESERVED, DENIED]
+        assert grants[3].slot is not None and grants[3].wait_s == pytest.approx(0.2, abs=0.02)
+        assert grants[-1].slot is None
 
     def test_penalize_cuts_once_per_cooldown(self, client: fakeredis.FakeRedis) -> None:
         lim = limiter(client, cut_factor=0.5, cooldown_s=60)
@@ -57,7 +61,27 @@ class TestLimiter:
 
     def test_disabled_with_zero(self, client: fakeredis.FakeRedis) -> None:
         lim = limiter(client, limit_per_s=0)
-        assert not lim.enabled and all(lim.acquire().granted for _ in range(100))
+        assert not lim.enabled and all(lim.acquire().go for _ in range(100))
+
+    def test_reservations_are_redeemed_early_late_and_void_after_a_cut(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        """A reservation is honoured when its holder comes back, even late, yet sends stay
+        spaced; one made before a cut of the rate is void and the caller queues again."""
+        lim = limiter(client, limit_per_s=10.0, burst=1.0, max_sleep_s=0.05, horizon_s=60)
+        grants = [lim.acquire() for _ in range(4)]  # go now; slots 0.1, 0.2, 0.3 s ahead
+        assert [g.verdict for g in grants] == [GO, RESERVED, RESERVED, RESERVED]
+        early = lim.acquire(reserved=grants[3].slot)
+        assert early.verdict == RESERVED and early.wait_s == pytest.approx(0.3, abs=0.03)
+        time.sleep(0.2)
+        seconds, micros = client.time()
+        overdue = (seconds * 1_000_000 + micros - 5_000_000, 1)  # its holder is 5 s late
+        assert lim.acquire(reserved=overdue).go  # late: goes now (its slot was never used)
+        also_late = lim.acquire(reserved=overdue)
+        assert also_late.verdict == RESERVED  # ...but two late ones are still spaced
+        assert also_late.wait_s == pytest.approx(0.1, abs=0.02)
+        lim.penalize()  # restarts the schedule; reservations made before it are void
+        assert lim.acquire(reserved=grants[1].slot).slot != grants[1].slot
 
 
 class TestAttemptsUseTheLimiter:
@@ -98,22 +122,6 @@ class TestAttemptsUseTheLimiter:
         assert store.get(ids[2]).status is Status.QUEUED and store.get(ids[2]).attempts == 0
         slot_us, reserved_us = deferred.slot
         assert slot_us - reserved_us == pytest.approx(500_000, abs=60_000)
-
-    def test_reservations_hold_unless_late_or_cut(self, client: fakeredis.FakeRedis) -> None:
-        """A reserved slot is honoured when its time comes; one used late, or made before a
-        cut of the rate, is void and the caller queues again."""
-        lim = limiter(client, limit_per_s=1.0, burst=1.0, late_s=0.05)
-        first = lim.acquire()
-        now = first.now_us
-        on_time = lim.acquire(reserved=(now, now))
-        assert on_time.granted and on_time.wait_s == 0  # confirmed; no new slot taken
-        late = lim.acquire(reserved=(now - 1_000_000, now - 2_000_000))
-        assert late.granted and late.wait_s == pytest.approx(1.0, abs=0.05)  # queued anew
-        honoured = lim.acquire(reserved=late.slot)
-        assert honoured.wait_s == pytest.approx(1.0, abs=0.05)  # early: wait for the slot
-        lim.penalize()  # restarts the schedule; reservations made before it are void
-        voided = lim.acquire(reserved=late.slot)
-        assert voided.granted and voided.wait_s == pytest.approx(0.0, abs=0.05)
 
     def test_a_429_cuts_the_shared_rate(
         self, store: RecordStore, client: fakeredis.FakeRedis
