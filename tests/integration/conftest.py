@@ -26,6 +26,21 @@ SANDBOX_DEFAULTS = SandboxConfig(slow_s=CLIENT_TIMEOUT_S + 0.6)
 pytestmark = pytest.mark.integration
 
 
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``adjustments ARGS`` as a user runs it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def wait_until(predicate: Callable[[], object], *, timeout_s: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

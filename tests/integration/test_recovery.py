@@ -23,6 +23,7 @@ from worker.sandbox import SandboxServer
 from worker.store import RecordStore
 
 from .conftest import WorkerProcess, start_worker, stop_worker, wait_until
+from .conftest import run_cli as cli
 
 Settle = Callable[[str], Record]
 
@@ -122,20 +123,6 @@ class TestReplay:
         assert all(sandbox.logic.executions[i] == 1 for i in idents)
         history = producer.get(ids[0], with_history=True).history
         assert [h["outcome"] for h in history] == ["permanent", "replayed", "accepted"]
-
-
-def cli(
-    args: list[str], env: dict[str, str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 class TestCliRecovery:
