@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from worker import lifecycle
 from worker.logging import get_logger
 from worker.models import Record, Status, to_ms
 from worker.outcomes import Accepted, Outcome, Rejected
@@ -61,7 +62,7 @@ def run_attempt(
     claim = store.claim(record_id, now=now, lease_s=lease_s)
     if claim.kind == "window_closed":
         record = store.get(record_id)
-        store.expire_window(record, now=now)
+        lifecycle.expire_window(store, record, now=now)
         _log_line(record, "window_closed", Status.EXPIRED, None, 0.0, attempt=record.attempts)
         return AttemptResult("window_closed", Status.EXPIRED)
     if claim.kind != "claimed" or claim.record is None:
@@ -89,7 +90,8 @@ def run_attempt(
     retry_at = (
         now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
     )
-    written = store.finish(
+    written = lifecycle.finish(
+        store,
         record,
         decision.status,
         token=claim.token,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from worker import lifecycle
 from worker.logging import get_logger
 from worker.models import Status, to_ms
 from worker.store import RecordStore
@@ -94,4 +95,4 @@ def reconcile(
 def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
     """Expire live records past their window; one a worker holds a live lease on is left to it."""
     records = store.get_many(store.deadline_due(now, limit=batch))
-    return sum(store.expire_window(record, now=now) for record in records)
+    return sum(lifecycle.expire_window(store, record, now=now) for record in records)

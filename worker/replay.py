@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from worker import lifecycle
 from worker.errors import InvalidInput
 from worker.logging import get_logger
 from worker.models import Record, Status, to_ms
@@ -116,7 +117,7 @@ def replay(
     if dry_run:
         return report
     for record in records:
-        if store.requeue_for_replay(record, now=now, force=force):
+        if lifecycle.requeue_for_replay(store, record, now=now, force=force):
             publish(record.id)  # a failed publish leaves it queued: reconciliation sends it
             report.replayed.append(record.id)
         else:

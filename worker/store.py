@@ -22,8 +22,7 @@ import redis
 
 from worker import keys
 from worker.errors import RecordNotFound
-from worker.models import TERMINAL, CancelRequest, ErrorInfo, Record, Status, iso, to_ms
-from worker.outcomes import Accepted
+from worker.models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
 EARLY_RETRY_TOLERANCE_MS = 1000
@@ -307,100 +306,8 @@ class RecordStore:
         )
         return str(reply[0]) == "ok"
 
-    def finish(
-        self,
-        record: Record,
-        to: Status,
-        *,
-        token: str,
-        now: datetime,
-        reason: str = "",
-        accepted: Accepted | None = None,
-        error: ErrorInfo | None = None,
-        retry_at: datetime | None = None,
-        generation: int | None = None,
-        request_id: str | None = None,
-        http_status: int | None = None,
-    ) -> bool:
-        """End the attempt that holds ``token``: record Stripe's answer and the new status."""
-        fields: dict[str, str | int] = {
-            "next_attempt_at": iso(retry_at),
-            "next_attempt_ms": to_ms(retry_at) if retry_at else "",
-        }
-        if accepted is not None:
-            fields.update(
-                stripe_status=accepted.stripe_status,
-                adjustment_id=accepted.adjustment_id or "",
-                adjustment_created=accepted.created or "",
-                livemode="" if accepted.livemode is None else int(accepted.livemode),
-            )
-        if error is not None:
-            fields["last_error"] = error.to_json()
-        if request_id:
-            fields["stripe_request_id"] = request_id
-        if generation is not None and generation != record.generation:
-            fields.update(generation=generation, idempotency_key=self._key_for(record, generation))
-        entry = {
-            "attempt": record.attempts,
-            "outcome": reason or to.value,
-            "status": to.value,
-            "http_status": http_status,
-            "error_code": error.code if error else None,
-            "generation": record.generation,
-        }
-        return self.transition(
-            record,
-            to,
-            now=now,
-            allowed_from={Status.PROCESSING},
-            fields=fields,
-            token=token,
-            score_ms=to_ms(retry_at) if retry_at else None,
-            history=entry,
-        )
-
-    def expire_window(self, record: Record, *, now: datetime) -> bool:
-        """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
-        return self.transition(
-            record,
-            Status.EXPIRED,
-            now=now,
-            allowed_from=LIVE,
-            unless_leased=True,
-            fields={"next_attempt_at": "", "next_attempt_ms": ""},
-            history={
-                "attempt": record.attempts,
-                "outcome": "window_closed",
-                "status": "expired",
-                "generation": record.generation,
-            },
-        )
-
-    def requeue_for_replay(self, record: Record, *, now: datetime, force: bool = False) -> bool:
-        """``failed`` (or, forced, ``expired``) back to ``queued`` with the next key generation
-        and a fresh attempt budget. Refused for any other status, so a second replay is a no-op."""
-        generation = record.generation + 1
-        fields: dict[str, str | int] = {
-            "generation": generation,
-            "idempotency_key": self._key_for(record, generation),
-            "attempts": 0,
-            "replays": record.replays + 1,
-            "next_attempt_at": "",
-            "next_attempt_ms": "",
-        }
-        if force:
-            fields["expires_at_ms"] = ""  # Stripe decides now; we no longer expire it ourselves
-        allowed = {Status.FAILED, Status.EXPIRED} if force else {Status.FAILED}
-        return self.transition(
-            record,
-            Status.QUEUED,
-            now=now,
-            allowed_from=allowed,
-            fields=fields,
-            history={"outcome": "replayed", "status": "queued", "generation": generation},
-        )
-
-    def _key_for(self, record: Record, generation: int) -> str:
+    def key_for(self, record: Record, generation: int) -> str:
+        """The idempotency key of ``record``'s request at ``generation``."""
         return keys.idempotency_key(keys.request_digest(request_of(record)), generation)
 
     # --- locks ------------------------------------------------------------------------------

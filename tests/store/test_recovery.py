@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from worker import keys
+from worker import keys, lifecycle
 from worker.errors import InvalidInput
 from worker.models import CancelRequest, ErrorInfo, Record, Status
 from worker.reconcile import LOCK_NAME, reconcile
@@ -32,7 +32,8 @@ def failed(
 ) -> Record:
     record, _ = store.create(CancelRequest("v2", event, ident), now=when)
     claim = store.claim(record.id, now=when, lease_s=30)
-    store.finish(
+    lifecycle.finish(
+        store,
         record,
         Status.FAILED,
         token=claim.token,
@@ -57,7 +58,8 @@ class TestHistory:
         for n in range(HISTORY_CAP + 5):
             claim = store.claim(record.id, now=at(n * 10), lease_s=5)
             assert claim.record is not None
-            store.finish(
+            lifecycle.finish(
+                store,
                 claim.record,
                 Status.RETRYING,
                 token=claim.token,
@@ -126,7 +128,7 @@ class TestReplay:
     def test_expired_needs_force(self, store: RecordStore) -> None:
         old = CancelRequest("v1", "ev", "old", None, T0 - timedelta(hours=25))
         record, _ = store.create(old, now=T0)
-        store.expire_window(record, now=T0)
+        lifecycle.expire_window(store, record, now=T0)
         with pytest.raises(InvalidInput, match="force"):
             replay(store, Published(), ReplayFilter(status=Status.EXPIRED), now=at(1))
         skipped = replay(store, Published(), ReplayFilter(ids=[record.id]), now=at(1))
@@ -153,7 +155,7 @@ class TestReconcile:
         store.claim(dead.id, now=T0, lease_s=30)  # the worker died holding the lease
         late, _ = store.create(CancelRequest("v2", "ev", "r"), now=T0)
         claim = store.claim(late.id, now=T0, lease_s=30)
-        store.finish(late, Status.RETRYING, token=claim.token, now=T0, retry_at=at(10))
+        lifecycle.finish(store, late, Status.RETRYING, token=claim.token, now=T0, retry_at=at(10))
         old, _ = store.create(
             CancelRequest("v2", "ev", "o", None, T0 - timedelta(hours=23)), now=T0
         )

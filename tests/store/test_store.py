@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 
+from worker import lifecycle
 from worker.errors import RecordNotFound
 from worker.models import CancelRequest, ErrorInfo, Status
 from worker.outcomes import Accepted
@@ -76,26 +77,28 @@ class TestClaim:
         assert second.kind == "claimed" and second.token != first.token
         assert second.record is not None and second.record.attempts == 2
         # the first worker's late finish is refused: its lease is no longer the record's
-        assert not store.finish(record, Status.PENDING, token=first.token, now=later(63))
+        assert not lifecycle.finish(store, record, Status.PENDING, token=first.token, now=later(63))
 
     def test_retry_not_due_is_refused(self, store: RecordStore) -> None:
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
-        store.finish(record, Status.RETRYING, token=claim.token, now=T0, retry_at=later(30))
+        lifecycle.finish(
+            store, record, Status.RETRYING, token=claim.token, now=T0, retry_at=later(30)
+        )
         assert store.claim(record.id, now=later(10), lease_s=60).kind == "not_due"
         assert store.claim(record.id, now=later(30), lease_s=60).kind == "claimed"
 
     def test_terminal_is_refused(self, store: RecordStore) -> None:
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
-        store.finish(record, Status.COMPLETE, token=claim.token, now=T0)
+        lifecycle.finish(store, record, Status.COMPLETE, token=claim.token, now=T0)
         assert store.claim(record.id, now=later(1), lease_s=60).kind == "terminal"
 
     def test_closed_window_is_reported(self, store: RecordStore) -> None:
         old = CancelRequest("v1", "ev", "old", None, T0 - timedelta(hours=25))
         record, _ = store.create(old, now=T0)
         assert store.claim(record.id, now=T0, lease_s=60).kind == "window_closed"
-        assert store.expire_window(record, now=T0)
+        assert lifecycle.expire_window(store, record, now=T0)
         assert store.get(record.id).status is Status.EXPIRED
 
     def test_missing(self, store: RecordStore) -> None:
@@ -109,7 +112,8 @@ class TestFinish:
         accepted = Accepted(
             "pending", 200, "req_1", "mtr_event_adj_1", "2026-11-21T12:00:00Z", False
         )
-        assert store.finish(
+        assert lifecycle.finish(
+            store,
             record,
             Status.PENDING,
             token=claim.token,
@@ -130,7 +134,8 @@ class TestFinish:
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         error = ErrorInfo("api_error", "api_error", "boom", 500)
-        store.finish(
+        lifecycle.finish(
+            store,
             record,
             Status.RETRYING,
             token=claim.token,
@@ -147,8 +152,8 @@ class TestFinish:
         """An illegal move is refused inside Redis."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
-        store.finish(record, Status.COMPLETE, token=claim.token, now=T0)
-        assert not store.finish(record, Status.FAILED, token=claim.token, now=later(1))
+        lifecycle.finish(store, record, Status.COMPLETE, token=claim.token, now=T0)
+        assert not lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(1))
         assert store.get(record.id).status is Status.COMPLETE
 
     def test_terminal_records_expire_after_retention(
@@ -157,7 +162,7 @@ class TestFinish:
         record, _ = store.create(REQ, now=T0)
         assert client.ttl(store.record_key(record.id)) == -1  # live records never expire
         claim = store.claim(record.id, now=T0, lease_s=60)
-        store.finish(record, Status.FAILED, token=claim.token, now=T0)
+        lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=T0)
         assert 0 < client.ttl(store.record_key(record.id)) <= RETENTION_S
         assert 0 < client.ttl(store.dedupe_key(record)) <= RETENTION_S
 

@@ -1,0 +1,108 @@
+"""The record's life cycle, as transitions on the store: end of an attempt, window closed,
+replay. Each is one atomic ``RecordStore.transition`` that refuses an illegal move."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from worker.models import ErrorInfo, Record, Status, iso, to_ms
+from worker.outcomes import Accepted
+from worker.store import LIVE, RecordStore
+
+
+def finish(
+    store: RecordStore,
+    record: Record,
+    to: Status,
+    *,
+    token: str,
+    now: datetime,
+    reason: str = "",
+    accepted: Accepted | None = None,
+    error: ErrorInfo | None = None,
+    retry_at: datetime | None = None,
+    generation: int | None = None,
+    request_id: str | None = None,
+    http_status: int | None = None,
+) -> bool:
+    """End the attempt that holds ``token``: record Stripe's answer and the new status."""
+    fields: dict[str, str | int] = {
+        "next_attempt_at": iso(retry_at),
+        "next_attempt_ms": to_ms(retry_at) if retry_at else "",
+    }
+    if accepted is not None:
+        fields.update(
+            stripe_status=accepted.stripe_status,
+            adjustment_id=accepted.adjustment_id or "",
+            adjustment_created=accepted.created or "",
+            livemode="" if accepted.livemode is None else int(accepted.livemode),
+        )
+    if error is not None:
+        fields["last_error"] = error.to_json()
+    if request_id:
+        fields["stripe_request_id"] = request_id
+    if generation is not None and generation != record.generation:
+        fields.update(generation=generation, idempotency_key=store.key_for(record, generation))
+    entry = {
+        "attempt": record.attempts,
+        "outcome": reason or to.value,
+        "status": to.value,
+        "http_status": http_status,
+        "error_code": error.code if error else None,
+        "generation": record.generation,
+    }
+    return store.transition(
+        record,
+        to,
+        now=now,
+        allowed_from={Status.PROCESSING},
+        fields=fields,
+        token=token,
+        score_ms=to_ms(retry_at) if retry_at else None,
+        history=entry,
+    )
+
+
+def expire_window(store: RecordStore, record: Record, *, now: datetime) -> bool:
+    """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
+    return store.transition(
+        record,
+        Status.EXPIRED,
+        now=now,
+        allowed_from=LIVE,
+        unless_leased=True,
+        fields={"next_attempt_at": "", "next_attempt_ms": ""},
+        history={
+            "attempt": record.attempts,
+            "outcome": "window_closed",
+            "status": "expired",
+            "generation": record.generation,
+        },
+    )
+
+
+def requeue_for_replay(
+    store: RecordStore, record: Record, *, now: datetime, force: bool = False
+) -> bool:
+    """``failed`` (or, forced, ``expired``) back to ``queued`` with the next key generation
+    and a fresh attempt budget. Refused for any other status, so a second replay is a no-op."""
+    generation = record.generation + 1
+    fields: dict[str, str | int] = {
+        "generation": generation,
+        "idempotency_key": store.key_for(record, generation),
+        "attempts": 0,
+        "replays": record.replays + 1,
+        "next_attempt_at": "",
+        "next_attempt_ms": "",
+    }
+    if force:
+        fields["expires_at_ms"] = ""  # Stripe decides now; we no longer expire it ourselves
+    allowed = {Status.FAILED, Status.EXPIRED} if force else {Status.FAILED}
+    return store.transition(
+        record,
+        Status.QUEUED,
+        now=now,
+        allowed_from=allowed,
+        fields=fields,
+        history={"outcome": "replayed", "status": "queued", "generation": generation},
+    )
