@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -126,13 +126,3 @@ class Settings:
     def visibility_timeout_s(self) -> int:
         """Broker visibility timeout: longer than the longest retry countdown plus one call."""
         return int(max(3600.0, 2 * (self.backoff_cap_s + self.lease_s)))
-
-    def describe(self) -> dict[str, str]:
-        """Settings as strings for display, with the API key masked."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "stripe_api_key":
-                value = "set" if value else "unset"
-            out[f.name] = "" if value is None else str(value)
-        return out
