@@ -13,7 +13,7 @@ from worker.logging import get_logger
 from worker.models import Record, Status, to_ms
 from worker.outcomes import Accepted, Outcome, Rejected
 from worker.ratelimit import SharedRateLimiter, Slot
-from worker.retry import Decision, Policy, decide
+from worker.retry import Decision, Policy, decide, key_outcome_after
 from worker.store import RecordStore
 
 log = get_logger("adjustments.attempt")
@@ -79,6 +79,7 @@ def run_attempt(
     if limiter is not None and isinstance(outcome, Rejected) and outcome.http_status == 429:
         limiter.penalize()  # someone else spent the account's budget: slow everyone down
     now = clock()
+    key_outcome = key_outcome_after(record.key_outcome, outcome)
     decision = decide(
         outcome,
         attempt=record.attempts,
@@ -86,6 +87,7 @@ def run_attempt(
         expires_at=record.expires_at,
         policy=policy,
         rng=rng,
+        key_outcome=key_outcome,
     )
     retry_at = (
         now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
@@ -103,6 +105,7 @@ def run_attempt(
         request_id=outcome.request_id,
         reason=decision.reason,
         http_status=outcome.http_status,
+        key_outcome=key_outcome,
     )
     if not written:
         # Our lease lapsed and another worker took the record over: it owns the outcome now.

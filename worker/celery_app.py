@@ -10,18 +10,41 @@ import atexit
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu import Connection, Queue
 
+from worker import keys
 from worker.config import Settings
 
 TASK_NAME = "adjustments.process_cancellation"
 RECONCILE_TASK = "adjustments.reconcile"
+# Reconnect attempts every 0.5 s, then 1 s, at most 2 s apart (kombu's own default grows to
+# 30 s): a worker resumes within a few seconds of Redis being reachable again.
+RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 
 
-def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
+class Consumer(CeleryConsumer):
+    """Celery's consumer, reconnecting to the broker at short intervals."""
+
+    def ensure_connected(self, conn: Connection) -> Connection:
+        ensure = conn.ensure_connection
+
+        def quicker(*args: Any, **kwargs: Any) -> Any:
+            return ensure(*args, **{**RECONNECT_INTERVALS_S, **kwargs})
+
+        conn.ensure_connection = quicker  # type: ignore[method-assign]
+        return super().ensure_connected(conn)
+
+
+def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
     """Our defaults: at-least-once delivery, the record as the only result, short timeouts."""
+    target = settings.redis_target(redis_url)
+    broker = target.celery_options()
     return {
-        "broker_url": broker_url,
+        "adjustments_redis_url": redis_url,
+        "broker_url": target.broker_url(),
+        "broker_transport": broker["broker_transport"],
+        "broker_use_ssl": broker["broker_use_ssl"],
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             # Longer than the longest retry countdown: an ETA message is not redelivered early.
@@ -30,7 +53,10 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
             "health_check_interval": 30,
+            "dead_letter_key": keys.dead_letter(settings.key_prefix),
+            **broker["transport_options"],
         },
+        "worker_consumer": "worker.celery_app:Consumer",
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.queue,

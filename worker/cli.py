@@ -127,9 +127,16 @@ def stats(as_json: bool) -> None:
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 64).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(concurrency: int | None, loglevel: str) -> None:
-    """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1)."""
+    """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1).
+
+    Exits 2 at start when it could never finish a task (STRIPE_API_KEY, Redis's eviction
+    policy); otherwise with Celery's exit code: 0 only for a requested shutdown."""
+    from worker.cli_run import check_redis, check_worker, exit_with, run_celery
+
     cfg = settings()
-    with redis_url(cfg.redis_url, cfg.data_dir):
+    check_worker(cfg)
+    with redis_url(cfg.redis_url, cfg.data_dir) as url:
+        check_redis(cfg, url)
         from worker.celery_app import app
 
         argv = [
@@ -143,7 +150,8 @@ def worker(concurrency: int | None, loglevel: str) -> None:
             "--without-mingle",
             "--without-heartbeat",
         ]
-        app.worker_main(argv)
+        code = run_celery(app, argv)
+    exit_with(code, "the worker")
 
 
 @cli.command()
@@ -205,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"cannot reach Redis: {exc}", 1)
     except AdjustmentsError as exc:
         _fail(str(exc), 1)
+    except Exception as exc:  # anything else still ends as one line and a failure
+        _fail(f"{type(exc).__name__}: {exc}", 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -114,12 +114,16 @@ def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def beat_cmd(loglevel: str) -> None:
     """Run Celery beat: sends the reconciliation task every ADJUSTMENTS_RECONCILE_INTERVAL_S."""
+    from worker.cli_run import check_redis, exit_with, run_celery
+
     cfg = settings()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    with redis_url(cfg.redis_url, cfg.data_dir):
+    with redis_url(cfg.redis_url, cfg.data_dir) as url:
+        check_redis(cfg, url)
         from worker.celery_app import app
 
-        app.start(["beat", f"--loglevel={loglevel}"])
+        code = run_celery(app, ["beat", f"--loglevel={loglevel}"])
+    exit_with(code, "beat")
 
 
 def _chunks(

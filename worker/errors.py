@@ -21,3 +21,24 @@ class RecordNotFound(AdjustmentsError, KeyError):
 
 class EmbeddedRedisError(AdjustmentsError, RuntimeError):
     """Raised when the embedded Redis server cannot be started or reached."""
+
+
+class StoreError(AdjustmentsError):
+    """Raised when Redis could not carry out a request; the subclass says whether it was
+    written."""
+
+
+class NotAccepted(StoreError, ConnectionError):
+    """Raised when Redis was unreachable or refused the write (out of memory, read-only
+    replica): nothing was written, so the request was not accepted. Safe to try again."""
+
+
+class AcceptanceUnknown(StoreError, TimeoutError):
+    """Raised when the write may or may not have happened (a timeout or a connection lost after
+    sending, or durability not confirmed in time). Call ``cancel()`` again: it is idempotent
+    and returns the existing record if the first call was written."""
+
+
+class UnsafeRedis(ConfigError):
+    """Raised when the Redis server cannot keep the promises configured (an eviction policy,
+    no append-only file for ``fsync``, a server too old for WAITAOF)."""

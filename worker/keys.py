@@ -47,6 +47,11 @@ def rate_limiter(prefix: str) -> str:
     return f"{prefix}:ratelimit"
 
 
+def dead_letter(prefix: str) -> str:
+    """Queue items no worker could parse, newest first (``…:total`` counts them all)."""
+    return f"{prefix}:deadletter"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from worker.models import ErrorInfo, Record, Status, iso, to_ms
 from worker.outcomes import Accepted
+from worker.retry import replay_needs_new_key
 from worker.store import LIVE, RecordStore
 
 
@@ -24,12 +25,15 @@ def finish(
     generation: int | None = None,
     request_id: str | None = None,
     http_status: int | None = None,
+    key_outcome: str | None = None,
 ) -> bool:
     """End the attempt that holds ``token``: record Stripe's answer and the new status."""
     fields: dict[str, str | int] = {
         "next_attempt_at": iso(retry_at),
         "next_attempt_ms": to_ms(retry_at) if retry_at else "",
     }
+    if key_outcome is not None:
+        fields["key_outcome"] = key_outcome
     if accepted is not None:
         fields.update(
             stripe_status=accepted.stripe_status,
@@ -43,6 +47,7 @@ def finish(
         fields["stripe_request_id"] = request_id
     if generation is not None and generation != record.generation:
         fields.update(generation=generation, idempotency_key=store.key_for(record, generation))
+        fields["key_outcome"] = ""  # a new key has done nothing yet
     entry = {
         "attempt": record.attempts,
         "outcome": reason or to.value,
@@ -84,12 +89,18 @@ def expire_window(store: RecordStore, record: Record, *, now: datetime) -> bool:
 def requeue_for_replay(
     store: RecordStore, record: Record, *, now: datetime, force: bool = False
 ) -> bool:
-    """``failed`` (or, forced, ``expired``) back to ``queued`` with the next key generation
-    and a fresh attempt budget. Refused for any other status, so a second replay is a no-op."""
-    generation = record.generation + 1
+    """``failed`` (or, forced, ``expired``) back to ``queued`` with a fresh attempt budget.
+    Refused for any other status, so a second replay is a no-op.
+
+    The next key generation only when Stripe's stored answer proves the current key executed
+    nothing; after an unknown outcome the same key goes again and Stripe replays the truth."""
+    generation = (
+        record.generation + 1 if replay_needs_new_key(record.key_outcome) else record.generation
+    )
     fields: dict[str, str | int] = {
         "generation": generation,
         "idempotency_key": store.key_for(record, generation),
+        "key_outcome": "" if generation != record.generation else record.key_outcome,
         "attempts": 0,
         "replays": record.replays + 1,
         "next_attempt_at": "",

@@ -47,7 +47,7 @@ class TaskMessages:
             root_id=_TASK,
             argsrepr=repr((_RECORD,)),
             kwargsrepr="{}",
-            ignore_result=None,  # what send_task sends when the caller does not say
+            ignore_result=False,  # what send_task (Celery 5.6) sends when the caller does not say
         )
         content_type, content_encoding, data = serialize(body, serializer="json")
         self._body = data.decode(content_encoding) if isinstance(data, bytes) else str(data)

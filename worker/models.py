@@ -137,6 +137,8 @@ class ErrorInfo:
     code: str | None
     message: str | None
     http_status: int | None
+    # True when attempts ran out after an attempt with no answer: Stripe may have executed it.
+    outcome_unknown: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -146,7 +148,13 @@ class ErrorInfo:
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(data.get("type"), data.get("code"), data.get("message"), data.get("http_status"))
+        return cls(
+            data.get("type"),
+            data.get("code"),
+            data.get("message"),
+            data.get("http_status"),
+            bool(data.get("outcome_unknown", False)),
+        )
 
 
 def iso(when: datetime | None) -> str:
@@ -188,6 +196,7 @@ class Record:
     last_error: ErrorInfo | None
     idempotency_key: str
     replays: int = 0
+    key_outcome: str = ""  # what the current idempotency key did: "", unknown or rejected
     history: tuple[dict[str, Any], ...] = ()
 
     @property
@@ -221,6 +230,7 @@ class Record:
             last_error=ErrorInfo.from_json(data.get("last_error", "")),
             idempotency_key=data.get("idempotency_key", ""),
             replays=int(data.get("replays") or 0),
+            key_outcome=data.get("key_outcome", ""),
             history=tuple(json.loads(entry) for entry in history),
         )
 
@@ -247,5 +257,6 @@ class Record:
             "last_error": asdict(self.last_error) if self.last_error else None,
             "idempotency_key": self.idempotency_key,
             "replays": self.replays,
+            "key_outcome": self.key_outcome or None,
             "history": list(self.history),
         }

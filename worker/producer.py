@@ -8,23 +8,27 @@ record.id  # keep it to ask for the status later
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+import redis
+
 from worker.celery_app import TASK_NAME, create_app
 from worker.config import Settings
 from worker.embedded import EmbeddedRedis
-from worker.errors import InvalidInput
+from worker.errors import AcceptanceUnknown, InvalidInput, NotAccepted, StoreError
 from worker.logging import get_logger
 from worker.messages import TaskMessages
 from worker.models import CancelRequest, Record, Status
 from worker.ratelimit import SharedRateLimiter
 from worker.replay import ReplayFilter, ReplayReport, replay
-from worker.runtime import rate_policy, redis_client
+from worker.runtime import rate_policy
+from worker.server_checks import check_server
 from worker.store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
@@ -41,16 +45,43 @@ class BulkResult:
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
+def store_error(exc: redis.RedisError) -> StoreError:
+    """Whether a failed write may have happened: Redis refused it or was never reached (not
+    accepted), or the answer was lost on the way back (unknown)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return NotAccepted(f"Redis is out of memory and refused the write: {text}")
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return NotAccepted(
+            f"Redis is a read-only replica (failover?) and refused the write: {text}"
+        )
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError) and " connecting to " in text:
+        # redis-py's message for a connection that was never established: nothing was sent.
+        return NotAccepted(f"cannot reach Redis, nothing was written: {text}")
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return AcceptanceUnknown(
+            f"Redis did not answer ({text}): the request may or may not have been written; "
+            "call cancel() again, it is idempotent"
+        )
+    return NotAccepted(f"Redis refused the write: {text}")
+
+
 class Producer:
     """Enqueues cancellations. Thread-safe; create one per process and reuse it."""
 
     def __init__(self, redis_url: str, *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.redis_url = redis_url
-        self.client = redis_client(redis_url)
+        self.client = self.settings.redis_target(redis_url).client()
         self.store = RecordStore(
-            self.client, prefix=self.settings.key_prefix, retention_s=self.settings.retention_s
+            self.client,
+            prefix=self.settings.key_prefix,
+            retention_s=self.settings.retention_s,
+            durability=self.settings.durability,
+            durability_timeout_ms=self.settings.durability_timeout_ms,
         )
+        self._checked = False
+        self._check_lock = threading.Lock()
         self.app = create_app(self.settings, redis_url, name="adjustments-producer")
         messages = TaskMessages(self.app, self.settings.queue)
         self.outbox = Outbox(self.settings.queue, messages.payload)
@@ -91,8 +122,37 @@ class Producer:
             event_received_at=event_received_at,
             now=now,
         )
-        record, _ = self.store.create(request, now=now, outbox=self.outbox)
+        with self._writing():
+            record, _ = self.store.create(request, now=now, outbox=self.outbox)
         return record
+
+    def check_server(self) -> None:
+        """Refuse a Redis that cannot keep our promises (UnsafeRedis); log weaker set-ups.
+
+        Runs once, before the first write (``cancel()`` and ``cancel_many()`` call it)."""
+        if self._checked:
+            return
+        with self._check_lock:
+            if self._checked:
+                return
+            for warning in check_server(
+                self.client,
+                durability=self.settings.durability,
+                allow_eviction=self.settings.allow_eviction,
+            ):
+                log.warning("redis.weak_guarantee", reason=warning)
+            self._checked = True
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Redis's errors as ours, each saying whether the request may have been written."""
+        try:
+            self.check_server()
+            yield
+        except StoreError:
+            raise
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
 
     def cancel_many(
         self, items: Iterable[Mapping[str, Any]], *, now: datetime | None = None
@@ -126,7 +186,8 @@ class Producer:
     def _write_chunk(
         self, chunk: list[CancelRequest], slots: list[int], result: BulkResult, now: datetime
     ) -> None:
-        written = self.store.create_many(chunk, now=now, outbox=self.outbox)
+        with self._writing():
+            written = self.store.create_many(chunk, now=now, outbox=self.outbox)
         for position, (record_id, created) in zip(slots, written, strict=True):
             result.ids[position] = record_id
             if created:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from worker.models import ErrorInfo, Status
@@ -11,6 +11,35 @@ from worker.outcomes import Accepted, Outcome, Rejected
 
 RETRYABLE_HTTP = frozenset({409, 429})
 ALREADY_CANCELED = "already_canceled"
+# What Stripe's idempotency layer has said under a record's current key:
+KEY_UNKNOWN = "unknown"  # a call got no answer (timeout, dropped connection): may have executed
+KEY_REJECTED = "rejected"  # a definite error answer: stored and replayed, nothing executed
+# Answers that come before the idempotency layer (or while another request holds the key) and
+# so say nothing about what the key did: 429 (rate limiters run first), 409 (key in use).
+SAYS_NOTHING_OF_KEY = frozenset({409, 429})
+UNKNOWN_NOTE = (
+    "attempts ran out after an attempt whose outcome is unknown (no answer from Stripe): the "
+    "cancellation may have been executed; a replay reuses the same idempotency key, so Stripe "
+    "answers with what happened. Last error: "
+)
+
+
+def key_outcome_after(previous: str, outcome: Outcome) -> str:
+    """What the current idempotency key is known to have done after ``outcome``."""
+    if isinstance(outcome, Accepted):
+        return ""
+    if outcome.connection_error:
+        return KEY_UNKNOWN
+    if (outcome.http_status or 0) in SAYS_NOTHING_OF_KEY:
+        return previous
+    return KEY_REJECTED
+
+
+def replay_needs_new_key(key_outcome: str) -> bool:
+    """A replay moves to the next key only when Stripe's stored answer proves the current one
+    executed nothing; after an unknown outcome (or none at all) it reuses the key, so Stripe
+    replays the truth instead of executing a second time."""
+    return key_outcome == KEY_REJECTED
 
 
 def compute_backoff_s(
@@ -59,8 +88,10 @@ def decide(
     expires_at: datetime | None,
     policy: Policy,
     rng: random.Random | None = None,
+    key_outcome: str = "",
 ) -> Decision:
-    """Classify one attempt's outcome into the record's next status."""
+    """Classify one attempt's outcome into the record's next status (``key_outcome``: what the
+    current key is known to have done, after this attempt)."""
     if isinstance(outcome, Accepted):
         # Stripe's status is an open enum: anything other than complete is "accepted, pending".
         status = Status.COMPLETE if outcome.stripe_status == "complete" else Status.PENDING
@@ -71,6 +102,10 @@ def decide(
     if not is_retryable(outcome):
         return Decision(Status.FAILED, "permanent", error=error)
     if attempt >= policy.max_attempts:
+        if key_outcome == KEY_UNKNOWN:
+            error = replace(
+                error, message=UNKNOWN_NOTE + (error.message or ""), outcome_unknown=True
+            )
         return Decision(Status.FAILED, "exhausted", error=error)
     delay = compute_backoff_s(
         attempt, base_s=policy.backoff_base_s, cap_s=policy.backoff_cap_s, rng=rng

@@ -15,17 +15,17 @@ from worker.ratelimit import RatePolicy, SharedRateLimiter
 from worker.retry import Policy
 from worker.store import RecordStore
 
-
-def redis_client(url: str, *, max_connections: int | None = None) -> redis.Redis:
-    """A pooled client with short timeouts, so a Redis outage is an error, not a hang."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
-        max_connections=max_connections,
-    )
+# How long a worker thread waits for Redis to come back (restart, failover, a full memory)
+# before giving up on the step it is in. It holds Stripe's answer meanwhile, so the outcome is
+# written as soon as Redis answers, not after a lease and a reconciliation. Shorter than the
+# lease (at least 60 s), so no other worker takes the record over while we wait.
+WORKER_REDIS_RETRY_S = 20.0
+RIDE_OUT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a failover: the old master is a replica now
+    redis.exceptions.OutOfMemoryError,
+)
 
 
 def rate_policy(settings: Settings) -> RatePolicy:
@@ -46,7 +46,11 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
-        client = redis_client(redis_url, max_connections=settings.worker_concurrency + 8)
+        client = settings.redis_target(redis_url).client(
+            max_connections=settings.worker_concurrency + 8,
+            retry_for_s=min(WORKER_REDIS_RETRY_S, settings.lease_s / 3),
+            retry_on=RIDE_OUT,
+        )
         store = RecordStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s)
         stripe_client = stripe_api.shared_client(settings)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)

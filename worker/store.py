@@ -21,7 +21,8 @@ from typing import Any, Literal, cast
 import redis
 
 from worker import keys
-from worker.errors import RecordNotFound
+from worker.config import Durability
+from worker.errors import AcceptanceUnknown, RecordNotFound
 from worker.models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
@@ -76,10 +77,20 @@ class Claim:
 class RecordStore:
     """Records in Redis. Pass a client made with ``decode_responses=True``."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "adj", retention_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "adj",
+        retention_s: int,
+        durability: Durability | None = None,
+        durability_timeout_ms: int = 2000,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention_s = retention_s
+        self.durability = durability or Durability("memory")
+        self.durability_timeout_ms = durability_timeout_ms
         self._create = client.register_script(load_script("create.lua"))
         self._claim = client.register_script(load_script("claim.lua"))
         self._transition = client.register_script(load_script("transition.lua"))
@@ -144,7 +155,9 @@ class RecordStore:
         find the existing one for the same request. Returns ``(record, created)``."""
         for _ in range(2):
             script_keys, args, fields = self.create_args(req, now, outbox)
-            created, found_id = cast(list[Any], self._create(keys=script_keys, args=args))
+            pipe = self.client.pipeline(transaction=False)
+            self._create(keys=script_keys, args=args, client=pipe)
+            created, found_id = cast(list[Any], self._execute_durably(pipe)[0])
             if int(created):
                 return Record.from_hash({k: str(v) for k, v in fields.items()}), True
             existing = self.find(str(found_id))
@@ -162,7 +175,34 @@ class RecordStore:
         for req in requests:
             script_keys, args, _ = self.create_args(req, now, outbox)
             self._create(keys=script_keys, args=args, client=pipe)
-        return [(str(found), bool(int(created))) for created, found in pipe.execute()]
+        replies = self._execute_durably(pipe)
+        return [(str(found), bool(int(created))) for created, found in replies]
+
+    def _execute_durably(self, pipe: Any) -> list[Any]:
+        """Run ``pipe`` and, in the same round trip, wait until its writes are as durable as
+        configured; AcceptanceUnknown if Redis did not confirm that in time."""
+        level = self.durability.level
+        timeout = self.durability_timeout_ms
+        if level == "fsync":
+            pipe.execute_command("WAITAOF", 1, 0, timeout)
+        elif level == "replicas":
+            pipe.execute_command("WAIT", self.durability.replicas, timeout)
+        replies = cast(list[Any], pipe.execute())
+        if level == "memory":
+            return replies
+        confirmed = replies.pop()
+        if level == "fsync" and int(confirmed[0]) < 1:
+            raise AcceptanceUnknown(
+                f"Redis wrote the request but did not confirm it on disk within {timeout} ms "
+                "(WAITAOF): call cancel() again, it returns the same record"
+            )
+        if level == "replicas" and int(confirmed) < self.durability.replicas:
+            raise AcceptanceUnknown(
+                f"Redis wrote the request but only {int(confirmed)} of "
+                f"{self.durability.replicas} replica(s) confirmed it within {timeout} ms: "
+                "call cancel() again, it returns the same record"
+            )
+        return replies
 
     def find(self, record_id: str, *, with_history: bool = False) -> Record | None:
         pipe = self.client.pipeline(transaction=False)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import redis
 from celery import Task
 
 from worker.attempt import run_attempt, utcnow
 from worker.celery_app import RECONCILE_TASK, TASK_NAME, app
 from worker.logging import get_logger
 from worker.reconcile import reconcile
-from worker.runtime import get_runtime
+from worker.runtime import RIDE_OUT, get_runtime
 
 log = get_logger("adjustments.tasks")
 REDIS_RETRY_S = 5
@@ -22,7 +21,7 @@ def process_cancellation(
     slot: list[int] | None = None,
 ) -> str:
     """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep."""
-    runtime = get_runtime(str(app.conf.broker_url))
+    runtime = get_runtime(str(app.conf.adjustments_redis_url))
     try:
         result = run_attempt(
             record_id,
@@ -33,8 +32,10 @@ def process_cancellation(
             limiter=runtime.limiter,
             slot=(slot[0], slot[1]) if slot else None,
         )
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        # Redis blinked: try again later. The lease and the idempotency key make that safe.
+    except RIDE_OUT as exc:
+        # Redis stayed away (or full) longer than the client's own retries: try again later.
+        # The lease and the idempotency key make that safe; if even the retry cannot be
+        # published, the record is still live in the store and reconciliation re-drives it.
         log.warning("cancellation.redis_unavailable", request_id=record_id, error=str(exc))
         raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
     if result.retry_in_s is not None:
@@ -63,7 +64,7 @@ def publish(record_id: str) -> bool:
 @app.task(name=RECONCILE_TASK, ignore_result=True)
 def reconcile_task() -> dict[str, object]:
     """The scheduled repair run (``adjustments beat`` sends it every interval)."""
-    runtime = get_runtime(str(app.conf.broker_url))
+    runtime = get_runtime(str(app.conf.adjustments_redis_url))
     report = reconcile(
         store=runtime.store,
         publish=publish,

@@ -13,6 +13,7 @@ from worker.errors import InvalidInput
 from worker.models import CancelRequest, ErrorInfo, Record, Status
 from worker.reconcile import LOCK_NAME, reconcile
 from worker.replay import ReplayFilter, replay
+from worker.retry import KEY_REJECTED, KEY_UNKNOWN
 from worker.store import HISTORY_CAP, RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -29,6 +30,7 @@ def failed(
     code: str = "parameter_invalid",
     when: datetime = T0,
     event: str = "ev",
+    key_outcome: str = KEY_REJECTED,
 ) -> Record:
     record, _ = store.create(CancelRequest("v2", event, ident), now=when)
     claim = store.claim(record.id, now=when, lease_s=30)
@@ -41,6 +43,7 @@ def failed(
         reason="permanent",
         error=ErrorInfo("invalid_request_error", code, "bad", 400),
         http_status=400,
+        key_outcome=key_outcome,
     )
     return store.get(record.id)
 
@@ -92,6 +95,15 @@ class TestReplay:
         assert (got.status, got.generation, got.attempts, got.replays) == (Status.QUEUED, 1, 0, 1)
         assert got.idempotency_key.endswith("-g1") and got.history[-1]["outcome"] == "replayed"
         assert store.client.ttl(store.record_key(record.id)) == -1  # live again: no expiry
+
+    def test_replay_after_an_unknown_outcome_reuses_the_key(self, store: RecordStore) -> None:
+        """A record whose last key got no answer (maybe executed) is replayed under that same
+        key, so Stripe replays what happened instead of executing a second time."""
+        record = failed(store, "r-unknown", code="rate_limit", key_outcome=KEY_UNKNOWN)
+        replay(store, Published(), ReplayFilter(ids=[record.id]), now=at(60))
+        got = store.get(record.id)
+        assert (got.status, got.generation) == (Status.QUEUED, 0)
+        assert got.idempotency_key == record.idempotency_key and got.key_outcome == KEY_UNKNOWN
 
     def test_second_replay_in_a_row_enqueues_once(self, store: RecordStore) -> None:
         record = failed(store, "r2")

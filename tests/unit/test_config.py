@@ -42,7 +42,8 @@ class TestSettings:
             ({"ADJUSTMENTS_MAX_ATTEMPTS": "zero"}, "whole number"),
             ({"ADJUSTMENTS_MAX_ATTEMPTS": "0"}, ">= 1"),
             ({"ADJUSTMENTS_BACKOFF_CAP_S": "-1"}, ">= 0"),
-            ({"STRIPE_API_KEY": "pk_test_123"}, "secret"),
+            ({"ADJUSTMENTS_DURABILITY": "disk"}, "memory, fsync or replicas"),
+            ({"ADJUSTMENTS_DURABILITY": "replicas:0"}, "replicas:N"),
             ({"ADJUSTMENTS_LEASE_S": "5", "ADJUSTMENTS_STRIPE_TIMEOUT_S": "10"}, "LEASE"),
         ],
     )

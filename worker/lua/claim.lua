@@ -10,6 +10,16 @@ end
 local now = tonumber(ARGV[2])
 if status == 'processing' then
   local lease = tonumber(redis.call('HGET', rec, 'lease_until_ms') or '0') or 0
+  if redis.call('HGET', rec, 'lease_token') == ARGV[4] then
+    -- Our own claim, sent again after its answer was lost (the client retries on a dropped
+    -- connection): hand back the record, without a second attempt counted.
+    local out = {'claimed'}
+    local all = redis.call('HGETALL', rec)
+    for i = 1, #all do
+      out[#out + 1] = all[i]
+    end
+    return out
+  end
   if lease > now then
     return {'leased'}
   end

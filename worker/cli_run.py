@@ -1,0 +1,70 @@
+"""``adjustments worker`` and ``adjustments beat``: checks before start, Celery's exit code after.
+
+A worker that could never finish a task (no usable STRIPE_API_KEY, a Redis that may evict
+records) exits 2 at start with one line. Whatever Celery returns is our exit code, so a
+supervisor's ``Restart=on-failure`` sees a crash as a failure; a requested shutdown is 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import Celery
+
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.logging import get_logger
+from worker.server_checks import check_server
+
+log = get_logger("adjustments.cli")
+REDIS_WAIT_S = 60.0
+
+
+def check_redis(cfg: Settings, url: str, *, wait_s: float = REDIS_WAIT_S) -> None:
+    """Read the server's guarantees (waiting up to ``wait_s`` for it to be reachable): raise
+    UnsafeRedis for a fatal problem, log the rest."""
+    client = cfg.redis_target(url).client()
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                warnings = check_server(
+                    client, durability=cfg.durability, allow_eviction=cfg.allow_eviction
+                )
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis.unreachable_at_start", error=str(exc), retry_in_s=1)
+                time.sleep(1)
+        for warning in warnings:
+            log.warning("redis.weak_guarantee", reason=warning)
+    finally:
+        client.close()
+
+
+def check_worker(cfg: Settings) -> None:
+    problem = cfg.worker_key_problem()
+    if problem:
+        raise ConfigError(problem)
+
+
+def run_celery(app: Celery, argv: Sequence[str]) -> int:
+    """``celery ARGV`` on ``app``, returning its exit code (``app.start`` drops it)."""
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = app
+    try:
+        code = celery_cli.main(args=list(argv), standalone_mode=False)
+    finally:
+        celery_cli.params[0].default = None
+    return code if isinstance(code, int) else 0
+
+
+def exit_with(code: int, what: str) -> None:
+    if code:
+        print(f"adjustments: error: {what} stopped with exit code {code}", file=sys.stderr)
+    sys.exit(code)
