@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -27,6 +28,49 @@ log = get_logger("adjustments.transport")
 
 DEAD_LETTER_CAP = 10_000  # newest items kept; the counter keeps the total
 OOM_RESTORE_FOR_S = 30.0
+
+# Delivery tags whose messages kombu could not put back on their queue when the connection
+# died (it tries while Redis is down): they wait in kombu's unacked hash, which kombu itself
+# only restores after the visibility timeout (an hour). Restored on the next connection.
+_stranded: set[str] = set()
+# Items popped from a queue whose delivery failed because the connection died on the way
+# (kombu's bookkeeping write may or may not have run): (queue, raw item, delivery tag).
+_in_flight: list[tuple[str, str, str]] = []
+_stranded_lock = threading.Lock()
+
+
+class ResilientQoS(kombu_redis.QoS):
+    """kombu's QoS, remembering what it failed to restore while Redis was unreachable."""
+
+    def restore_unacked(self, client: Any = None) -> None:
+        tags = list(self._delivered or ())
+        try:
+            super().restore_unacked(client)
+        except redis.RedisError as exc:
+            with _stranded_lock:
+                _stranded.update(tags)
+            if self._delivered is not None:
+                self._delivered.clear()
+            log.warning("queue.restore_deferred", messages=len(tags), error=str(exc))
+
+    def restore_stranded(self) -> None:
+        """Put back what an earlier connection left in the unacked hash (a message already
+        acknowledged is gone from it: nothing happens; one still running is delivered again
+        and refused by the record's lease)."""
+        with _stranded_lock:
+            tags = list(_stranded)
+        restored = 0
+        for tag in tags:
+            try:
+                self.restore_by_tag(tag, leftmost=True)
+            except redis.RedisError as exc:
+                log.warning("queue.restore_failed", error=str(exc), left=len(tags) - restored)
+                return
+            with _stranded_lock:
+                _stranded.discard(tag)
+            restored += 1
+        if restored:
+            log.info("queue.restored_after_reconnect", messages=restored)
 
 
 def envelope_problem(item: str) -> str | None:
@@ -56,7 +100,41 @@ def envelope_problem(item: str) -> str | None:
 
 
 class _Resilient:
-    """Mixed into kombu's Redis channels: dead letters and OOM restores."""
+    """Mixed into kombu's Redis channels: dead letters, OOM restores, stranded messages."""
+
+    QoS = ResilientQoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if _in_flight:
+            self._restore_in_flight()
+        if _stranded:
+            self.qos.restore_stranded()  # type: ignore[attr-defined]
+
+    def _restore_in_flight(self) -> None:
+        """Push each item whose delivery died with the connection back on its queue, once:
+        taking it out of kombu's unacked hash if its bookkeeping write had run."""
+        with _stranded_lock:
+            items = list(_in_flight)
+        unacked, index = self.unacked_key, self.unacked_index_key  # type: ignore[attr-defined]
+        for queue, item, tag in items:
+
+            def put_back(pipe: Any, queue: str = queue, item: str = item, tag: str = tag) -> None:
+                held = pipe.hget(unacked, tag)
+                pipe.multi()
+                if held:
+                    pipe.zrem(index, tag).hdel(unacked, tag)
+                pipe.rpush(queue, item)
+
+            try:
+                with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                    client.transaction(put_back, unacked)
+            except redis.RedisError as exc:
+                log.warning("queue.restore_failed", error=str(exc))
+                return
+            with _stranded_lock:
+                _in_flight.remove((queue, item, tag))
+            log.info("queue.restored_in_flight", queue=queue)
 
     # Provided by kombu's Channel:
     client: Any
@@ -106,8 +184,15 @@ class _Resilient:
         if problem is not None:
             self._dead_letter(queue, item, problem)
             return
+        payload = json.loads(item)
         try:
-            self.connection._deliver(json.loads(item), queue)
+            self.connection._deliver(payload, queue)
+        except self.connection_errors:
+            tag = str(payload["properties"].get("delivery_tag", ""))
+            if tag and tag not in self.qos._delivered:  # type: ignore[attr-defined]
+                with _stranded_lock:
+                    _in_flight.append((queue, item, tag))
+            raise
         except redis.exceptions.OutOfMemoryError:
             log.warning("queue.oom_on_delivery", queue=queue)
             self._restore_after_oom(queue, item)

@@ -7,7 +7,20 @@ from typing import Any
 
 # Forced outcomes a test may script per identifier (consumed in order, one per executed request).
 SCRIPTABLE = frozenset(
-    {"ok", "500", "429", "429_retry", "429_no_retry", "timeout", "drop", "400", "404", "401"}
+    {
+        "ok",
+        "500",
+        "429",
+        "429_retry",
+        "429_no_retry",
+        "timeout",
+        "drop",
+        "400",
+        "404",
+        "401",
+        "rate_limited",  # a rate limiter's 429, before the idempotency layer (even for a key
+        # whose request was executed)
+    }
 )
 
 

@@ -135,7 +135,9 @@ class StripeLogic:
         except Invalid as exc:
             code = exc.code
             return self._error(api, 400, str(exc), code, param=exc.param)
-        if not self._take_token():
+        if not self._take_token() or self._scripted_rate_limit(adj.identifier):
+            # Stripe's rate limiters run before its idempotency layer: a 429 can come back even
+            # for a key whose first request was executed.
             self._log(adj.identifier, key, "rate_limited", 429, account)
             return self._error(api, 429, "Too many requests hit the API too quickly.", "rate_limit")
         scope = (secret, account or "", key)
@@ -290,6 +292,16 @@ class StripeLogic:
                 return name
             roll -= rate
         return None
+
+    def _scripted_rate_limit(self, identifier: str) -> bool:
+        """A scripted ``rate_limited`` is answered before the idempotency layer, like Stripe's
+        rate limiters (a scripted ``429`` is an answer of the endpoint itself)."""
+        with self._lock:
+            queue = self._scripts.get(identifier)
+            if queue and queue[0] == "rate_limited":
+                queue.popleft()
+                return True
+        return False
 
     def _take_token(self) -> bool:
         rate = self.config.rps_limit
