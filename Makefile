@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q tests/unit tests/store
+	$(BIN)/pytest -q -m 'not slow'
 
 clean:
 	rm -rf $(VENV) .adjustments .pytest_cache .mypy_cache .ruff_cache

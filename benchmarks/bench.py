@@ -109,6 +109,50 @@ def single_enqueue(services: Services, n: int) -> list[Row]:
     ]
 
 
+def durability_cost(services: Services, n: int) -> list[Row]:
+    """cancel() latency for each ADJUSTMENTS_DURABILITY level under each appendfsync policy;
+    the baseline is `memory` on the same server in the same run."""
+    from redis import Redis
+
+    rows: list[Row] = []
+    admin = Redis.from_url(services.redis_url)
+    try:
+        for appendfsync in ("everysec", "always"):
+            admin.config_set("appendfsync", appendfsync)
+            samples: dict[str, list[float]] = {"memory": [], "fsync": []}
+            producers = {
+                level: producer(
+                    services,
+                    ADJUSTMENTS_DURABILITY=level,
+                    ADJUSTMENTS_QUEUE="bench-durability",
+                    ADJUSTMENTS_KEY_PREFIX=f"dur-{appendfsync}-{level}",
+                )
+                for level in samples
+            }
+            try:
+                for level, p in producers.items():
+                    p.cancel("ev", f"warm-{level}")
+                for i in range(n):  # interleaved, so both see the same machine
+                    for level, p in producers.items():
+                        t0 = time.perf_counter()
+                        p.cancel("ev", f"dur_{appendfsync}_{i}")
+                        samples[level].append((time.perf_counter() - t0) * 1000)
+            finally:
+                for p in producers.values():
+                    p.close()
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                value = percentile(samples["fsync"], q)
+                base = percentile(samples["memory"], q)
+                rows.append(Row(f"durability (appendfsync {appendfsync})",
+                                f"cancel() {name}, fsync vs memory", value, "ms", base,
+                                "reported", None))  # fmt: skip
+    finally:
+        admin.config_set("appendfsync", "always")
+        admin.delete("bench-durability")
+        admin.close()
+    return rows
+
+
 def bulk_enqueue(services: Services, n: int) -> list[Row]:
     """cancel_many() throughput next to one-by-one cancel()."""
     with producer(services, ADJUSTMENTS_QUEUE="bench-bulk", ADJUSTMENTS_KEY_PREFIX="bulk") as p:
@@ -263,6 +307,7 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[Row] = []
     try:
         rows += single_enqueue(services, 300 if quick else 3000)
+        rows += durability_cost(services, 30 if quick else 400)
         rows += bulk_enqueue(services, 2000 if quick else 30_000)
         e2e, measured = end_to_end(services, 300 if quick else 4000, 30 if quick else 300)
         rows += e2e

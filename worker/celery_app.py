@@ -7,6 +7,7 @@ opens no connection until it is first configured: ``on_configure`` builds everyt
 from __future__ import annotations
 
 import atexit
+import math
 from typing import Any
 
 from celery import Celery, signals
@@ -21,6 +22,11 @@ RECONCILE_TASK = "adjustments.reconcile"
 # Reconnect attempts every 0.5 s, then 1 s, at most 2 s apart (kombu's own default grows to
 # 30 s): a worker resumes within a few seconds of Redis being reachable again.
 RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+
+
+def reconnect_attempts(limit_s: float) -> int:
+    """How many reconnect attempts span about ``limit_s`` at RECONNECT_INTERVALS_S."""
+    return max(2, math.ceil(limit_s / RECONNECT_INTERVALS_S["interval_max"]) + 1)
 
 
 class Consumer(CeleryConsumer):
@@ -46,6 +52,9 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "broker_transport": broker["broker_transport"],
         "broker_use_ssl": broker["broker_use_ssl"],
         "broker_connection_retry_on_startup": True,
+        # Past this many reconnect attempts (about ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S at 2 s
+        # apart) the worker stops with a non-zero exit code, for its supervisor to see.
+        "broker_connection_max_retries": reconnect_attempts(settings.redis_outage_limit_s),
         "broker_transport_options": {
             # Longer than the longest retry countdown: an ETA message is not redelivered early.
             "visibility_timeout": settings.visibility_timeout_s,

@@ -36,6 +36,8 @@ def check_redis(cfg: Settings, url: str, *, wait_s: float = REDIS_WAIT_S) -> Non
                 )
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if "certificate" in str(exc).lower():  # not a blip: it will never verify
+                    raise ConfigError(f"Redis's TLS certificate was refused: {exc}") from exc
                 if time.monotonic() > deadline:
                     raise
                 log.warning("redis.unreachable_at_start", error=str(exc), retry_in_s=1)

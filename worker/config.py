@@ -111,6 +111,7 @@ class Settings:
     durability: Durability = field(default_factory=Durability)
     durability_timeout_ms: int = 2000
     allow_eviction: bool = False
+    redis_outage_limit_s: float = 300.0
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -147,6 +148,9 @@ class Settings:
             durability=Durability.parse(_get(env, "ADJUSTMENTS_DURABILITY") or "fsync"),
             durability_timeout_ms=_int(env, "ADJUSTMENTS_DURABILITY_TIMEOUT_MS", 2000, minimum=1),
             allow_eviction=_flag(env, "ADJUSTMENTS_ALLOW_EVICTION"),
+            redis_outage_limit_s=_float(
+                env, "ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", 300.0, minimum=1.0
+            ),
             sentinel_master=_get(env, "ADJUSTMENTS_SENTINEL_MASTER"),
             sentinel_password=_get(env, "ADJUSTMENTS_SENTINEL_PASSWORD"),
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import run_cli, stop_worker, wait_until
-from worker.errors import NotAccepted
+from worker.errors import AcceptanceUnknown, NotAccepted
 from worker.sandbox import SandboxServer
 
 from .conftest import (
@@ -73,17 +73,19 @@ def test_full_memory_refuses_new_work_and_loses_nothing(
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory", used + 400_000)
         accepted: list[str] = []
-        refused = 0
+        refused: list[NotAccepted] = []
         for n in range(5000):
             try:
                 accepted.append(producer.cancel("ev", f"oom_{n}").id)
             except NotAccepted as exc:
-                assert "out of memory" in str(exc)
-                refused += 1
-                if refused >= 5:
-                    break
-        assert refused >= 5 and accepted
-        assert client.dbsize() > 0
+                refused.append(exc)
+                break
+        assert refused and accepted and "out of memory" in str(refused[0])
+        keys_before = client.dbsize()
+        for n in range(3):
+            with pytest.raises(NotAccepted, match="out of memory"):
+                producer.cancel("ev", f"oom_refused_{n}")
+        assert client.dbsize() == keys_before  # nothing half-written
         time.sleep(3)  # the worker meets OOM on its own writes meanwhile
         assert worker.process.poll() is None, worker.log_text()[-2000:]
         client.config_set("maxmemory", 0)
@@ -179,6 +181,32 @@ def test_v1_timeout_after_execution_then_replay_executes_once(
         done = producer.get(record.id)
         assert done.status.value == "pending" and done.generation == failed.generation
         assert fault_sandbox.logic.executions["late_v1"] == 1
+    finally:
+        producer.close()
+        stop_worker(worker)
+
+
+def test_cancel_during_a_stall_says_unknown_and_a_second_call_finds_the_first(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Redis stalls after cancel() sent its write: cancel() raises AcceptanceUnknown (not "not
+    accepted"); once Redis resumes, the write has happened, and calling cancel() again returns
+    that same record, executed once."""
+    env = fault_env(redis_proc.url, fault_sandbox, tmp_path / "data")
+    worker = start_fault_worker(env, tmp_path / "worker.log")
+    producer = producer_for(env)
+    try:
+        producer.cancel("ev", "warm")  # the connection and the start checks are done
+        redis_proc.pause()
+        try:
+            with pytest.raises(AcceptanceUnknown, match="call cancel\\(\\) again"):
+                producer.cancel("ev", "stalled")
+        finally:
+            redis_proc.resume()
+        again = producer.cancel("ev", "stalled")
+        assert again.identifier == "stalled"
+        assert_all_done_once(producer, [again.id], fault_sandbox, worker=worker)
+        assert producer.store.client.zcard("adj:idx:pending") == 2  # warm + stalled, no twin
     finally:
         producer.close()
         stop_worker(worker)

@@ -3,6 +3,8 @@ comes back: the worker stays up, resumes by itself, and nothing is lost or execu
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,3 +65,52 @@ def test_worker_rides_out_redis_outage(
         producer.close()
         stop_worker(worker)
     assert worker.process.returncode == 0  # a requested shutdown is a clean exit
+
+
+def test_worker_exits_nonzero_when_redis_stays_away(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Past ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S without Redis, the worker stops with a non-zero
+    exit code (so `Restart=on-failure` acts), and says why in its last lines."""
+    env = fault_env(
+        redis_proc.url, fault_sandbox, tmp_path / "data", ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S="3"
+    )
+    worker = start_fault_worker(env, tmp_path / "worker.log")
+    redis_proc.kill()
+    worker.process.wait(timeout=60)
+    assert worker.process.returncode not in (0, None)
+    assert "stopped with exit code" in worker.log_text()
+
+
+def test_beat_rides_out_an_outage_and_stops_cleanly(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Beat keeps running through a Redis restart, schedules reconciliation again after it,
+    and exits 0 on SIGTERM (a requested shutdown)."""
+    env = fault_env(
+        redis_proc.url, fault_sandbox, tmp_path / "data", ADJUSTMENTS_RECONCILE_INTERVAL_S="1"
+    )
+    worker = start_fault_worker(env, tmp_path / "worker.log")
+    log_path = tmp_path / "beat.log"
+    with open(log_path, "wb") as out:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "beat"], env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: worker.log_text().count('"reconcile.run"') >= 1, what="a first run")
+        redis_proc.kill()
+        time.sleep(3)
+        redis_proc.start()
+        before = worker.log_text().count('"reconcile.run"')
+        wait_until(
+            lambda: worker.log_text().count('"reconcile.run"') > before + 1,
+            timeout_s=30,
+            what="runs scheduled after the outage",
+        )
+        assert beat.poll() is None, log_path.read_text()[-2000:]
+    finally:
+        beat.terminate()
+        beat.wait(timeout=15)
+        stop_worker(worker)
+    assert beat.returncode == 0
