@@ -116,6 +116,7 @@ def stats(as_json: bool) -> None:
     for name, count in records.items():
         click.echo(f"{name:<11} {count}")
     click.echo(f"{'queue depth':<11} {data['queue_depth']}")
+    click.echo(f"{'dead letters':<11} {data['dead_letters']}")
     rate = data["rate_limit"]
     assert isinstance(rate, dict)
     click.echo(

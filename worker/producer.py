@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from worker import keys
 from worker.celery_app import TASK_NAME, create_app
 from worker.config import Settings
 from worker.embedded import EmbeddedRedis
@@ -254,9 +255,11 @@ class Producer:
         limiter = SharedRateLimiter(
             self.client, rate_policy(self.settings), prefix=self.settings.key_prefix
         )
+        dead_total = self.client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
         return {
             "records": self.store.counts(),
             "queue_depth": self.queue_depth(),
+            "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
             "rate_limit": {
                 "configured_per_s": self.settings.rate_limit_per_s,
                 "current_per_s": round(limiter.current_rate(), 2),

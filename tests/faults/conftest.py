@@ -31,13 +31,21 @@ class RedisProcess:
     extra: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    start_check_auth: tuple[str, str] | None = None  # (user, password) when ACLs are on
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        user, password = self.start_check_auth or (None, None)
+        return redis.Redis(
+            port=self.port,
+            username=user,
+            password=password,
+            decode_responses=True,
+            socket_timeout=5,
+        )
 
     def start(self) -> RedisProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +59,7 @@ class RedisProcess:
 
     def _answers(self) -> bool:
         try:
-            with redis.Redis(port=self.port, socket_timeout=0.5) as c:
+            with self.client() as c:
                 return bool(c.ping())
         except redis.RedisError:
             return False

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import run_cli, stop_worker, wait_until
 from worker.errors import AcceptanceUnknown, NotAccepted
+from worker.models import CancelRequest
 from worker.sandbox import SandboxServer
 
 from .conftest import (
@@ -52,6 +53,7 @@ def test_poison_items_are_dead_lettered_and_the_worker_carries_on(
         }
         assert worker.process.poll() is None
         assert worker.log_text().count('"event": "queue.dead_lettered"') == 3
+        assert producer.stats()["dead_letters"] == 3
     finally:
         producer.close()
         stop_worker(worker)
@@ -81,11 +83,12 @@ def test_full_memory_refuses_new_work_and_loses_nothing(
                 refused.append(exc)
                 break
         assert refused and accepted and "out of memory" in str(refused[0])
-        keys_before = client.dbsize()
         for n in range(3):
             with pytest.raises(NotAccepted, match="out of memory"):
                 producer.cancel("ev", f"oom_refused_{n}")
-        assert client.dbsize() == keys_before  # nothing half-written
+            # Nothing half-written: no record, no dedupe key for the refused request.
+            refused_request = CancelRequest("v2", "ev", f"oom_refused_{n}")
+            assert not client.exists(producer.store.dedupe_key(refused_request))
         time.sleep(3)  # the worker meets OOM on its own writes meanwhile
         assert worker.process.poll() is None, worker.log_text()[-2000:]
         client.config_set("maxmemory", 0)

@@ -78,7 +78,7 @@ def facts(**kw: object) -> ServerFacts:
         "version": (8, 0, 0),
         "maxmemory_policy": "noeviction",
         "aof_enabled": True,
-        "appendfsync": "everysec",
+        "appendfsync": "always",
         "connected_replicas": 0,
     }
     return ServerFacts(**{**base, **kw})  # type: ignore[arg-type]
@@ -118,6 +118,14 @@ class TestServerChecks:
             ]
             == []
         )
+
+    def test_a_lazy_fsync_is_named(self) -> None:
+        """appendfsync everysec: memory can lose a second on a crash; fsync waits for it."""
+        lazy = facts(appendfsync="everysec")
+        _, memory = assess(lazy, durability=Durability("memory"), allow_eviction=False)
+        assert "about the last second" in memory[0]
+        _, fsync = assess(lazy, durability=Durability("fsync"), allow_eviction=False)
+        assert "waits for Redis's next fsync" in fsync[0]
 
     def test_missing_replicas_are_named(self) -> None:
         _, warnings = assess(facts(), durability=Durability("replicas", 2), allow_eviction=False)
