@@ -73,8 +73,8 @@ class ResilientQoS(kombu_redis.QoS):
             log.info("queue.restored_after_reconnect", messages=restored)
 
 
-def envelope_problem(item: str) -> str | None:
-    """Why ``item`` is not a message kombu can deliver, or None if it is one."""
+def parse_envelope(item: str) -> dict[str, Any] | str:
+    """The message kombu can deliver from ``item``, or why it is not one."""
     try:
         payload = json.loads(item)
     except ValueError:
@@ -96,7 +96,18 @@ def envelope_problem(item: str) -> str | None:
             base64.b64decode(body.encode(), validate=True)
         except (binascii.Error, ValueError):
             return "body is not valid base64"
-    return None
+    return payload
+
+
+def envelope_problem(item: str) -> str | None:
+    """Why ``item`` is not a message kombu can deliver, or None if it is one."""
+    parsed = parse_envelope(item)
+    return parsed if isinstance(parsed, str) else None
+
+
+def _is_oom(exc: redis.RedisError) -> bool:
+    """Redis refused a write for memory (plain, or inside kombu's MULTI/EXEC pipeline)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc)
 
 
 class _Resilient:
@@ -180,20 +191,21 @@ class _Resilient:
             delay = min(1.0, delay * 2)
 
     def _deliver_item(self, queue: str, item: str) -> None:
-        problem = envelope_problem(item)
-        if problem is not None:
-            self._dead_letter(queue, item, problem)
+        payload = parse_envelope(item)
+        if isinstance(payload, str):
+            self._dead_letter(queue, item, payload)
             return
-        payload = json.loads(item)
         try:
             self.connection._deliver(payload, queue)
         except self.connection_errors:
             tag = str(payload["properties"].get("delivery_tag", ""))
-            if tag and tag not in self.qos._delivered:  # type: ignore[attr-defined]
+            if tag and tag not in (self.qos._delivered or ()):  # type: ignore[attr-defined]
                 with _stranded_lock:
                     _in_flight.append((queue, item, tag))
             raise
-        except redis.exceptions.OutOfMemoryError:
+        except redis.ResponseError as exc:
+            if not _is_oom(exc):
+                raise
             log.warning("queue.oom_on_delivery", queue=queue)
             self._restore_after_oom(queue, item)
 
@@ -224,10 +236,10 @@ class _Resilient:
                     item = client.rpop(self._q_for_pri(queue, pri))  # type: ignore[attr-defined]
                     if item:
                         text = bytes_to_str(item)
-                        problem = envelope_problem(text)
-                        if problem is None:
-                            return json.loads(text)
-                        self._dead_letter(queue, text, problem)
+                        payload = parse_envelope(text)
+                        if not isinstance(payload, str):
+                            return payload
+                        self._dead_letter(queue, text, payload)
                         break
                 else:
                     raise Empty()

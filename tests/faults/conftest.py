@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import SECRET, WorkerProcess, start_worker, wait_until
+from tests.integration.conftest import (
+    WorkerProcess,
+    start_worker,
+    wait_until,
+    worker_environment,
+)
 from worker.config import Settings
 from worker.embedded import free_port, redis_binary
 from worker.producer import Producer
@@ -107,24 +112,17 @@ def fault_sandbox() -> Iterator[SandboxServer]:
 def fault_env(
     redis_url: str, sandbox: SandboxServer, data_dir: Path, **extra: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADJUSTMENTS_", "STRIPE_"))}
-    env.update(
-        REDIS_URL=redis_url,
-        STRIPE_API_KEY=SECRET,
-        STRIPE_API_BASE=sandbox.url,
-        ADJUSTMENTS_DATA_DIR=str(data_dir),
-        ADJUSTMENTS_STRIPE_TIMEOUT_S="5",
-        ADJUSTMENTS_LEASE_S="60",
-        ADJUSTMENTS_BACKOFF_BASE_S="0.05",
-        ADJUSTMENTS_BACKOFF_CAP_S="0.5",
-        ADJUSTMENTS_MAX_ATTEMPTS="8",
-        ADJUSTMENTS_RATE_LIMIT="1000",
-        ADJUSTMENTS_RATE_RECOVERY_PER_S="1000",
-        # Reconciliation waits far longer than any test: recovery must not depend on it.
-        ADJUSTMENTS_RECONCILE_GRACE_S="3600",
-    )
-    env.update(extra)
-    return env
+    """The integration tests' worker environment, with timeouts and leases long enough for an
+    outage, and reconciliation out of the way: recovery here must not depend on it."""
+    settings = {
+        "ADJUSTMENTS_STRIPE_TIMEOUT_S": "5",
+        "ADJUSTMENTS_LEASE_S": "60",
+        "ADJUSTMENTS_BACKOFF_BASE_S": "0.05",
+        "ADJUSTMENTS_BACKOFF_CAP_S": "0.5",
+        "ADJUSTMENTS_MAX_ATTEMPTS": "8",
+        "ADJUSTMENTS_RECONCILE_GRACE_S": "3600",
+    }
+    return worker_environment(redis_url, sandbox.url, data_dir, **{**settings, **extra})
 
 
 def producer_for(env: dict[str, str]) -> Producer:

@@ -71,16 +71,16 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def worker_env(
-    redis_url: str, sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+def worker_environment(
+    redis_url: str, sandbox_url: str, data_dir: Path, **overrides: str
 ) -> dict[str, str]:
+    """The environment of a test's worker: this process's, minus our settings, plus these."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADJUSTMENTS_", "STRIPE_"))}
     env.update(
         REDIS_URL=redis_url,
         STRIPE_API_KEY=SECRET,
-        STRIPE_API_BASE=sandbox.url,
-        ADJUSTMENTS_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+        STRIPE_API_BASE=sandbox_url,
+        ADJUSTMENTS_DATA_DIR=str(data_dir),
         ADJUSTMENTS_STRIPE_TIMEOUT_S=str(CLIENT_TIMEOUT_S),
         ADJUSTMENTS_LEASE_S="5",
         ADJUSTMENTS_BACKOFF_BASE_S="0.02",
@@ -90,7 +90,15 @@ def worker_env(
         ADJUSTMENTS_RATE_LIMIT="1000",
         ADJUSTMENTS_RATE_RECOVERY_PER_S="1000",
     )
+    env.update(overrides)
     return env
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return worker_environment(redis_url, sandbox.url, tmp_path_factory.mktemp("data"))
 
 
 def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 8) -> WorkerProcess:

@@ -8,17 +8,23 @@ if not status then
   return {'missing'}
 end
 local now = tonumber(ARGV[2])
+
+-- {'claimed', field, value, ...}: the record as it now stands.
+local function claimed()
+  local out = {'claimed'}
+  local all = redis.call('HGETALL', rec)
+  for i = 1, #all do
+    out[#out + 1] = all[i]
+  end
+  return out
+end
+
 if status == 'processing' then
   local lease = tonumber(redis.call('HGET', rec, 'lease_until_ms') or '0') or 0
   if redis.call('HGET', rec, 'lease_token') == ARGV[4] then
     -- Our own claim, sent again after its answer was lost (the client retries on a dropped
     -- connection): hand back the record, without a second attempt counted.
-    local out = {'claimed'}
-    local all = redis.call('HGETALL', rec)
-    for i = 1, #all do
-      out[#out + 1] = all[i]
-    end
-    return out
+    return claimed()
   end
   if lease > now then
     return {'leased'}
@@ -41,9 +47,4 @@ redis.call('HSET', rec, 'status', 'processing', 'lease_token', ARGV[4],
 redis.call('HINCRBY', rec, 'attempts', 1)
 redis.call('ZREM', ARGV[1] .. status, id)
 redis.call('ZADD', ARGV[1] .. 'processing', ARGV[3], id)
-local out = {'claimed'}
-local all = redis.call('HGETALL', rec)
-for i = 1, #all do
-  out[#out + 1] = all[i]
-end
-return out
+return claimed()
