@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import run_cli, stop_worker, wait_until
-from worker.errors import AcceptanceUnknown, NotAccepted
+from worker.errors import AcceptanceUnknown, NotAccepted, UnsafeRedis
 from worker.models import CancelRequest
 from worker.sandbox import SandboxServer
 
@@ -120,6 +120,8 @@ def test_worker_refuses_a_redis_that_cannot_keep_promises(
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("adjustments: error: ") and expected in last
         if "allkeys" in expected:
+            with producer_for(env) as producer, pytest.raises(UnsafeRedis, match="allkeys-lru"):
+                producer.cancel("ev", "never_written")
             allowed = {**env, "ADJUSTMENTS_ALLOW_EVICTION": "1"}
             worker = start_fault_worker(allowed, tmp_path / "allowed.log")
             assert "redis.weak_guarantee" in worker.log_text()
