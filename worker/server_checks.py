@@ -74,17 +74,12 @@ def assess(
             "Redis has no append-only file: a restart or crash loses every write since the last "
             "snapshot, if any (set appendonly yes)"
         )
-    if facts.aof_enabled and facts.appendfsync not in (None, "always"):
-        if durability.level == "memory":
-            warnings.append(
-                f"ADJUSTMENTS_DURABILITY=memory with appendfsync {facts.appendfsync}: a host "
-                "crash can lose the requests of about the last second"
-            )
-        elif durability.level == "fsync":
-            warnings.append(
-                f"appendfsync {facts.appendfsync}: each cancel() waits for Redis's next fsync "
-                "(about 100 ms measured); appendfsync always makes that wait nearly free"
-            )
+    lazy_fsync = facts.aof_enabled and facts.appendfsync not in (None, "always")
+    if lazy_fsync and durability.level == "memory":
+        warnings.append(
+            f"ADJUSTMENTS_DURABILITY=memory with appendfsync {facts.appendfsync}: a host "
+            "crash can lose the requests of about the last second"
+        )
     if durability.level == "fsync":
         if not facts.supports_waitaof:
             shown = ".".join(map(str, facts.version))
@@ -97,6 +92,22 @@ def assess(
                 "ADJUSTMENTS_DURABILITY=fsync needs the append-only file: set appendonly yes "
                 "on Redis or choose ADJUSTMENTS_DURABILITY=memory"
             )
+        elif facts.appendfsync not in (None, "always"):
+            # Under everysec, WAITAOF can confirm a write before it is fsynced (redis/redis
+            # #13793: Redis 7.4 before the fix, and the Valkey 8.1 we bundle; our power-loss
+            # test lost acknowledged writes this way), and each call waits ~100 ms anyway.
+            fatal.append(
+                f"ADJUSTMENTS_DURABILITY=fsync needs appendfsync always (this server has "
+                f"{facts.appendfsync}): under everysec WAITAOF can confirm a write before it "
+                "is on disk (redis/redis#13793); set appendfsync always, or choose "
+                "ADJUSTMENTS_DURABILITY=memory and accept losing up to about a second"
+            )
+        else:
+            if facts.appendfsync is None:
+                warnings.append(
+                    "CONFIG is disabled, so appendfsync cannot be checked: "
+                    "ADJUSTMENTS_DURABILITY=fsync is only sound with appendfsync always"
+                )
     if durability.level == "replicas" and facts.connected_replicas < durability.replicas:
         warnings.append(
             f"ADJUSTMENTS_DURABILITY={durability} but Redis has {facts.connected_replicas} "

@@ -37,6 +37,7 @@ class RedisProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     start_check_auth: tuple[str, str] | None = None  # (user, password) when ACLs are on
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (LD_PRELOAD)
 
     @property
     def url(self) -> str:
@@ -58,7 +59,12 @@ class RedisProcess:
         argv += ["--dir", str(self.workdir), "--save", "", "--logfile", "redis.log"]
         argv += ["--appendonly", "yes", "--appendfsync", "always"]
         argv += ["--maxmemory-policy", "noeviction", *self.extra]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **self.env},
+        )
         wait_until(self._answers, timeout_s=15, what=f"redis on {self.port}")
         return self
 

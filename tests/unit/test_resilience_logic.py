@@ -119,13 +119,18 @@ class TestServerChecks:
             == []
         )
 
-    def test_a_lazy_fsync_is_named(self) -> None:
-        """appendfsync everysec: memory can lose a second on a crash; fsync waits for it."""
+    def test_a_lazy_fsync_is_named_or_refused(self) -> None:
+        """appendfsync everysec: memory can lose a second on a crash (a warning); fsync is
+        refused, since WAITAOF can confirm before the fsync there (redis/redis#13793)."""
         lazy = facts(appendfsync="everysec")
         _, memory = assess(lazy, durability=Durability("memory"), allow_eviction=False)
         assert "about the last second" in memory[0]
-        _, fsync = assess(lazy, durability=Durability("fsync"), allow_eviction=False)
-        assert "waits for Redis's next fsync" in fsync[0]
+        fatal, _ = assess(lazy, durability=Durability("fsync"), allow_eviction=False)
+        assert "needs appendfsync always" in fatal[0] and "13793" in fatal[0]
+        unknown, warnings = assess(
+            facts(appendfsync=None), durability=Durability("fsync"), allow_eviction=False
+        )
+        assert not unknown and "cannot be checked" in warnings[0]
 
     def test_missing_replicas_are_named(self) -> None:
         _, warnings = assess(facts(), durability=Durability("replicas", 2), allow_eviction=False)
