@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import threading
 from typing import Any
 
 from celery import Celery, signals
@@ -39,7 +40,11 @@ class Consumer(CeleryConsumer):
             return ensure(*args, **{**RECONNECT_INTERVALS_S, **kwargs})
 
         conn.ensure_connection = quicker  # type: ignore[method-assign]
-        return super().ensure_connected(conn)
+        connected = super().ensure_connected(conn)
+        from worker.tasks import repair_after_connect
+
+        threading.Thread(target=repair_after_connect, name="orphan-check", daemon=True).start()
+        return connected
 
 
 def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -143,7 +143,11 @@ class RedisTarget:
             "health_check_interval": 30,
             "max_connections": max_connections,
         }
-        if retry_for_s > 0:
+        if retry_for_s <= 0:
+            # redis-py 6+ retries every command 3 times by default: a producer must fail within
+            # its socket timeout, not after a minute of hidden retries.
+            kwargs["retry"] = Retry(NoBackoff(), retries=0)
+        else:
             # 0.05 s doubling to 1 s: about retry_for_s in all, across a restart or failover.
             kwargs["retry"] = Retry(
                 ExponentialBackoff(cap=1.0, base=0.05), retries=int(retry_for_s) + 5

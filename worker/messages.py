@@ -13,6 +13,7 @@ with what ``send_task`` stores.
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 from celery import Celery
@@ -77,3 +78,14 @@ class TaskMessages:
             raise ValueError(f"unexpected record id {record_id!r}")
         body = base64.b64encode(self._body.replace(_RECORD, record_id).encode()).decode("ascii")
         return self._message.replace(_BODY, body).replace(_TASK, uuid()).replace(_RECORD, record_id)
+
+
+def record_id_of(message: str) -> str | None:
+    """The record id a task message on the queue is for, or None if it is not one of ours."""
+    try:
+        envelope = json.loads(message)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    record_id = args[0] if isinstance(args, list) and args else None
+    return record_id if isinstance(record_id, str) and _SAFE_ID.match(record_id) else None

@@ -96,3 +96,36 @@ def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int
     """Expire live records past their window; one a worker holds a live lease on is left to it."""
     records = store.get_many(store.deadline_due(now, limit=batch))
     return sum(lifecycle.expire_window(store, record, now=now) for record in records)
+
+
+ORPHANS_LOCK = "orphans"
+ORPHAN_MIN_AGE_S = 2.0  # a younger record's message may be on its way to a worker right now
+PEEK = 16  # messages looked at from the old end of the queue
+
+
+def republish_orphans(
+    *, store: RecordStore, publish: Publish, queue: str, now: datetime, limit: int = BATCH
+) -> int:
+    """After a lost connection to Redis: publish again the ``queued`` records whose message
+    vanished with it (Redis executed a worker's BRPOP, then died before the reply arrived).
+
+    The queue is FIFO, so a queued record older than the oldest message still waiting has no
+    message waiting. Only those are published again (a duplicate is refused by the claim), and
+    one worker does it per outage (a short lock). Runs when a worker (re)connects."""
+    token = store.try_lock(ORPHANS_LOCK, ttl_s=10)
+    if token is None:
+        return 0
+    try:
+        before_ms = to_ms(now) - int(ORPHAN_MIN_AGE_S * 1000)
+        waiting = store.oldest_waiting(queue, PEEK)
+        if waiting is not None:
+            before_ms = min(before_ms, waiting)
+        elif store.queue_length(queue):
+            return 0  # the oldest messages are not ours to read: leave it to reconciliation
+        ids = store.ids_by_score(Status.QUEUED, high_ms=f"({before_ms}", limit=limit)
+        sent = [record_id for record_id in ids if publish(record_id)]
+    finally:
+        store.unlock(ORPHANS_LOCK, token)
+    if ids:
+        log.warning("queue.orphans_republished", count=len(sent), failures=len(ids) - len(sent))
+    return len(sent)

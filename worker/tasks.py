@@ -7,7 +7,7 @@ from celery import Task
 from worker.attempt import run_attempt, utcnow
 from worker.celery_app import RECONCILE_TASK, TASK_NAME, app
 from worker.logging import get_logger
-from worker.reconcile import reconcile
+from worker.reconcile import reconcile, republish_orphans
 from worker.runtime import RIDE_OUT, get_runtime
 
 log = get_logger("adjustments.tasks")
@@ -72,3 +72,15 @@ def reconcile_task() -> dict[str, object]:
         grace_s=runtime.settings.reconcile_grace_s,
     )
     return report.to_dict()
+
+
+def repair_after_connect() -> None:
+    """Publish again what a lost connection may have swallowed (see ``republish_orphans``);
+    run by the consumer in a thread of its own each time it (re)connects to Redis."""
+    try:
+        runtime = get_runtime(str(app.conf.adjustments_redis_url))
+        republish_orphans(
+            store=runtime.store, publish=publish, queue=runtime.settings.queue, now=utcnow()
+        )
+    except Exception as exc:  # reconciliation still covers it after the grace period
+        log.warning("queue.orphan_check_failed", error=str(exc))

@@ -9,12 +9,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from worker import keys, lifecycle
+from worker.celery_app import create_app
+from worker.config import Settings
 from worker.errors import InvalidInput
+from worker.messages import TaskMessages
 from worker.models import CancelRequest, ErrorInfo, Record, Status
-from worker.reconcile import LOCK_NAME, reconcile
+from worker.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
 from worker.replay import ReplayFilter, replay
 from worker.retry import KEY_REJECTED, KEY_UNKNOWN
-from worker.store import HISTORY_CAP, RecordStore
+from worker.store import HISTORY_CAP, Outbox, RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -236,3 +239,40 @@ class TestCreateMany:
         out = store.create_many(reqs, now=T0)
         assert [created for _, created in out] == [True, True, True, False, False]
         assert out[3][0] == out[0][0] and store.counts()["queued"] == 3
+
+
+class TestOrphans:
+    """After a lost connection: queued records whose message vanished are published again."""
+
+    def outbox(self) -> Outbox:
+        app = create_app(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}), "redis://x/0")
+        return Outbox("q", TaskMessages(app, "q").payload)
+
+    def test_only_records_older_than_the_oldest_waiting_message(self, store: RecordStore) -> None:
+        """Three records queued in order; the oldest message was popped and lost: that record
+        (and no other) is published again."""
+        outbox = self.outbox()
+        ids = [store.create(CancelRequest("v2", "ev", f"o{n}"), now=at(n), outbox=outbox)[0].id
+               for n in range(3)]  # fmt: skip
+        store.client.rpop("q")  # a BRPOP whose reply never arrived
+        published = Published()
+        sent = republish_orphans(store=store, publish=published, queue="q", now=at(60))
+        assert (sent, published) == (1, [ids[0]])
+
+    def test_an_empty_queue_means_every_settled_queued_record(self, store: RecordStore) -> None:
+        """No message waits at all: every queued record older than a moment is published."""
+        outbox = self.outbox()
+        old = store.create(CancelRequest("v2", "ev", "e0"), now=at(0), outbox=outbox)[0]
+        store.create(CancelRequest("v2", "ev", "e1"), now=at(59.5), outbox=outbox)  # too young
+        store.client.delete("q")
+        published = Published()
+        assert republish_orphans(store=store, publish=published, queue="q", now=at(60)) == 1
+        assert published == [old.id]
+
+    def test_one_worker_at_a_time(self, store: RecordStore) -> None:
+        """While another worker holds the lock, nothing is published twice."""
+        store.create(CancelRequest("v2", "ev", "l0"), now=at(0), outbox=self.outbox())
+        store.client.delete("q")
+        token = store.try_lock(ORPHANS_LOCK, ttl_s=10)
+        assert token is not None
+        assert republish_orphans(store=store, publish=Published(), queue="q", now=at(60)) == 0
