@@ -83,6 +83,8 @@ def test_full_memory_refuses_new_work_and_loses_nothing(
                 refused.append(exc)
                 break
         assert refused and accepted and "out of memory" in str(refused[0])
+        # Now full for certain (the worker frees memory as it consumes): every write refused.
+        client.config_set("maxmemory", 1)
         for n in range(3):
             with pytest.raises(NotAccepted, match="out of memory"):
                 producer.cancel("ev", f"oom_refused_{n}")
