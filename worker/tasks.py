@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Task
 
 from worker.attempt import run_attempt, utcnow
 from worker.celery_app import RECONCILE_TASK, TASK_NAME, app
 from worker.logging import get_logger
-from worker.reconcile import reconcile, republish_orphans
+from worker.reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
 from worker.runtime import RIDE_OUT, get_runtime
 
 log = get_logger("adjustments.tasks")
@@ -76,7 +78,11 @@ def reconcile_task() -> dict[str, object]:
 
 def repair_after_connect() -> None:
     """Publish again what a lost connection may have swallowed (see ``republish_orphans``);
-    run by the consumer in a thread of its own each time it (re)connects to Redis."""
+    run by the consumer in a thread of its own each time it (re)connects to Redis.
+
+    It waits ORPHAN_MIN_AGE_S first: a request written just before the connection died is
+    then old enough to count, and nothing written since is mistaken for one."""
+    time.sleep(ORPHAN_MIN_AGE_S)
     try:
         runtime = get_runtime(str(app.conf.adjustments_redis_url))
         republish_orphans(

@@ -114,3 +114,26 @@ def test_beat_rides_out_an_outage_and_stops_cleanly(
         beat.wait(timeout=15)
         stop_worker(worker)
     assert beat.returncode == 0
+
+
+def test_a_message_lost_in_flight_is_found_when_the_worker_connects(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A request whose message vanished (Redis executed a BRPOP and died before answering) is
+    published again by the worker itself when it connects, not after the reconciliation grace
+    period (an hour here)."""
+    env = fault_env(redis_proc.url, fault_sandbox, tmp_path / "data")
+    producer = producer_for(env)
+    try:
+        lost = producer.cancel("ev", "lost_in_flight")
+        kept = producer.cancel("ev", "still_queued")
+        with redis_proc.client() as client:
+            client.rpop("adjustments")  # the oldest message: the lost one's
+        worker = start_fault_worker(env, tmp_path / "worker.log")
+        try:
+            assert_all_done_once(producer, [lost.id, kept.id], fault_sandbox, worker=worker)
+            assert '"event": "queue.orphans_republished"' in worker.log_text()
+        finally:
+            stop_worker(worker)
+    finally:
+        producer.close()
