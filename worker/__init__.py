@@ -1,3 +1,8 @@
 """adjustments: cancel Stripe meter events asynchronously through a Celery queue."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("adjustments")  # written once, in pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
+    __version__ = "0.0.0"

@@ -45,6 +45,10 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
         reader = csv.DictReader(stream)
         if reader.fieldnames is None:
             return
+        repeated = sorted({f for f in reader.fieldnames if reader.fieldnames.count(f) > 1})
+        if repeated:
+            yield 1, f"repeated column(s) in the header: {', '.join(repeated)}"
+            return
         header_unknown = sorted(set(reader.fieldnames) - set(FIELDS))
         for raw in reader:
             line = reader.line_num

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -63,7 +63,8 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     except ValueError:
         raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
     if when.tzinfo is None:
-        raise InvalidInput(f"{name} must include a UTC offset, e.g. {value}Z")
+        accepted = when.replace(tzinfo=UTC).isoformat()  # a value we accept, not a guess
+        raise InvalidInput(f"{name} must include a UTC offset, e.g. {accepted}")
     return when
 
 

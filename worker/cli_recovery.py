@@ -155,7 +155,8 @@ def _import_bar(file: IO[str]) -> Any:
 
 
 @click.command(name="import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+# utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which would spoil its header.
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Default: by extension.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:

@@ -15,7 +15,7 @@ from worker.errors import InvalidInput
 
 MAX_FIELD_LEN = 100  # Stripe's limit for event_name and cancel.identifier
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{1,255}$")
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,255}")  # matched in full (fullmatch)
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
@@ -113,7 +113,7 @@ class CancelRequest:
             raise InvalidInput(f"api must be 'v1' or 'v2', got {api!r}")
         account: str | None = None
         if stripe_account is not None:
-            if not isinstance(stripe_account, str) or not _ACCOUNT.match(stripe_account):
+            if not isinstance(stripe_account, str) or not _ACCOUNT.fullmatch(stripe_account):
                 raise InvalidInput(
                     f"stripe_account must look like acct_..., got {stripe_account!r}"
                 )

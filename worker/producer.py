@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from worker import keys
+from worker.bulk import FIELDS
 from worker.celery_app import TASK_NAME, create_app
 from worker.config import Settings
 from worker.embedded import EmbeddedRedis
@@ -44,6 +45,15 @@ class BulkResult:
     created: int = 0
     duplicates: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+
+def _aware_now(now: object) -> datetime:
+    """``now`` as given (a timezone-aware datetime) or the current time; InvalidInput else."""
+    if now is None:
+        return datetime.now().astimezone()
+    if not isinstance(now, datetime) or now.utcoffset() is None:
+        raise InvalidInput(f"now must be a timezone-aware datetime, got {now!r}")
+    return now
 
 
 def store_error(exc: redis.RedisError) -> StoreError:
@@ -114,7 +124,7 @@ class Producer:
         Raises InvalidInput (a ValueError) before writing anything if an argument is bad.
         The same (api, account, event_name, identifier) again returns the existing record.
         """
-        now = now or datetime.now().astimezone()
+        now = _aware_now(now)
         request = CancelRequest.build(
             event_name,
             identifier,
@@ -165,7 +175,9 @@ class Producer:
         optional ``api``, ``stripe_account``, ``event_received_at``). Invalid items are reported
         in ``invalid`` with their position and skipped; every valid one is enqueued once.
         """
-        now = now or datetime.now().astimezone()
+        now = _aware_now(now)
+        if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+            raise InvalidInput(f"items must be an iterable of mappings, got {type(items).__name__}")
         result = BulkResult()
         chunk: list[CancelRequest] = []
         slots: list[int] = []
@@ -201,6 +213,9 @@ class Producer:
             raise InvalidInput(
                 f"expected a mapping of cancel() arguments, got {type(item).__name__}"
             )
+        unknown = sorted(str(key) for key in set(item) - set(FIELDS))
+        if unknown:  # a misspelt stripe_account must not send it to the platform account
+            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}")
         return CancelRequest.build(
             item.get("event_name"),
             item.get("identifier"),

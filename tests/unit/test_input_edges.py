@@ -1,0 +1,78 @@
+"""Input that used to slip through or crash: each is now one clear InvalidInput, nothing
+written (issue 9, point 7, the cases that do not depend on its redesign)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import fakeredis
+import pytest
+
+from worker.bulk import read_rows
+from worker.cli_common import parse_time
+from worker.config import Settings
+from worker.errors import InvalidInput
+from worker.models import CancelRequest
+from worker.producer import Producer
+from worker.store import RecordStore
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def producer() -> Iterator[Producer]:
+    """A producer whose store is fakeredis (only the validation in front of it is tested)."""
+    p = Producer("redis://127.0.0.1:1/0", settings=Settings.from_env({}))
+    p.store = RecordStore(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
+    p._checked = True  # no server to check: these inputs never reach it
+    yield p
+    p.close()
+
+
+class TestAccount:
+    @pytest.mark.parametrize("account", ["acct_1\n", "acct_1 ", "xacct_1", "acct_"])
+    def test_account_is_matched_in_full(self, account: str) -> None:
+        """A trailing newline no longer passes (the pattern was matched with $)."""
+        with pytest.raises(InvalidInput, match="stripe_account"):
+            CancelRequest.build("ev", "id", api="v2", stripe_account=account, now=NOW)
+
+
+class TestCancelMany:
+    def test_a_misspelt_key_is_refused(self, producer: Producer) -> None:
+        """stripe_acount would have sent the cancellation to the platform account."""
+        result = producer.cancel_many(
+            [{"event_name": "e", "identifier": "i", "stripe_acount": "acct_1"}]
+        )
+        assert result.invalid == [(0, "unknown field(s): stripe_acount")] and result.created == 0
+
+    @pytest.mark.parametrize("items", [None, 5, "abc", {"event_name": "e"}])
+    def test_items_that_are_not_a_list_of_mappings(self, producer: Producer, items: object) -> None:
+        with pytest.raises(InvalidInput, match="iterable of mappings"):
+            producer.cancel_many(items)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("now", [datetime(2026, 11, 22, 12, 0), "2026-11-22", 5])
+    def test_now_must_be_an_aware_datetime(self, producer: Producer, now: object) -> None:
+        with pytest.raises(InvalidInput, match="timezone-aware"):
+            producer.cancel("ev", "id", now=now)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="timezone-aware"):
+            producer.cancel_many([], now=now)  # type: ignore[arg-type]
+
+
+class TestFiles:
+    def test_a_repeated_header_column_is_one_bad_line(self) -> None:
+        rows = list(read_rows(io.StringIO("event_name,identifier,identifier\ne,a,b\n"), "csv"))
+        assert rows == [(1, "repeated column(s) in the header: identifier")]
+
+    def test_excel_byte_order_mark_is_read_away(self) -> None:
+        """`import` opens files as utf-8-sig, so Excel's BOM does not spoil the header."""
+        raw = "\ufeffevent_name,identifier\ne,a\n".encode()
+        text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig")
+        assert list(read_rows(text, "csv")) == [(2, {"event_name": "e", "identifier": "a"})]
+
+    def test_the_since_hint_is_a_value_that_is_accepted(self) -> None:
+        with pytest.raises(InvalidInput) as info:
+            parse_time("--since", "2026-11-22")
+        hint = str(info.value).rsplit("e.g. ", 1)[1]
+        assert parse_time("--since", hint) == datetime(2026, 11, 22, tzinfo=UTC)
