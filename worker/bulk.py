@@ -59,15 +59,28 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
             else:
                 yield line, _normalise(dict(raw))
         return
-    for line, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield line, f"invalid JSON: {exc.msg}"
-            continue
-        if not isinstance(data, dict):
-            yield line, "not a JSON object"
-            continue
-        yield line, _normalise(data)
+    line = 0
+    try:
+        for line, text in enumerate(stream, start=1):
+            yield from _json_line(line, text)
+    except UnicodeDecodeError:
+        # Text is decoded a block at a time, so the bad bytes are at or after this line; the
+        # rest of the file cannot be read as text: one bad line, and nothing after it.
+        yield line + 1, "not UTF-8 text from here on (the rest of the file is skipped)"
+
+
+def _json_line(line: int, text: str) -> Iterator[tuple[int, Row | str]]:
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield line, f"invalid JSON: {exc.msg}"
+        return
+    except RecursionError:
+        yield line, "JSON nested too deeply"
+        return
+    if not isinstance(data, dict):
+        yield line, "not a JSON object"
+        return
+    yield line, _normalise(data)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import redis
+from click.exceptions import NoArgsIsHelpError
 
 from worker.cli_common import emit, producer_for, record_line, settings
 from worker.cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
@@ -202,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: click's errors and ours become one line on stderr."""
     try:
         code = cli.main(args=argv, prog_name="adjustments", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # bare `adjustments`: the whole help, as click lays it out
+        click.echo(exc.ctx.get_help() if exc.ctx else cli.get_usage(click.Context(cli)), err=True)
+        sys.exit(2)
     except click.UsageError as exc:
         _fail(exc.format_message(), 2)
     except (InvalidInput, ConfigError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,13 +43,22 @@ def emit(data: Any, as_json: bool) -> None:
         width = max((len(k) for k in data), default=0)
         for key, value in data.items():
             shown = json.dumps(value) if isinstance(value, dict | list) else value
-            click.echo(f"{key:<{width}}  {'' if shown is None else shown}")
+            click.echo(printable(f"{key:<{width}}  {'' if shown is None else shown}"))
     else:
-        click.echo(str(data))
+        click.echo(printable(str(data)))
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]|[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (C0, C1) and lone surrogates escaped, so stored data
+    cannot drive the terminal or break the output's encoding."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def record_line(record: Record) -> str:
-    return (
+    return printable(
         f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
         f"{record.event_name}/{record.identifier}"
     )

@@ -6,6 +6,7 @@ Every event passes through ``redact_processor``, so a Stripe key never reaches a
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -38,7 +39,10 @@ def configure(
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        # NO_COLOR (https://no-color.org): any non-empty value turns colours off.
+        else structlog.dev.ConsoleRenderer(
+            colors=stream.isatty() and not os.environ.get("NO_COLOR")
+        )
     )
     tail: list[Processor] = [structlog.processors.format_exc_info] if as_json else []
     structlog.configure(

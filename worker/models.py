@@ -79,7 +79,10 @@ def parse_received_at(value: object, *, now: datetime) -> datetime | None:
         )
     if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidInput("event_received_at must be timezone-aware (e.g. 2026-11-21T10:00:00Z)")
-    when = when.astimezone(UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
     if when > now + MAX_FUTURE_SKEW:
         raise InvalidInput("event_received_at is in the future")
     return when

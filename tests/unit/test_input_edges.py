@@ -4,6 +4,8 @@ written (issue 9, point 7, the cases that do not depend on its redesign)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -11,7 +13,7 @@ import fakeredis
 import pytest
 
 from worker.bulk import read_rows
-from worker.cli_common import parse_time
+from worker.cli_common import parse_time, printable
 from worker.config import Settings
 from worker.errors import InvalidInput
 from worker.models import CancelRequest
@@ -76,3 +78,39 @@ class TestFiles:
             parse_time("--since", "2026-11-22")
         hint = str(info.value).rsplit("e.g. ", 1)[1]
         assert parse_time("--since", hint) == datetime(2026, 11, 22, tzinfo=UTC)
+
+
+class TestMoreEdges:
+    def test_a_received_at_before_year_one_in_utc_is_out_of_range(self) -> None:
+        with pytest.raises(InvalidInput, match="out of range"):
+            CancelRequest.build(
+                "ev", "id", api="v2", event_received_at="0001-01-01T00:00:00+14:00", now=NOW
+            )
+
+    def test_an_undecodable_file_is_one_bad_line(self) -> None:
+        """Latin-1 bytes read as UTF-8: one bad line (at or before the bad bytes: text is
+        decoded a block at a time), not a traceback."""
+        raw = b'{"event_name": "e", "identifier": "a"}\n{"identifier": "caf\xe9"}\n'
+        rows = list(read_rows(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"), "jsonl"))
+        assert rows == [(1, "not UTF-8 text from here on (the rest of the file is skipped)")]
+
+    def test_deeply_nested_json_is_a_bad_line(self) -> None:
+        text = "[" * 100_000 + "]" * 100_000 + "\n"
+        assert list(read_rows(io.StringIO(text), "jsonl")) == [(1, "JSON nested too deeply")]
+
+    @pytest.mark.parametrize(
+        ("raw", "shown"),
+        [("a\x9bb", "a\\x9bb"), ("a\x1b[31mb", "a\\x1b[31mb"), ("a\ud800b", "a\\xd800b")],
+    )
+    def test_control_characters_are_escaped_when_printed(self, raw: str, shown: str) -> None:
+        """A C1 CSI, an ANSI escape, a lone surrogate: shown escaped, never sent raw."""
+        assert printable(raw) == shown
+
+
+class TestCliSurface:
+    def test_no_arguments_prints_the_help_on_several_lines(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.cli"], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 2
+        assert result.stderr.count("\n") > 10 and "Commands:" in result.stderr
