@@ -25,9 +25,9 @@ from typing import Any
 
 import stripe
 
+from adjustments.config import Settings
+from adjustments.producer import Producer
 from benchmarks.harness import KEY, ROOT, Services, cpu_s, rss_mb, wait_until
-from worker.config import Settings
-from worker.producer import Producer
 
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -116,9 +116,9 @@ def durability_cost(services: Services, n: int) -> list[Row]:
     WAITAOF can confirm early there; it is timed here to show what it would cost.)"""
     from redis import Redis
 
-    from worker.config import Durability
-    from worker.models import CancelRequest
-    from worker.store import RecordStore
+    from adjustments.config import Durability
+    from adjustments.models import CancelRequest
+    from adjustments.store import RecordStore
 
     rows: list[Row] = []
     admin = Redis.from_url(services.redis_url)

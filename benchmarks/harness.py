@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker.embedded import EmbeddedRedis, free_port, stop_process
+from adjustments.embedded import EmbeddedRedis, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk_test_bench_0000000000"
@@ -48,7 +48,7 @@ class Sandbox:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / "sandbox.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(self.port)],
+            [sys.executable, "-m", "adjustments.cli", "sandbox", "--port", str(self.port)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -130,7 +130,7 @@ class Services:
     def worker(
         self, env: dict[str, str], *, concurrency: int | None = None, name: str = "worker"
     ) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "adjustments.cli", "worker", "--loglevel", "INFO"]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
         return self.start(argv, env, name)

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from worker import lifecycle
-from worker.logging import get_logger
-from worker.models import Record, Status, to_ms
-from worker.outcomes import Accepted, Outcome, Rejected
-from worker.ratelimit import SharedRateLimiter, Slot
-from worker.retry import Decision, Policy, decide, key_outcome_after
-from worker.store import RecordStore
+from . import lifecycle
+from .logging import get_logger
+from .models import Record, Status, to_ms
+from .outcomes import Accepted, Outcome, Rejected
+from .ratelimit import SharedRateLimiter, Slot
+from .retry import Decision, Policy, decide, key_outcome_after
+from .store import RecordStore
 
 log = get_logger("adjustments.attempt")
 

@@ -1,4 +1,4 @@
-"""The Celery app: ``celery -A worker.celery_app worker`` works as-is.
+"""The Celery app: ``celery -A adjustments.celery_app worker`` works as-is.
 
 The app object exists at import time (Celery's loader needs it), but it reads no settings and
 opens no connection until it is first configured: ``on_configure`` builds everything then.
@@ -15,8 +15,8 @@ from celery import Celery, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection, Queue
 
-from worker import keys
-from worker.config import Settings
+from . import keys
+from .config import Settings
 
 TASK_NAME = "adjustments.process_cancellation"
 RECONCILE_TASK = "adjustments.reconcile"
@@ -41,7 +41,7 @@ class Consumer(CeleryConsumer):
 
         conn.ensure_connection = quicker  # type: ignore[method-assign]
         connected = super().ensure_connected(conn)
-        from worker.tasks import repair_after_connect
+        from .tasks import repair_after_connect
 
         threading.Thread(target=repair_after_connect, name="orphan-check", daemon=True).start()
         return connected
@@ -70,7 +70,7 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
             "dead_letter_key": keys.dead_letter(settings.key_prefix),
             **broker["transport_options"],
         },
-        "worker_consumer": "worker.celery_app:Consumer",
+        "worker_consumer": "adjustments.celery_app:Consumer",
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.queue,
@@ -87,7 +87,7 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "worker_send_task_events": False,
         "task_send_sent_event": False,
-        "imports": ["worker.tasks"],
+        "imports": ["adjustments.tasks"],
         "beat_schedule": {
             "reconcile": {
                 "task": RECONCILE_TASK,
@@ -114,12 +114,12 @@ app = Celery("adjustments", set_as_current=False)
 
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
-    from worker.embedded import EmbeddedRedis
+    from .embedded import EmbeddedRedis
 
     settings = Settings.from_env()
     url = settings.redis_url
     if url is None:
-        # Plain ``celery -A worker.celery_app worker`` with no REDIS_URL: the embedded server.
+        # Plain ``celery -A adjustments.celery_app worker`` with no REDIS_URL: the embedded server.
         server = EmbeddedRedis(settings.data_dir)
         url = server.start()
         atexit.register(server.stop)
@@ -129,7 +129,7 @@ def _configure(sender: Celery, **_: Any) -> None:
 @signals.setup_logging.connect
 def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
     """Celery's own logs go through our structlog pipeline (connecting here stops its set-up)."""
-    from worker.logging import configure
+    from .logging import configure
 
     level = loglevel if isinstance(loglevel, str) else "INFO"
     configure(level=level)

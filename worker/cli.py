@@ -16,14 +16,14 @@ import click
 import redis
 from click.exceptions import NoArgsIsHelpError
 
-from worker.cli_common import emit, producer_for, record_line, settings
-from worker.cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
-from worker.config import APIS
-from worker.embedded import redis_url
-from worker.errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
-from worker.logging import configure as configure_logging
-from worker.models import CancelRequest, Status
-from worker.redact import redact
+from .cli_common import emit, producer_for, record_line, settings
+from .cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
+from .config import APIS
+from .embedded import redis_url
+from .errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
+from .logging import configure as configure_logging
+from .models import CancelRequest, Status
+from .redact import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,13 +133,13 @@ def worker(concurrency: int | None, loglevel: str) -> None:
 
     Exits 2 at start when it could never finish a task (STRIPE_API_KEY, Redis's eviction
     policy); otherwise with Celery's exit code: 0 only for a requested shutdown."""
-    from worker.cli_run import check_redis, check_worker, exit_with, run_celery
+    from .cli_run import check_redis, check_worker, exit_with, run_celery
 
     cfg = settings()
     check_worker(cfg)
     with redis_url(cfg.redis_url, cfg.data_dir) as url:
         check_redis(cfg, url)
-        from worker.celery_app import app
+        from .celery_app import app
 
         argv = [
             "worker",
@@ -177,7 +177,7 @@ def worker(concurrency: int | None, loglevel: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def sandbox(host: str, port: int, **knobs: Any) -> None:
     """Run the local Stripe-compatible server (v1 and v2 adjustments) in the foreground."""
-    from worker.sandbox import SandboxConfig, SandboxServer
+    from .sandbox import SandboxConfig, SandboxServer
 
     server = SandboxServer(SandboxConfig().update(knobs), host=host, port=port)
     click.echo(f"sandbox listening on {server.url} (STRIPE_API_BASE={server.url})", err=True)
@@ -190,7 +190,7 @@ def sandbox(host: str, port: int, **knobs: Any) -> None:
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(count: int, seed: int) -> None:
     """Run everything locally: embedded Redis, a faulty sandbox, a worker, COUNT cancellations."""
-    from worker.demo import run_demo
+    from .demo import run_demo
 
     sys.exit(run_demo(count=count, seed=seed))
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.config import Settings
-from worker.embedded import redis_url
-from worker.errors import InvalidInput
-from worker.models import Record
+from .config import Settings
+from .embedded import redis_url
+from .errors import InvalidInput
+from .models import Record
 
 if TYPE_CHECKING:
-    from worker.producer import Producer
+    from .producer import Producer
 
 
 def settings() -> Settings:
@@ -28,7 +28,7 @@ def settings() -> Settings:
 @contextmanager
 def producer_for(cfg: Settings) -> Iterator[Producer]:
     """A producer on REDIS_URL, or on the embedded Redis for the duration of the command."""
-    from worker.producer import Producer
+    from .producer import Producer
 
     with redis_url(cfg.redis_url, cfg.data_dir) as url, Producer(url, settings=cfg) as producer:
         yield producer

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import redis
 from celery import Celery
 
-from worker.config import Settings
-from worker.errors import ConfigError
-from worker.logging import get_logger
-from worker.server_checks import check_server
+from .config import Settings
+from .errors import ConfigError
+from .logging import get_logger
+from .server_checks import check_server
 
 log = get_logger("adjustments.cli")
 REDIS_WAIT_S = 60.0

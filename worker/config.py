@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from worker.connection import RedisTarget
-from worker.errors import ConfigError
+from .connection import RedisTarget
+from .errors import ConfigError
 
 Api = Literal["v1", "v2"]
 APIS: tuple[Api, ...] = ("v1", "v2")

@@ -24,7 +24,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from worker.errors import ConfigError
+from .errors import ConfigError
 
 SSL_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _CERT_REQS = {
@@ -189,11 +189,11 @@ class RedisTarget:
         options: dict[str, Any] = {}
         transport_options: dict[str, Any] = {}
         if self.scheme == "sentinel":
-            options["broker_transport"] = "worker.transport:SentinelTransport"
+            options["broker_transport"] = "adjustments.transport:SentinelTransport"
             transport_options["master_name"] = self.sentinel_master
             transport_options["sentinel_kwargs"] = self._sentinel_kwargs()
         else:
-            options["broker_transport"] = "worker.transport:RedisTransport"
+            options["broker_transport"] = "adjustments.transport:RedisTransport"
         options["broker_use_ssl"] = dict(self.ssl) if self.ssl else None
         options["transport_options"] = transport_options
         return options

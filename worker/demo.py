@@ -19,11 +19,11 @@ from pathlib import Path
 
 import click
 
-from worker.config import Settings
-from worker.embedded import EmbeddedRedis, stop_process
-from worker.models import TERMINAL, Status
-from worker.producer import Producer
-from worker.sandbox import SandboxConfig, SandboxServer
+from .config import Settings
+from .embedded import EmbeddedRedis, stop_process
+from .models import TERMINAL, Status
+from .producer import Producer
+from .sandbox import SandboxConfig, SandboxServer
 
 DEMO_KEY = "sk_test_demo_adjustments_0000"
 TIMEOUT_S = 1.0
@@ -83,7 +83,7 @@ def run_demo(*, count: int, seed: int, deadline_s: float = 300.0) -> int:
             click.echo(f"redis   {url} (embedded, data in a temporary directory)")
             click.echo(f"sandbox {sandbox.url}  faults: 500 4%, 429 7%, timeout 1%, drop 2%")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "adjustments.cli", "worker", "--loglevel", "INFO"],
                 env=_worker_env(url, sandbox.url, work),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

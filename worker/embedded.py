@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from worker.errors import EmbeddedRedisError
+from .errors import EmbeddedRedisError
 
 STATE_FILE = "redis.json"
 # Every write on disk before Redis answers: with ADJUSTMENTS_DURABILITY=fsync (the default),

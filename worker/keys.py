@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from worker.models import CancelRequest, Status
+from .models import CancelRequest, Status
 
 RECORD = "rec"
 DEDUPE = "dedupe"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from worker.models import ErrorInfo, Record, Status, iso, to_ms
-from worker.outcomes import Accepted
-from worker.retry import replay_needs_new_key
-from worker.store import LIVE, RecordStore
+from .models import ErrorInfo, Record, Status, iso, to_ms
+from .outcomes import Accepted
+from .retry import replay_needs_new_key
+from .store import LIVE, RecordStore
 
 
 def finish(

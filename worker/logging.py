@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.redact import redact_value
+from .redact import redact_value
 
 
 def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -21,7 +21,7 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
-from worker.celery_app import TASK_NAME
+from .celery_app import TASK_NAME
 
 DELIVERY_PERSISTENT = 2
 _RECORD = "@@RECORD_ID@@"

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from worker.config import APIS, CANCEL_WINDOW_S, Api
-from worker.errors import InvalidInput
+from .config import APIS, CANCEL_WINDOW_S, Api
+from .errors import InvalidInput
 
 MAX_FIELD_LEN = 100  # Stripe's limit for event_name and cancel.identifier
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

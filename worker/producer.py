@@ -1,6 +1,6 @@
 """The public API for backend services: validate, write the record, publish. About a millisecond.
 
-from worker.producer import Producer
+from .producer import Producer
 producer = Producer.from_env()
 record = producer.cancel("ai_search_api", "req_8f2c", api="v2")
 record.id  # keep it to ask for the status later
@@ -18,20 +18,20 @@ from typing import Any
 
 import redis
 
-from worker import keys
-from worker.bulk import FIELDS
-from worker.celery_app import TASK_NAME, create_app
-from worker.config import Settings
-from worker.embedded import EmbeddedRedis
-from worker.errors import AcceptanceUnknown, InvalidInput, NotAccepted, StoreError
-from worker.logging import get_logger
-from worker.messages import TaskMessages
-from worker.models import CancelRequest, Record, Status
-from worker.ratelimit import SharedRateLimiter
-from worker.replay import ReplayFilter, ReplayReport, replay
-from worker.runtime import rate_policy
-from worker.server_checks import check_server
-from worker.store import Outbox, RecordStore
+from . import keys
+from .bulk import FIELDS
+from .celery_app import TASK_NAME, create_app
+from .config import Settings
+from .embedded import EmbeddedRedis
+from .errors import AcceptanceUnknown, InvalidInput, NotAccepted, StoreError
+from .logging import get_logger
+from .messages import TaskMessages
+from .models import CancelRequest, Record, Status
+from .ratelimit import SharedRateLimiter
+from .replay import ReplayFilter, ReplayReport, replay
+from .runtime import rate_policy
+from .server_checks import check_server
+from .store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
 BULK_CHUNK = 1000

@@ -17,8 +17,8 @@ from typing import Any, cast
 
 import redis
 
-from worker import keys
-from worker.store import load_script
+from . import keys
+from .store import load_script
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from worker import lifecycle
-from worker.logging import get_logger
-from worker.models import Status, to_ms
-from worker.store import RecordStore
+from . import lifecycle
+from .logging import get_logger
+from .models import Status, to_ms
+from .store import RecordStore
 
 log = get_logger("adjustments.reconcile")
 LOCK_NAME = "reconcile"

@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from worker import lifecycle
-from worker.errors import InvalidInput
-from worker.logging import get_logger
-from worker.models import Record, Status, to_ms
-from worker.store import RecordStore
+from . import lifecycle
+from .errors import InvalidInput
+from .logging import get_logger
+from .models import Record, Status, to_ms
+from .store import RecordStore
 
 log = get_logger("adjustments.replay")
 REPLAYABLE = (Status.FAILED, Status.EXPIRED)

@@ -6,8 +6,8 @@ import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from worker.models import ErrorInfo, Status
-from worker.outcomes import Accepted, Outcome, Rejected
+from .models import ErrorInfo, Status
+from .outcomes import Accepted, Outcome, Rejected
 
 RETRYABLE_HTTP = frozenset({409, 429})
 ALREADY_CANCELED = "already_canceled"

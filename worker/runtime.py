@@ -8,12 +8,12 @@ from functools import partial
 
 import redis
 
-from worker import stripe_api
-from worker.attempt import Sender
-from worker.config import Settings
-from worker.ratelimit import RatePolicy, SharedRateLimiter
-from worker.retry import Policy
-from worker.store import RecordStore
+from . import stripe_api
+from .attempt import Sender
+from .config import Settings
+from .ratelimit import RatePolicy, SharedRateLimiter
+from .retry import Policy
+from .store import RecordStore
 
 # How long a worker thread waits for Redis to come back (restart, failover, a full memory)
 # before giving up on the step it is in. It holds Stripe's answer meanwhile, so the outcome is

@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-from worker.config import Durability
-from worker.errors import UnsafeRedis
+from .config import Durability
+from .errors import UnsafeRedis
 
 WAITAOF_SINCE = (7, 2, 0)
 

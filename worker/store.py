@@ -20,10 +20,10 @@ from typing import Any, Literal, cast
 
 import redis
 
-from worker import keys
-from worker.config import Durability
-from worker.errors import AcceptanceUnknown, RecordNotFound
-from worker.models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
+from . import keys
+from .config import Durability
+from .errors import AcceptanceUnknown, RecordNotFound
+from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
 EARLY_RETRY_TOLERANCE_MS = 1000
@@ -32,7 +32,8 @@ LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
 
 
 def load_script(name: str) -> str:
-    return resources.files("worker").joinpath("lua", name).read_text()
+    package = __name__.rpartition(".")[0]  # "adjustments", whatever folder it was built from
+    return resources.files(package).joinpath("lua", name).read_text()
 
 
 def _pairs(fields: Mapping[str, str | int]) -> list[str]:
@@ -266,7 +267,7 @@ class RecordStore:
     def oldest_waiting(self, queue: str, peek: int) -> int | None:
         """The queued-index score of the oldest record whose message still waits in ``queue``
         (looking at up to ``peek`` messages from its old end), or None if none of them is."""
-        from worker.messages import record_id_of  # the message format belongs to Celery's side
+        from .messages import record_id_of  # the message format belongs to Celery's side
 
         messages = cast(list[str], self.client.lrange(queue, -peek, -1))
         ids = [i for i in map(record_id_of, messages) if i]

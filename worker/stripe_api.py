@@ -10,10 +10,10 @@ from typing import Any
 import requests
 import stripe
 
-from worker.config import Settings
-from worker.models import Record
-from worker.outcomes import Accepted, Outcome, Rejected
-from worker.redact import redact
+from .config import Settings
+from .models import Record
+from .outcomes import Accepted, Outcome, Rejected
+from .redact import redact
 
 
 def build_client(settings: Settings) -> stripe.StripeClient:

@@ -1,4 +1,4 @@
-"""Thin Celery tasks over ``worker.attempt``: carry out the decision, schedule the retry."""
+"""Thin Celery tasks over ``adjustments.attempt``: carry out the decision, schedule the retry."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import time
 
 from celery import Task
 
-from worker.attempt import run_attempt, utcnow
-from worker.celery_app import RECONCILE_TASK, TASK_NAME, app
-from worker.logging import get_logger
-from worker.reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
-from worker.runtime import RIDE_OUT, get_runtime
+from .attempt import run_attempt, utcnow
+from .celery_app import RECONCILE_TASK, TASK_NAME, app
+from .logging import get_logger
+from .reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
+from .runtime import RIDE_OUT, get_runtime
 
 log = get_logger("adjustments.tasks")
 REDIS_RETRY_S = 5

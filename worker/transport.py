@@ -5,7 +5,7 @@ a JSON array, a body that is not base64), and when Redis refuses kombu's own boo
 with ``OOM``. Here such an item is moved aside to a dead-letter list with its raw text (counted
 and logged) and the worker carries on; a message whose bookkeeping write hits ``OOM`` is put
 back on its queue (the consumer pauses until Redis takes it back). Selected with Celery's
-``broker_transport``; see ``worker.connection``.
+``broker_transport``; see ``adjustments.connection``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
-from worker.logging import get_logger
+from .logging import get_logger
 
 log = get_logger("adjustments.transport")
 

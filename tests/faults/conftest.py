@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from adjustments.config import Settings
+from adjustments.embedded import free_port, redis_binary
+from adjustments.producer import Producer
+from adjustments.sandbox import SandboxConfig, SandboxServer
 from tests.integration.conftest import (
     WorkerProcess,
     start_worker,
     wait_until,
     worker_environment,
 )
-from worker.config import Settings
-from worker.embedded import free_port, redis_binary
-from worker.producer import Producer
-from worker.sandbox import SandboxConfig, SandboxServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from adjustments.errors import AcceptanceUnknown
+from adjustments.sandbox import SandboxServer
 from tests.integration.conftest import stop_worker
-from worker.errors import AcceptanceUnknown
-from worker.sandbox import SandboxServer
 
 from .conftest import (
     RedisProcess,

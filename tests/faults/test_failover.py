@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from adjustments.embedded import free_port, redis_binary
+from adjustments.reconcile import reconcile
+from adjustments.sandbox import SandboxServer
 from tests.integration.conftest import stop_worker, wait_until
-from worker.embedded import free_port, redis_binary
-from worker.reconcile import reconcile
-from worker.sandbox import SandboxServer
 
 from .conftest import (
     RedisProcess,

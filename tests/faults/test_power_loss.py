@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import Settings
-from worker.errors import StoreError, UnsafeRedis
-from worker.producer import Producer
+from adjustments.config import Settings
+from adjustments.errors import StoreError, UnsafeRedis
+from adjustments.producer import Producer
 
 from .conftest import RedisProcess
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from adjustments.errors import AcceptanceUnknown, NotAccepted, UnsafeRedis
+from adjustments.models import CancelRequest
+from adjustments.sandbox import SandboxServer
 from tests.integration.conftest import run_cli, stop_worker, wait_until
-from worker.errors import AcceptanceUnknown, NotAccepted, UnsafeRedis
-from worker.models import CancelRequest
-from worker.sandbox import SandboxServer
 
 from .conftest import (
     RedisProcess,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from adjustments.sandbox import SandboxServer
 from tests.integration.conftest import stop_worker, wait_until
-from worker.sandbox import SandboxServer
 
 from .conftest import (
     RedisProcess,
@@ -94,7 +94,7 @@ def test_beat_rides_out_an_outage_and_stops_cleanly(
     log_path = tmp_path / "beat.log"
     with open(log_path, "wb") as out:
         beat = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "beat"], env=env, stdout=out,
+            [sys.executable, "-m", "adjustments.cli", "beat"], env=env, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

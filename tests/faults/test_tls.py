@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from adjustments.errors import NotAccepted
+from adjustments.sandbox import SandboxServer
 from tests.integration.conftest import run_cli, stop_worker
-from worker.errors import NotAccepted
-from worker.sandbox import SandboxServer
 
 from .conftest import (
     RedisProcess,

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.config import Settings
-from worker.embedded import EmbeddedRedis
-from worker.models import Record
-from worker.producer import Producer
-from worker.sandbox import SandboxConfig, SandboxServer
+from adjustments.config import Settings
+from adjustments.embedded import EmbeddedRedis
+from adjustments.models import Record
+from adjustments.producer import Producer
+from adjustments.sandbox import SandboxConfig, SandboxServer
 
 SECRET = "sk_test_integrationSECRET4242"
 CLIENT_TIMEOUT_S = 1.0
@@ -31,7 +31,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``adjustments ARGS`` as a user runs it, in its own process."""
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "adjustments.cli", *args],
         env=env,
         input=stdin,
         capture_output=True,
@@ -105,7 +105,7 @@ def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 8) -
     """``adjustments worker`` as a real process, JSON logs to ``log_path``; waits until ready."""
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "adjustments.cli", "worker", "--concurrency", str(concurrency)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -95,7 +95,7 @@ class TestEmbeddedRedis:
 class TestRedisDown:
     def test_cancel_without_redis_fails_fast_and_says_so(self, worker_env: dict[str, str]) -> None:
         """Redis unreachable: the request is not accepted, and the caller is told at once."""
-        from worker.embedded import free_port
+        from adjustments.embedded import free_port
 
         env = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
         out = run(["cancel", "ev", "no_redis", "--json"], env, timeout=30)

@@ -7,9 +7,9 @@ from typing import Any
 
 import redis
 
-from worker.celery_app import TASK_NAME, create_app
-from worker.config import Settings
-from worker.messages import TaskMessages
+from adjustments.celery_app import TASK_NAME, create_app
+from adjustments.config import Settings
+from adjustments.messages import TaskMessages
 
 VARIABLE = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from worker.errors import InvalidInput
-from worker.models import Record, Status
-from worker.producer import Producer
-from worker.sandbox import SandboxServer
+from adjustments.errors import InvalidInput
+from adjustments.models import Record, Status
+from adjustments.producer import Producer
+from adjustments.sandbox import SandboxServer
 
 from .conftest import SECRET, WorkerProcess
 

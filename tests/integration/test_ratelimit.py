@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.config import Settings
-from worker.models import Status
-from worker.producer import Producer
-from worker.sandbox import SandboxServer
+from adjustments.config import Settings
+from adjustments.models import Status
+from adjustments.producer import Producer
+from adjustments.sandbox import SandboxServer
 
 from .conftest import start_worker, stop_worker, wait_until
 

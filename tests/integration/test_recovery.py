@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.config import Settings
-from worker.models import CancelRequest, Record, Status
-from worker.producer import Producer
-from worker.reconcile import reconcile
-from worker.sandbox import SandboxServer
-from worker.store import RecordStore
+from adjustments.config import Settings
+from adjustments.models import CancelRequest, Record, Status
+from adjustments.producer import Producer
+from adjustments.reconcile import reconcile
+from adjustments.sandbox import SandboxServer
+from adjustments.store import RecordStore
 
 from .conftest import WorkerProcess, start_worker, stop_worker, wait_until
 from .conftest import run_cli as cli
@@ -221,7 +221,7 @@ class TestBeat:
         }
         with open(tmp_path / "beat.log", "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "beat"],
+                [sys.executable, "-m", "adjustments.cli", "beat"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from worker.store import RecordStore
+from adjustments.store import RecordStore
 
 RETENTION_S = 3600
 

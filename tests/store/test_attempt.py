@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
-from worker.attempt import run_attempt
-from worker.models import CancelRequest, Record, Status
-from worker.outcomes import Accepted, Outcome, Rejected
-from worker.retry import Policy
-from worker.store import RecordStore
+from adjustments.attempt import run_attempt
+from adjustments.models import CancelRequest, Record, Status
+from adjustments.outcomes import Accepted, Outcome, Rejected
+from adjustments.retry import Policy
+from adjustments.store import RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 POLICY = Policy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=10.0)

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-from worker.attempt import run_attempt
-from worker.models import CancelRequest, Record, Status
-from worker.outcomes import Accepted, Outcome, Rejected
-from worker.ratelimit import DENIED, GO, RESERVED, RatePolicy, SharedRateLimiter
-from worker.retry import Policy
-from worker.store import RecordStore
+from adjustments.attempt import run_attempt
+from adjustments.models import CancelRequest, Record, Status
+from adjustments.outcomes import Accepted, Outcome, Rejected
+from adjustments.ratelimit import DENIED, GO, RESERVED, RatePolicy, SharedRateLimiter
+from adjustments.retry import Policy
+from adjustments.store import RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

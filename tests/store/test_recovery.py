@@ -8,16 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from worker import keys, lifecycle
-from worker.celery_app import create_app
-from worker.config import Settings
-from worker.errors import InvalidInput
-from worker.messages import TaskMessages
-from worker.models import CancelRequest, ErrorInfo, Record, Status
-from worker.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
-from worker.replay import ReplayFilter, replay
-from worker.retry import KEY_REJECTED, KEY_UNKNOWN
-from worker.store import HISTORY_CAP, Outbox, RecordStore
+from adjustments import keys, lifecycle
+from adjustments.celery_app import create_app
+from adjustments.config import Settings
+from adjustments.errors import InvalidInput
+from adjustments.messages import TaskMessages
+from adjustments.models import CancelRequest, ErrorInfo, Record, Status
+from adjustments.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
+from adjustments.replay import ReplayFilter, replay
+from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN
+from adjustments.store import HISTORY_CAP, Outbox, RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 
-from worker import lifecycle
-from worker.errors import RecordNotFound
-from worker.models import CancelRequest, ErrorInfo, Status
-from worker.outcomes import Accepted
-from worker.store import RecordStore
+from adjustments import lifecycle
+from adjustments.errors import RecordNotFound
+from adjustments.models import CancelRequest, ErrorInfo, Status
+from adjustments.outcomes import Accepted
+from adjustments.store import RecordStore
 
 from .conftest import RETENTION_S
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from worker.bulk import detect_format, read_rows
+from adjustments.bulk import detect_format, read_rows
 
 
 class TestReadRows:

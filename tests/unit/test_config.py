@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.config import Settings
-from worker.errors import ConfigError
+from adjustments.config import Settings
+from adjustments.errors import ConfigError
 
 
 class TestSettings:

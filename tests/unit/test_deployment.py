@@ -53,7 +53,7 @@ class TestDeploymentFiles:
         """`adjustments SUB --help` exits 0 for each SUB named in a deployment file."""
         assert argv[0] == "adjustments", where
         out = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *argv[1:], "--help"],
+            [sys.executable, "-m", "adjustments.cli", *argv[1:], "--help"],
             capture_output=True,
             text=True,
             timeout=60,

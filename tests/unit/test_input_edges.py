@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-from worker.bulk import read_rows
-from worker.cli_common import parse_time, printable
-from worker.config import Settings
-from worker.errors import InvalidInput
-from worker.models import CancelRequest
-from worker.producer import Producer
-from worker.store import RecordStore
+from adjustments.bulk import read_rows
+from adjustments.cli_common import parse_time, printable
+from adjustments.config import Settings
+from adjustments.errors import InvalidInput
+from adjustments.models import CancelRequest
+from adjustments.producer import Producer
+from adjustments.store import RecordStore
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -110,7 +110,7 @@ class TestMoreEdges:
 class TestCliSurface:
     def test_no_arguments_prints_the_help_on_several_lines(self) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "worker.cli"], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "adjustments.cli"], capture_output=True, text=True, check=False
         )
         assert result.returncode == 2
         assert result.stderr.count("\n") > 10 and "Commands:" in result.stderr

@@ -5,10 +5,10 @@ from __future__ import annotations
 import structlog
 from structlog.testing import capture_logs
 
-from worker import keys
-from worker.logging import redact_processor
-from worker.models import CancelRequest, Status
-from worker.redact import redact
+from adjustments import keys
+from adjustments.logging import redact_processor
+from adjustments.models import CancelRequest, Status
+from adjustments.redact import redact
 
 
 def req(**kw: str) -> CancelRequest:

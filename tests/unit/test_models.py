@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from worker.errors import InvalidInput
-from worker.models import CancelRequest, Status, iso, parse_iso
+from adjustments.errors import InvalidInput
+from adjustments.models import CancelRequest, Status, iso, parse_iso
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from worker.config import Durability, Settings
-from worker.connection import RedisTarget
-from worker.errors import AcceptanceUnknown, ConfigError, NotAccepted
-from worker.outcomes import Accepted, Rejected
-from worker.producer import store_error
-from worker.retry import KEY_REJECTED, KEY_UNKNOWN, Policy, decide, key_outcome_after
-from worker.server_checks import ServerFacts, assess
-from worker.transport import envelope_problem
+from adjustments.config import Durability, Settings
+from adjustments.connection import RedisTarget
+from adjustments.errors import AcceptanceUnknown, ConfigError, NotAccepted
+from adjustments.outcomes import Accepted, Rejected
+from adjustments.producer import store_error
+from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN, Policy, decide, key_outcome_after
+from adjustments.server_checks import ServerFacts, assess
+from adjustments.transport import envelope_problem
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker.models import Status
-from worker.outcomes import Accepted, Rejected
-from worker.retry import Policy, compute_backoff_s, decide
+from adjustments.models import Status
+from adjustments.outcomes import Accepted, Rejected
+from adjustments.retry import Policy, compute_backoff_s, decide
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 POLICY = Policy(max_attempts=10, backoff_base_s=2.0, backoff_cap_s=300.0)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.stripe_logic import StripeLogic
+from adjustments.sandbox.config import SandboxConfig
+from adjustments.sandbox.stripe_logic import StripeLogic
 
 AUTH = "Bearer sk_test_unit"
 V1 = b"event_name=ev&type=cancel&cancel%5Bidentifier%5D=id1"

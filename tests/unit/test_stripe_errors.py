@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stripe
 
-from worker.stripe_api import to_rejected
+from adjustments.stripe_api import to_rejected
 
 
 class TestToRejected:

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from worker.sandbox.config import SandboxConfig
-from worker.sandbox.stripe_logic import Reply, StripeLogic
+from ..sandbox.config import SandboxConfig
+from ..sandbox.stripe_logic import Reply, StripeLogic
 
 PATHS = {"/v1/billing/meter_event_adjustments": "v1", "/v2/billing/meter_event_adjustments": "v2"}
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.sandbox.config import SCRIPTABLE, SandboxConfig
-from worker.sandbox.validation import Adjustment, Invalid, parse_v1, parse_v2
+from ..sandbox.config import SCRIPTABLE, SandboxConfig
+from ..sandbox.validation import Adjustment, Invalid, parse_v1, parse_v2
 
 
 @dataclass(frozen=True)
