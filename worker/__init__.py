@@ -1,8 +1,58 @@
-"""adjustments: cancel Stripe meter events asynchronously through a Celery queue."""
+"""adjustments: cancel Stripe meter events asynchronously through a Celery queue.
+
+    from adjustments import Producer
+
+    with Producer.from_env() as producer:  # or Producer("redis://...", settings=Settings(...))
+        record = producer.cancel("api_requests", "req_8f2c", api="v2")
+        record.id, record.created  # keep the id; created is False for a duplicate
+
+Everything a service needs is importable from here; other modules are internal. Importing
+the package configures no logging and connects no handler that acts on another Celery app.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from .config import Durability, Settings
+from .errors import (
+    AcceptanceUnknown,
+    AdjustmentsError,
+    ConfigError,
+    EmbeddedRedisError,
+    InvalidInput,
+    NotAccepted,
+    RecordNotFound,
+    StoreError,
+    StoreUnavailable,
+    UnsafeRedis,
+)
+from .models import ErrorInfo, Record, Status
+from .producer import BulkResult, Producer
+from .replay import ReplayFilter, ReplayReport
 
 try:
     __version__ = version("adjustments")  # written once, in pyproject.toml
 except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
     __version__ = "0.0.0"
+
+__all__ = [
+    "AcceptanceUnknown",
+    "AdjustmentsError",
+    "BulkResult",
+    "ConfigError",
+    "Durability",
+    "EmbeddedRedisError",
+    "ErrorInfo",
+    "InvalidInput",
+    "NotAccepted",
+    "Producer",
+    "Record",
+    "RecordNotFound",
+    "ReplayFilter",
+    "ReplayReport",
+    "Settings",
+    "Status",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsafeRedis",
+    "__version__",
+]

@@ -39,25 +39,41 @@ def _normalise(raw: dict[str, Any]) -> Row | str:
     return row
 
 
+UNDECODABLE = "not UTF-8 text from here on (the rest of the file is skipped)"
+
+
 def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
     """Yield ``(line number, row)`` or ``(line number, reason)`` for a bad line."""
     if fmt == "csv":
         reader = csv.DictReader(stream)
-        if reader.fieldnames is None:
+        try:
+            fieldnames = reader.fieldnames
+        except UnicodeDecodeError:
+            yield 1, UNDECODABLE
             return
-        repeated = sorted({f for f in reader.fieldnames if reader.fieldnames.count(f) > 1})
+        except csv.Error as exc:
+            yield 1, f"unreadable CSV header ({exc}); the file is skipped"
+            return
+        if fieldnames is None:
+            return
+        repeated = sorted({f for f in fieldnames if fieldnames.count(f) > 1})
         if repeated:
             yield 1, f"repeated column(s) in the header: {', '.join(repeated)}"
             return
-        header_unknown = sorted(set(reader.fieldnames) - set(FIELDS))
-        for raw in reader:
-            line = reader.line_num
-            if None in raw:
-                yield line, "more cells than header columns"
-            elif header_unknown:
-                yield line, f"unknown field(s): {', '.join(header_unknown)}"
-            else:
-                yield line, _normalise(dict(raw))
+        header_unknown = sorted(set(fieldnames) - set(FIELDS))
+        try:
+            for raw in reader:
+                line = reader.line_num
+                if None in raw:
+                    yield line, "more cells than header columns"
+                elif header_unknown:
+                    yield line, f"unknown field(s): {', '.join(header_unknown)}"
+                else:
+                    yield line, _normalise(dict(raw))
+        except UnicodeDecodeError:
+            yield reader.line_num + 1, UNDECODABLE
+        except csv.Error as exc:  # a NUL byte, an oversized field: the reader cannot go on
+            yield reader.line_num, f"unreadable CSV ({exc}); the rest of the file is skipped"
         return
     line = 0
     try:
@@ -66,7 +82,7 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
     except UnicodeDecodeError:
         # Text is decoded a block at a time, so the bad bytes are at or after this line; the
         # rest of the file cannot be read as text: one bad line, and nothing after it.
-        yield line + 1, "not UTF-8 text from here on (the rest of the file is skipped)"
+        yield line + 1, UNDECODABLE
 
 
 def _json_line(line: int, text: str) -> Iterator[tuple[int, Row | str]]:

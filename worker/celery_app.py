@@ -11,12 +11,13 @@ import math
 import threading
 from typing import Any
 
-from celery import Celery, signals
+import structlog
+from celery import Celery, Task, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection, Queue
 
 from . import keys
-from .config import Settings
+from .config import Settings, load_settings
 
 TASK_NAME = "adjustments.process_cancellation"
 RECONCILE_TASK = "adjustments.reconcile"
@@ -109,24 +110,36 @@ def create_app(settings: Settings, broker_url: str, *, name: str = "adjustments"
     return app
 
 
-app = Celery("adjustments", set_as_current=False)
+class LoggedTask(Task):  # type: ignore[type-arg]
+    """Our tasks bind their Celery task id to structlog's context and clear only what they
+    bound: per task, not through Celery's global task_prerun/task_postrun signals, which
+    would act on every app's tasks in a host process."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        structlog.contextvars.bind_contextvars(task_id=task_id)
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        structlog.contextvars.unbind_contextvars("task_id")
+
+
+app = Celery("adjustments", set_as_current=False, task_cls=LoggedTask)
 
 
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
-    from .embedded import EmbeddedRedis
+    from .embedded import EMBEDDED, missing_redis, start_announced
 
-    settings = Settings.from_env()
+    settings = load_settings()
     url = settings.redis_url
-    if url is None:
-        # Plain ``celery -A adjustments.celery_app worker`` with no REDIS_URL: the embedded server.
-        server = EmbeddedRedis(settings.data_dir)
-        url = server.start()
+    if not url:
+        raise missing_redis()
+    if url == EMBEDDED:  # ``celery -A adjustments.celery_app worker`` with REDIS_URL=embedded
+        server = start_announced(settings.data_dir)
+        url = server.url
         atexit.register(server.stop)
     sender.conf.update(celery_config(settings, url))
 
 
-@signals.setup_logging.connect
 def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
     """Celery's own logs go through our structlog pipeline (connecting here stops its set-up)."""
     from .logging import configure
@@ -135,15 +148,14 @@ def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
     configure(level=level)
 
 
-@signals.task_prerun.connect
-def _bind_task(task_id: str | None = None, **_: Any) -> None:
-    import structlog
+def use_our_logging() -> None:
+    """Route this process's logging through ours: called only by our own worker and beat
+    (never at import), so a host app that imports ``adjustments`` keeps its own logging."""
+    signals.setup_logging.connect(_setup_logging, weak=False)
 
-    structlog.contextvars.bind_contextvars(task_id=task_id)
 
-
-@signals.task_postrun.connect
-def _unbind_task(**_: Any) -> None:
-    import structlog
-
-    structlog.contextvars.clear_contextvars()
+@signals.celeryd_init.connect
+def _worker_init(instance: Any = None, **_: Any) -> None:
+    """``celery -A adjustments.celery_app worker``: our logging, for our app's worker only."""
+    if getattr(instance, "app", None) is app:
+        use_our_logging()

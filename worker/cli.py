@@ -5,6 +5,7 @@ Bad input prints one line on stderr and exits 2, before anything is written.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -54,7 +55,8 @@ def cancel(
     received_at: str | None,
     as_json: bool,
 ) -> None:
-    """Enqueue the cancellation of one meter event and print its record."""
+    """Enqueue the cancellation of one meter event and print its record (a request already
+    known is not enqueued again: its record is printed, marked as a duplicate)."""
     cfg = settings()
     now = datetime.now().astimezone()
     # Validate before touching Redis, so bad input writes nothing (and starts nothing).
@@ -75,7 +77,11 @@ def cancel(
             event_received_at=received_at,
             now=now,
         )
-    emit(record.to_dict() if as_json else record_line(record), as_json)
+    if as_json:
+        emit({**record.to_dict(), "created": record.created}, True)
+    else:
+        note = "" if record.created else "  (duplicate: this request was already known)"
+        click.echo(record_line(record) + note)
 
 
 @cli.command()
@@ -83,7 +89,7 @@ def cancel(
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
 def status(request_id: str, as_json: bool) -> None:
     """Show one request's record."""
-    with producer_for(settings()) as producer:
+    with producer_for(settings(), read_only=True) as producer:
         record = producer.get(request_id, with_history=True)
     emit(record.to_dict(), as_json)
 
@@ -94,7 +100,7 @@ def status(request_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
 def list_(status_: str | None, limit: int, as_json: bool) -> None:
     """List records, newest first."""
-    with producer_for(settings()) as producer:
+    with producer_for(settings(), read_only=True) as producer:
         records = producer.list(Status(status_) if status_ else None, limit=limit)
     if as_json:
         emit([r.to_dict() for r in records], True)
@@ -107,7 +113,7 @@ def list_(status_: str | None, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(as_json: bool) -> None:
     """Records per status and the queue's depth."""
-    with producer_for(settings()) as producer:
+    with producer_for(settings(), read_only=True) as producer:
         data = producer.stats()
     if as_json:
         emit(data, True)
@@ -125,11 +131,22 @@ def stats(as_json: bool) -> None:
     )
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 64).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-def worker(concurrency: int | None, loglevel: str) -> None:
+@click.option(
+    "--hostname",
+    "-n",
+    help="Node name (default adjustments-PID@HOST: unique for each worker on a host).",
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int | None, loglevel: str, hostname: str | None, celery_args: tuple[str, ...]
+) -> None:
     """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1).
+
+    Any other `celery worker` option is passed through after ours (so it wins), e.g.
+    `adjustments worker -- -E --max-tasks-per-child 1000`.
 
     Exits 2 at start when it could never finish a task (STRIPE_API_KEY, Redis's eviction
     policy); otherwise with Celery's exit code: 0 only for a requested shutdown."""
@@ -147,13 +164,20 @@ def worker(concurrency: int | None, loglevel: str) -> None:
             f"--concurrency={concurrency or cfg.worker_concurrency}",
             f"--loglevel={loglevel}",
             f"--queues={cfg.queue},{cfg.later_queue}",
-            f"--hostname=adjustments-{socket.gethostname()}@%h",
+            f"--hostname={hostname or default_node_name()}",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *celery_args,
         ]
         code = run_celery(app, argv)
     exit_with(code, "the worker")
+
+
+def default_node_name() -> str:
+    """``adjustments-<pid>@<host>``: two workers on one host never share a node name (Celery
+    would warn, and remote control would address both as one)."""
+    return f"adjustments-{os.getpid()}@{socket.gethostname()}"
 
 
 @cli.command()

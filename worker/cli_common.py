@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import Settings
+from .config import Settings, load_settings
 from .embedded import redis_url
 from .errors import InvalidInput
 from .models import Record
@@ -22,15 +22,19 @@ if TYPE_CHECKING:
 
 
 def settings() -> Settings:
-    return Settings.from_env()
+    return load_settings()
 
 
 @contextmanager
-def producer_for(cfg: Settings) -> Iterator[Producer]:
-    """A producer on REDIS_URL, or on the embedded Redis for the duration of the command."""
+def producer_for(cfg: Settings, *, read_only: bool = False) -> Iterator[Producer]:
+    """A producer on REDIS_URL (with ``REDIS_URL=embedded``, the bundled server for the
+    duration of the command). ``read_only`` commands never create an embedded store."""
     from .producer import Producer
 
-    with redis_url(cfg.redis_url, cfg.data_dir) as url, Producer(url, settings=cfg) as producer:
+    with (
+        redis_url(cfg.redis_url, cfg.data_dir, read_only=read_only) as url,
+        Producer(url, settings=cfg) as producer,
+    ):
         yield producer
 
 

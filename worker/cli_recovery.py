@@ -11,7 +11,15 @@ from typing import IO, Any
 import click
 
 from .bulk import Row, detect_format, read_rows
-from .cli_common import emit, on_terminal, parse_time, producer_for, record_line, settings
+from .cli_common import (
+    emit,
+    on_terminal,
+    parse_time,
+    printable,
+    producer_for,
+    record_line,
+    settings,
+)
 from .embedded import redis_url
 from .errors import InvalidInput
 from .models import Status
@@ -82,6 +90,8 @@ def replay_cmd(
                 report = replay(
                     producer.store, producer.publish, flt, now=now, force=force, progress=step
                 )
+                if progress is not None:  # fewer records than the limit: the bar still ends
+                    progress.update(max(0, total - progress.pos))
     if as_json:
         emit(report.to_dict(), True)
         return
@@ -117,23 +127,59 @@ def beat_cmd(loglevel: str) -> None:
     from .cli_run import check_redis, exit_with, run_celery
 
     cfg = settings()
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(cfg.redis_url, cfg.data_dir) as url:
         check_redis(cfg, url)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
         from .celery_app import app
 
         code = run_celery(app, ["beat", f"--loglevel={loglevel}"])
     exit_with(code, "beat")
 
 
+class ImportProgress:
+    """Progress by line of the file on a terminal (a bar on stderr that ends at 100 %), and
+    bad-line messages on lines of their own, never drawn over the bar."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.total = 0
+        if on_terminal() and file.seekable():
+            self.total = sum(1 for _ in file)
+            file.seek(0)
+        self.bar: Any = None
+        self.done = 0
+
+    def __enter__(self) -> ImportProgress:
+        if self.total:
+            self.bar = click.progressbar(length=self.total, label="importing", file=sys.stderr)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            if exc[0] is None:
+                self.reached(self.total)
+            self.bar.__exit__(*exc)
+
+    def reached(self, line: int) -> None:
+        """Every line up to ``line`` is dealt with."""
+        if self.bar is not None and line > self.done:
+            self.bar.update(min(line, self.total) - self.done)
+            self.done = min(line, self.total)
+
+    def bad_line(self, line: int, reason: str) -> None:
+        if self.bar is not None:
+            click.echo("\r\x1b[2K", err=True, nl=False)  # clear the bar's line; it redraws
+        click.echo(f"line {line}: {printable(reason)}", err=True)
+
+
 def _chunks(
-    rows: Iterator[tuple[int, Row | str]], bad: list[tuple[int, str]]
+    rows: Iterator[tuple[int, Row | str]], bad: list[tuple[int, str]], progress: ImportProgress
 ) -> Iterator[list[tuple[int, Row]]]:
     chunk: list[tuple[int, Row]] = []
     for line, row in rows:
         if isinstance(row, str):
             bad.append((line, row))
-            click.echo(f"line {line}: {row}", err=True)
+            progress.bad_line(line, row)
             continue
         chunk.append((line, row))
         if len(chunk) >= IMPORT_CHUNK:
@@ -141,17 +187,6 @@ def _chunks(
             chunk = []
     if chunk:
         yield chunk
-
-
-def _import_bar(file: IO[str]) -> Any:
-    """A progress bar over the file's lines (counted first when it can be re-read)."""
-    total = 0
-    if file.seekable():
-        total = sum(1 for _ in file)
-        file.seek(0)
-    if not total:  # a pipe: no length to show progress against
-        return nullcontext()
-    return click.progressbar(length=total, label="importing", file=sys.stderr)
 
 
 @click.command(name="import")
@@ -169,19 +204,16 @@ def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
     fmt = detect_format(file.name, fmt)
     bad: list[tuple[int, str]] = []
     totals: dict[str, Any] = {"created": 0, "duplicates": 0}
-    with producer_for(cfg) as producer:
-        bar = _import_bar(file) if on_terminal() else nullcontext()
-        with bar as progress:
-            for chunk in _chunks(read_rows(file, fmt), bad):
-                result = producer.cancel_many([row for _, row in chunk])
-                for position, reason in result.invalid:
-                    line = chunk[position][0]
-                    bad.append((line, reason))
-                    click.echo(f"line {line}: {reason}", err=True)
-                for name in totals:
-                    totals[name] += getattr(result, name)
-                if progress is not None:
-                    progress.update(len(chunk))
+    with producer_for(cfg) as producer, ImportProgress(file) as progress:
+        for chunk in _chunks(read_rows(file, fmt), bad, progress):
+            result = producer.cancel_many([row for _, row in chunk])
+            for position, reason in result.invalid:
+                line = chunk[position][0]
+                bad.append((line, reason))
+                progress.bad_line(line, reason)
+            for name in totals:
+                totals[name] += getattr(result, name)
+            progress.reached(chunk[-1][0])
     bad.sort()
     summary = {
         **totals,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -54,8 +55,12 @@ def check_worker(cfg: Settings) -> None:
         raise ConfigError(problem)
 
 
-def run_celery(app: Celery, argv: Sequence[str]) -> int:
-    """``celery ARGV`` on ``app``, returning its exit code (``app.start`` drops it)."""
+def run_celery(app: Celery[Any], argv: Sequence[str]) -> int:
+    """``celery ARGV`` on ``app``, returning its exit code (``app.start`` drops it). Our own
+    worker and beat log through our structlog set-up."""
+    from .celery_app import use_our_logging
+
+    use_our_logging()
     from celery.bin.celery import celery as celery_cli
 
     celery_cli.params[0].default = app

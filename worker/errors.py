@@ -16,7 +16,11 @@ class ConfigError(AdjustmentsError, ValueError):
 
 
 class RecordNotFound(AdjustmentsError, KeyError):
-    """Raised when a request id names no record (never created, or past retention)."""
+    """Raised when a request id (or an event name and identifier) names no record: never
+    created, or past retention."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the id
+        return str(self.args[0]) if self.args else ""
 
 
 class EmbeddedRedisError(AdjustmentsError, RuntimeError):
@@ -24,8 +28,12 @@ class EmbeddedRedisError(AdjustmentsError, RuntimeError):
 
 
 class StoreError(AdjustmentsError):
-    """Raised when Redis could not carry out a request; the subclass says whether it was
-    written."""
+    """Raised when the store (Redis) is unavailable, within the client's socket timeouts;
+    the subclass says whether a write may have happened."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """Raised when a read (``get``, ``find``, ``list``, ``stats``) could not reach Redis."""
 
 
 class NotAccepted(StoreError, ConnectionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
@@ -85,6 +85,13 @@ def parse_received_at(value: object, *, now: datetime) -> datetime | None:
         raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
     if when > now + MAX_FUTURE_SKEW:
         raise InvalidInput("event_received_at is in the future")
+    if when + timedelta(seconds=CANCEL_WINDOW_S) <= now:
+        # Stripe refuses a cancellation more than 24 h after it received the event: a record
+        # for it could only ever expire, so it is refused here, before anything is written.
+        raise InvalidInput(
+            f"event_received_at {iso(when)} is more than 24 h ago: Stripe accepts a "
+            "cancellation only within 24 h of receiving the event"
+        )
     return when
 
 
@@ -201,6 +208,9 @@ class Record:
     replays: int = 0
     key_outcome: str = ""  # what the current idempotency key did: "", unknown or rejected
     history: tuple[dict[str, Any], ...] = ()
+    # Not stored: True only on the record ``cancel()`` returns when that call wrote it; False
+    # when the call matched an existing request (a duplicate), and on records read back.
+    created: bool = field(default=False, compare=False)
 
     @property
     def expires_at(self) -> datetime | None:

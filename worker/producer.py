@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -21,9 +21,16 @@ import redis
 from . import keys
 from .bulk import FIELDS
 from .celery_app import TASK_NAME, create_app
-from .config import Settings
-from .embedded import EmbeddedRedis
-from .errors import AcceptanceUnknown, InvalidInput, NotAccepted, StoreError
+from .config import Settings, load_settings
+from .embedded import EMBEDDED, missing_redis, start_announced
+from .errors import (
+    AcceptanceUnknown,
+    InvalidInput,
+    NotAccepted,
+    RecordNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status
@@ -78,10 +85,29 @@ def store_error(exc: redis.RedisError) -> StoreError:
 
 
 class Producer:
-    """Enqueues cancellations. Thread-safe; create one per process and reuse it."""
+    """Enqueues cancellations and reads their records. Thread-safe; create one per process
+    and reuse it (it holds a Redis connection pool), and ``close()`` it (or use ``with``).
+
+    ``Producer(redis_url, settings=Settings(...))`` reads no environment variable;
+    ``Producer.from_env()`` reads them all (see the README's configuration table).
+    """
 
     def __init__(self, redis_url: str, *, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        """Connect to ``redis_url`` (``redis://``, ``rediss://``, ``sentinel://``, or
+        ``embedded`` for the bundled trial server, announced on stderr).
+
+        ``settings``: queue, key prefix, durability and the other knobs; default
+        ``Settings()``, the documented defaults. ``settings.redis_url`` is not used here.
+        Raises ConfigError (a ValueError) for an unusable URL; connects lazily.
+        """
+        self.settings = settings if settings is not None else Settings()
+        self._resources = ExitStack()
+        if not redis_url:
+            raise missing_redis()
+        if redis_url == EMBEDDED:
+            server = start_announced(self.settings.data_dir)
+            self._resources.callback(server.stop)
+            redis_url = server.url
         self.redis_url = redis_url
         self.client = self.settings.redis_target(redis_url).client()
         self.store = RecordStore(
@@ -96,18 +122,18 @@ class Producer:
         self.app = create_app(self.settings, redis_url, name="adjustments-producer")
         messages = TaskMessages(self.app, self.settings.queue)
         self.outbox = Outbox(self.settings.queue, messages.payload)
-        self._resources = ExitStack()
 
     @classmethod
     def from_env(cls) -> Producer:
-        """Settings from the environment; with REDIS_URL unset, the embedded Redis (until close)."""
-        settings = Settings.from_env()
-        if settings.redis_url:
-            return cls(settings.redis_url, settings=settings)
-        server = EmbeddedRedis(settings.data_dir)
-        producer = cls(server.start(), settings=settings)
-        producer._resources.callback(server.stop)
-        return producer
+        """A producer configured from the environment (``REDIS_URL`` and the ``ADJUSTMENTS_*``
+        variables, or the module named by ``ADJUSTMENTS_SETTINGS_MODULE``).
+
+        Raises ConfigError naming ``REDIS_URL`` when it is unset: nothing is started or
+        written. ``REDIS_URL=embedded`` chooses the bundled trial server explicitly."""
+        settings = load_settings()
+        if not settings.redis_url:
+            raise missing_redis()
+        return cls(settings.redis_url, settings=settings)
 
     def cancel(
         self,
@@ -121,8 +147,18 @@ class Producer:
     ) -> Record:
         """Enqueue the cancellation of one meter event and return its record.
 
-        Raises InvalidInput (a ValueError) before writing anything if an argument is bad.
-        The same (api, account, event_name, identifier) again returns the existing record.
+        ``event_name``: the meter's event name; ``identifier``: the meter event's identifier
+        (each 1-100 characters, no control characters). ``api``: ``"v1"`` or ``"v2"``
+        (default ``settings.default_api``). ``stripe_account``: a connected account
+        (``acct_...``; for v2 also ``acct_.../acct_...``) or None for the platform.
+        ``event_received_at``: when Stripe received the event (aware datetime, epoch seconds
+        or ISO 8601 with an offset), within the last 24 h; it lets the record expire on time.
+        ``now``: the current time, a timezone-aware datetime (for tests).
+
+        ``record.created`` is True when this call enqueued the request and False when the same
+        (api, account, event_name, identifier) was already known: that record is returned.
+        Raises InvalidInput (a ValueError) for bad input and NotAccepted or AcceptanceUnknown
+        (both StoreError) when Redis fails; nothing is written on InvalidInput or NotAccepted.
         """
         now = _aware_now(now)
         request = CancelRequest.build(
@@ -134,7 +170,36 @@ class Producer:
             now=now,
         )
         with self._writing():
-            record, _ = self.store.create(request, now=now, outbox=self.outbox)
+            record, created = self.store.create(request, now=now, outbox=self.outbox)
+        return replace(record, created=created)
+
+    def find(
+        self,
+        event_name: str,
+        identifier: str,
+        *,
+        api: str | None = None,
+        stripe_account: str | None = None,
+        with_history: bool = False,
+    ) -> Record:
+        """The record of the request ``cancel()`` would make of these arguments.
+
+        ``event_name``, ``identifier``, ``api`` (default ``settings.default_api``) and
+        ``stripe_account`` identify the request as in ``cancel()``; ``with_history`` adds
+        the attempt history. Raises InvalidInput for bad arguments, RecordNotFound when no
+        such request is known (never enqueued, or past retention), StoreError when Redis
+        cannot be read."""
+        request = CancelRequest.build(
+            event_name,
+            identifier,
+            api=api or self.settings.default_api,
+            stripe_account=stripe_account,
+            now=datetime.now().astimezone(),
+        )
+        with self._reading():
+            record = self.store.find_request(request, with_history=with_history)
+        if record is None:
+            raise RecordNotFound(f"{request.api} {event_name}/{identifier}")
         return record
 
     def check_server(self) -> None:
@@ -165,15 +230,27 @@ class Producer:
         except redis.RedisError as exc:
             raise store_error(exc) from exc
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Redis's errors on a read as our StoreUnavailable."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            text = " ".join(str(exc).split())
+            raise StoreUnavailable(f"cannot read from Redis: {text}") from exc
+
     def cancel_many(
         self, items: Iterable[Mapping[str, Any]], *, now: datetime | None = None
     ) -> BulkResult:
         """Enqueue many cancellations: records and their task messages written by the same
         Lua script as ``cancel()``, pipelined 1,000 to a Redis round trip.
 
-        Each item has the keyword arguments of ``cancel()`` (``event_name``, ``identifier``,
-        optional ``api``, ``stripe_account``, ``event_received_at``). Invalid items are reported
-        in ``invalid`` with their position and skipped; every valid one is enqueued once.
+        ``items``: mappings with the keyword arguments of ``cancel()`` (``event_name``,
+        ``identifier``, optional ``api``, ``stripe_account``, ``event_received_at``); any other
+        key makes the item invalid. ``now``: the current time, timezone-aware (for tests).
+        Invalid items are reported in ``invalid`` with their position and skipped; every valid
+        one is enqueued once. Raises InvalidInput when ``items`` is not an iterable of
+        mappings, StoreError when Redis fails (earlier chunks stay written).
         """
         now = _aware_now(now)
         if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
@@ -234,22 +311,28 @@ class Producer:
         now: datetime | None = None,
         **filters: Any,
     ) -> ReplayReport:
-        """Replay failed (or, with ``force``, expired) records: next key generation, fresh
-        attempt budget, published again. Filters: ``ids``, ``status``, ``event_name``,
-        ``error_code``, ``since``, ``until``, ``limit`` (see ``ReplayFilter``)."""
+        """Replay failed (or, with ``force``, expired) records: next key generation where the
+        last key's outcome was definite, a fresh attempt budget, published again.
+
+        ``flt``: a ``ReplayFilter``; or the same as keyword ``filters``: ``ids``, ``status``,
+        ``event_name``, ``error_code``, ``since``, ``until``, ``limit``. ``force``: also
+        replay expired records (Stripe will likely refuse them). ``dry_run``: report what would
+        be replayed and change nothing. ``now``: the current time (for tests)."""
         flt = flt or ReplayFilter(**filters)
-        return replay(
-            self.store,
-            self.publish,
-            flt,
-            now=now or datetime.now().astimezone(),
-            force=force,
-            dry_run=dry_run,
-        )
+        with self._writing():
+            return replay(
+                self.store,
+                self.publish,
+                flt,
+                now=_aware_now(now),
+                force=force,
+                dry_run=dry_run,
+            )
 
     def publish(self, record_id: str) -> bool:
-        """Send the task message. A failure is logged, not raised: the record is already safe
-        in Redis as ``queued`` and reconciliation publishes it again."""
+        """Send the task message for ``record_id`` (an existing record's id). A failure is
+        logged and returns False, not raised: the record is already safe in Redis as
+        ``queued`` and reconciliation publishes it again."""
         try:
             self.app.send_task(TASK_NAME, args=(record_id,), queue=self.settings.queue)
         except Exception as exc:
@@ -258,30 +341,39 @@ class Producer:
         return True
 
     def get(self, record_id: str, *, with_history: bool = False) -> Record:
-        """The record for ``record_id``; RecordNotFound if unknown or past retention."""
-        return self.store.get(record_id, with_history=with_history)
+        """The record for ``record_id`` (the ``id`` that ``cancel()`` returned);
+        ``with_history`` adds the attempt history. Raises RecordNotFound if unknown or past
+        retention, StoreError when Redis cannot be read."""
+        with self._reading():
+            return self.store.get(record_id, with_history=with_history)
 
     def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
-        return self.store.latest(status, limit=limit)
+        """The newest records, newest first: all of them, or those in ``status``; at most
+        ``limit``. Raises StoreError when Redis cannot be read."""
+        with self._reading():
+            return self.store.latest(status, limit=limit)
 
     def stats(self) -> dict[str, object]:
-        """Records per status, the queue's depth (messages waiting, not yet taken) and the
-        shared Stripe rate (configured ceiling, and current value after any 429 cuts)."""
+        """Records per status, the queue's depth (messages waiting, not yet taken), dead
+        letters and the shared Stripe rate (configured ceiling, and current value after any
+        429 cuts). Raises StoreError when Redis cannot be read."""
         limiter = SharedRateLimiter(
             self.client, rate_policy(self.settings), prefix=self.settings.key_prefix
         )
-        dead_total = self.client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
-        return {
-            "records": self.store.counts(),
-            "queue_depth": self.queue_depth(),
-            "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
-            "rate_limit": {
-                "configured_per_s": self.settings.rate_limit_per_s,
-                "current_per_s": round(limiter.current_rate(), 2),
-            },
-        }
+        with self._reading():
+            dead_total = self.client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
+            return {
+                "records": self.store.counts(),
+                "queue_depth": self.queue_depth(),
+                "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
+                "rate_limit": {
+                    "configured_per_s": self.settings.rate_limit_per_s,
+                    "current_per_s": round(limiter.current_rate(), 2),
+                },
+            }
 
     def queue_depth(self) -> int:
+        """Messages waiting in the queues, not yet taken by a worker."""
         # kombu's Redis transport keeps one list per queue and priority step (name, name\x06\x163,
         # ...); countdown messages held by workers until due are not counted.
         names = [
@@ -289,12 +381,14 @@ class Producer:
             for queue in (self.settings.queue, self.settings.later_queue)
             for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")
         ]
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.llen(name)
-        return int(sum(pipe.execute()))
+        with self._reading():
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            return int(sum(pipe.execute()))
 
     def close(self) -> None:
+        """Release the connections (and stop a bundled server this producer started)."""
         self.app.close()
         self.client.close()
         self._resources.close()

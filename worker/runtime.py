@@ -10,7 +10,7 @@ import redis
 
 from . import stripe_api
 from .attempt import Sender
-from .config import Settings
+from .config import Settings, load_settings
 from .ratelimit import RatePolicy, SharedRateLimiter
 from .retry import Policy
 from .store import RecordStore
@@ -48,7 +48,7 @@ class Runtime:
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
         client = settings.redis_target(redis_url).client(
             max_connections=settings.worker_concurrency + 8,
-            retry_for_s=min(WORKER_REDIS_RETRY_S, settings.lease_s / 3),
+            retry_for_s=min(WORKER_REDIS_RETRY_S, settings.claim_lease_s / 3),
             retry_on=RIDE_OUT,
         )
         store = RecordStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s)
@@ -67,5 +67,5 @@ def get_runtime(redis_url: str) -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = Runtime.build(Settings.from_env(), redis_url)
+            _runtime = Runtime.build(load_settings(), redis_url)
         return _runtime

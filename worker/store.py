@@ -213,6 +213,13 @@ class RecordStore:
         data, *history = pipe.execute()
         return Record.from_hash(data, history[0] if history else ()) if data else None
 
+    def find_request(self, req: CancelRequest, *, with_history: bool = False) -> Record | None:
+        """The record of the request ``req`` names (its dedupe identity), or None."""
+        record_id = self.client.get(self.dedupe_key(req))
+        if not record_id:
+            return None
+        return self.find(str(record_id), with_history=with_history)
+
     def get(self, record_id: str, *, with_history: bool = False) -> Record:
         record = self.find(record_id, with_history=with_history)
         if record is None:

@@ -30,7 +30,7 @@ def process_cancellation(
             store=runtime.store,
             send=runtime.send,
             policy=runtime.policy,
-            lease_s=runtime.settings.lease_s,
+            lease_s=runtime.settings.claim_lease_s,
             limiter=runtime.limiter,
             slot=(slot[0], slot[1]) if slot else None,
         )

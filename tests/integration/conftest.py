@@ -27,12 +27,17 @@ pytestmark = pytest.mark.integration
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 60
+    args: list[str],
+    env: dict[str, str],
+    stdin: str | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``adjustments ARGS`` as a user runs it, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "adjustments.cli", *args],
         env=env,
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,

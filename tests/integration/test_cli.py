@@ -78,18 +78,45 @@ class TestEmbeddedRedis:
     def test_records_persist_across_embedded_restarts(
         self, tmp_path: Path, worker_env: dict[str, str]
     ) -> None:
-        """With REDIS_URL unset each command starts the bundled server, uses it and stops it;
-        the append-only file keeps the record for the next command."""
-        env = {k: v for k, v in worker_env.items() if k != "REDIS_URL"}
-        env["ADJUSTMENTS_DATA_DIR"] = str(tmp_path)
+        """With REDIS_URL=embedded each command starts the bundled server, says so in one line
+        on stderr, uses it and stops it; the append-only file keeps the record."""
+        env = {**worker_env, "REDIS_URL": "embedded", "ADJUSTMENTS_DATA_DIR": str(tmp_path)}
         out = run(["cancel", "ev", "embedded_1", "--json"], env)
         assert out.returncode == 0, out.stderr
+        announced = [line for line in out.stderr.splitlines() if "REDIS_URL=embedded" in line]
+        assert len(announced) == 1 and "bundled Redis" in announced[0]
         record_id = json.loads(out.stdout)["id"]
         assert not (tmp_path / "redis.json").exists()  # stopped what it started
         assert (tmp_path / "appendonly.aof").exists() or list(tmp_path.glob("appendonly*"))
         status = run(["status", record_id, "--json"], env)
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["identifier"] == "embedded_1"
+
+    @pytest.mark.parametrize(
+        "argv",
+        [["cancel", "ev", "x"], ["status", "adj_1"], ["list"], ["stats"], ["worker"], ["beat"]],
+    )
+    def test_no_redis_url_is_one_line_naming_it(
+        self, tmp_path: Path, worker_env: dict[str, str], argv: list[str]
+    ) -> None:
+        """No REDIS_URL: no server of our own, one line naming REDIS_URL, exit 2, no file."""
+        env = {
+            k: v for k, v in worker_env.items() if k not in ("REDIS_URL", "ADJUSTMENTS_DATA_DIR")
+        }
+        out = run(argv, env, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and "REDIS_URL is not set" in out.stderr
+        assert list(tmp_path.iterdir()) == []
+
+    @pytest.mark.parametrize("argv", [["status", "adj_1"], ["list"], ["stats"]])
+    def test_read_only_commands_create_nothing(
+        self, tmp_path: Path, worker_env: dict[str, str], argv: list[str]
+    ) -> None:
+        """Reading an embedded store that does not exist says so and creates no directory."""
+        env = {**worker_env, "REDIS_URL": "embedded", "ADJUSTMENTS_DATA_DIR": "store"}
+        out = run(argv, env, cwd=tmp_path)
+        assert out.returncode == 2 and "no embedded store" in out.stderr
+        assert list(tmp_path.iterdir()) == []
 
 
 class TestRedisDown:

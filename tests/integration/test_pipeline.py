@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 
 from adjustments.errors import InvalidInput
-from adjustments.models import Record, Status
+from adjustments.models import CancelRequest, Record, Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
 
@@ -100,8 +101,12 @@ class TestPermanent:
     def test_closed_window_expires_without_a_call(
         self, producer: Producer, settle: Settle, sandbox: SandboxServer
     ) -> None:
-        old = time.time() - 25 * 3600
-        done = settle(producer.cancel("ev", "too_old", api="v1", event_received_at=old).id)
+        """A queued record whose 24 h window closed before a worker took it (cancel() refuses
+        such a request; the store can still hold one that waited too long) is never sent."""
+        now = datetime.now(UTC)
+        old = CancelRequest("v1", "ev", "too_old", None, now - timedelta(hours=25))
+        record, _ = producer.store.create(old, now=now, outbox=producer.outbox)
+        done = settle(record.id)
         assert done.status is Status.EXPIRED and sandbox_requests(sandbox, "too_old") == []
 
 
