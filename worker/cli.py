@@ -17,7 +17,7 @@ import click
 import redis
 from click.exceptions import NoArgsIsHelpError
 
-from .cli_common import emit, producer_for, record_line, settings
+from .cli_common import emit, printable, producer_for, record_line, settings
 from .cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
 from .config import APIS
 from .embedded import redis_url
@@ -43,7 +43,10 @@ def cli() -> None:
     "--api", type=click.Choice(APIS), help="Stripe endpoint (default: ADJUSTMENTS_STRIPE_API)."
 )
 @click.option(
-    "--account", "stripe_account", help="Connected account (acct_...), sent as Stripe-Account."
+    "--account",
+    "stripe_account",
+    help="Connected account: acct_... (v1 sends Stripe-Account), or for v2 acct_... or "
+    "acct_.../acct_... (sent as Stripe-Context).",
 )
 @click.option("--received-at", help="When Stripe received the event (ISO 8601 with offset).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
@@ -248,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    first = redact(" ".join(message.split()))
+    first = printable(redact(" ".join(message.split())))
     click.echo(f"adjustments: error: {first}", err=True)
     sys.exit(code)
 

@@ -14,8 +14,11 @@ from .config import APIS, CANCEL_WINDOW_S, Api
 from .errors import InvalidInput
 
 MAX_FIELD_LEN = 100  # Stripe's limit for event_name and cancel.identifier
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL; C1 is escaped when printed
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,255}")  # matched in full (fullmatch)
+# v2's Stripe-Context: an account, or a path to a grandchild account (acct_.../acct_...).
+_CONTEXT = re.compile(r"acct_[A-Za-z0-9]{1,255}(/acct_[A-Za-z0-9]{1,255}){0,4}")
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
@@ -48,6 +51,8 @@ def _check_text(name: str, value: object) -> str:
         raise InvalidInput(f"{name} must be at most {MAX_FIELD_LEN} characters, got {len(value)}")
     if _CONTROL.search(value):
         raise InvalidInput(f"{name} must not contain control characters")
+    if _SURROGATE.search(value):  # e.g. invalid UTF-8 in a command-line argument
+        raise InvalidInput(f"{name} must be valid Unicode text (it holds a lone surrogate)")
     if value != value.strip():
         raise InvalidInput(f"{name} must not start or end with white space")
     return value
@@ -123,9 +128,11 @@ class CancelRequest:
             raise InvalidInput(f"api must be 'v1' or 'v2', got {api!r}")
         account: str | None = None
         if stripe_account is not None:
-            if not isinstance(stripe_account, str) or not _ACCOUNT.fullmatch(stripe_account):
+            pattern = _ACCOUNT if api == "v1" else _CONTEXT
+            if not isinstance(stripe_account, str) or not pattern.fullmatch(stripe_account):
+                shape = "acct_..." if api == "v1" else "acct_... or acct_.../acct_..."
                 raise InvalidInput(
-                    f"stripe_account must look like acct_..., got {stripe_account!r}"
+                    f"stripe_account for {api} must look like {shape}, got {stripe_account!r}"
                 )
             account = stripe_account
         received = parse_received_at(event_received_at, now=now)

@@ -113,8 +113,11 @@ def cancel(client: stripe.StripeClient, record: Record) -> Outcome:
         "cancel": {"identifier": record.identifier},
     }
     options: dict[str, Any] = {"idempotency_key": record.idempotency_key}
-    if record.stripe_account:
-        options["stripe_account"] = record.stripe_account
+    if record.stripe_account and record.api == "v1":
+        options["stripe_account"] = record.stripe_account  # the Stripe-Account header
+    elif record.stripe_account:
+        # v2: Stripe-Context, which supersedes Stripe-Account (acct_... or acct_.../acct_...)
+        options["stripe_context"] = record.stripe_account
     try:
         if record.api == "v1":
             obj: Any = client.v1.billing.meter_event_adjustments.create(

@@ -39,13 +39,19 @@ class TestSuccess:
         assert (done.adjustment_created is not None) == (api == "v2")
         assert sandbox.logic.executions[f"ok_{api}"] == 1
 
-    def test_connected_account_is_sent(
-        self, producer: Producer, settle: Settle, sandbox: SandboxServer
+    @pytest.mark.parametrize(
+        ("api", "account"),
+        [("v1", "acct_1TEST"), ("v2", "acct_1TEST"), ("v2", "acct_1PARENT/acct_1CHILD")],
+    )
+    def test_connected_account_is_sent_in_the_versions_header(
+        self, producer: Producer, settle: Settle, sandbox: SandboxServer, api: str, account: str
     ) -> None:
-        """stripe_account travels as the Stripe-Account header."""
-        record = producer.cancel("ev", "acct_case", api="v1", stripe_account="acct_1TEST")
+        """v1 sends stripe_account as Stripe-Account, v2 as Stripe-Context (which supersedes
+        it there); the sandbox refuses the other header, so a pending record proves it."""
+        identifier = f"acct_case_{api}_{account.count('/')}"
+        record = producer.cancel("ev", identifier, api=api, stripe_account=account)
         assert settle(record.id).status is Status.PENDING
-        assert [r["account"] for r in sandbox_requests(sandbox, "acct_case")] == ["acct_1TEST"]
+        assert [r["account"] for r in sandbox_requests(sandbox, identifier)] == [account]
 
 
 class TestRetries:

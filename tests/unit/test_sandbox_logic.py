@@ -89,3 +89,28 @@ class TestSandboxRules:
     def test_unknown_scripted_outcome_refused(self, logic: StripeLogic) -> None:
         with pytest.raises(ValueError, match="unknown scripted"):
             logic.script("x", ["explode"])
+
+
+class TestAccountHeaders:
+    """v1 acts for a connected account through Stripe-Account, v2 through Stripe-Context."""
+
+    @pytest.mark.parametrize(
+        ("api", "account", "context", "status"),
+        [
+            ("v1", "acct_1", None, 200),
+            ("v1", None, "acct_1", 400),  # Stripe-Context on v1
+            ("v1", "acct_1/acct_2", None, 400),  # a path is a v2 context only
+            ("v1", "cus_1", None, 400),
+            ("v2", None, "acct_1", 200),
+            ("v2", None, "acct_1/acct_2", 200),
+            ("v2", "acct_1", None, 400),  # Stripe-Account on v2
+            ("v2", None, "acct_1/", 400),
+            ("v2", None, "cus_1", 400),
+        ],
+    )
+    def test_each_version_takes_its_own_header(
+        self, logic: StripeLogic, api: str, account: str | None, context: str | None, status: int
+    ) -> None:
+        body = V1 if api == "v1" else V2
+        reply = logic.handle(api, AUTH, account, "k", body, context=context)
+        assert reply.status == status

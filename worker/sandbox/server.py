@@ -70,6 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.headers.get("Stripe-Account"),
                 self.headers.get("Idempotency-Key"),
                 body,
+                context=self.headers.get("Stripe-Context"),
             )
             self._send(reply)
             return

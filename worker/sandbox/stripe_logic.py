@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import secrets
 import threading
 import time
@@ -65,6 +66,27 @@ class _Stored:
     reply: Reply
 
 
+_V1_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
+_V2_CONTEXT = re.compile(r"acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)*")
+
+
+def header_problem(api: str, account: str | None, context: str | None) -> str | None:
+    """Why the account headers do not fit the API version, or None: v1 acts on behalf of a
+    connected account through Stripe-Account, v2 through Stripe-Context (``acct_...`` or a
+    path ``acct_.../acct_...``), which supersedes Stripe-Account there."""
+    if api == "v1":
+        if context is not None:
+            return "Stripe-Context is a v2 header; v1 takes Stripe-Account"
+        if account is not None and not _V1_ACCOUNT.fullmatch(account):
+            return "Invalid Stripe-Account header"
+        return None
+    if account is not None:
+        return "v2 takes Stripe-Context, which supersedes Stripe-Account"
+    if context is not None and not _V2_CONTEXT.fullmatch(context):
+        return "Invalid Stripe-Context header"
+    return None
+
+
 class StripeLogic:
     """Thread-safe state of one sandbox: idempotency store, executions, scripts, rate limit."""
 
@@ -114,8 +136,17 @@ class StripeLogic:
 
     # --- one request --------------------------------------------------------------------------
     def handle(
-        self, api: str, auth: str | None, account: str | None, key: str | None, body: bytes
+        self,
+        api: str,
+        auth: str | None,
+        account: str | None,
+        key: str | None,
+        body: bytes,
+        *,
+        context: str | None = None,
     ) -> Reply:
+        """One adjustment request. ``account`` is the Stripe-Account header, ``context`` the
+        Stripe-Context header: v1 takes the first, v2 the second (which supersedes it)."""
         key = key or secrets.token_hex(12)  # the SDK always sends one; curl may not
         if not auth or not auth.startswith("Bearer "):
             return self._error(api, 401, "You did not provide an API key.", "api_key_required")
@@ -128,8 +159,10 @@ class StripeLogic:
                 "api_key_invalid",
                 etype="invalid_request_error" if api == "v1" else "invalid_request",
             )
-        if account is not None and not account.startswith("acct_"):
-            return self._error(api, 400, "Invalid Stripe-Account header", "account_invalid")
+        problem = header_problem(api, account, context)
+        if problem:
+            return self._error(api, 400, problem, "account_invalid")
+        account = account if api == "v1" else context
         try:
             adj = parse_v1(body) if api == "v1" else parse_v2(body)
         except Invalid as exc:
