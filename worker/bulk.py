@@ -96,6 +96,9 @@ def _json_line(line: int, text: str) -> Iterator[tuple[int, Row | str]]:
     except RecursionError:
         yield line, "JSON nested too deeply"
         return
+    except ValueError as exc:  # e.g. an integer past Python's 4,300-digit conversion limit
+        yield line, f"invalid JSON: {exc}"
+        return
     if not isinstance(data, dict):
         yield line, "not a JSON object"
         return
