@@ -138,14 +138,16 @@ item_values = {
     "stripe_account": accounts,
     "event_received_at": received,
 }
-items = st.one_of(
+items = mostly(
     st.fixed_dictionaries(
         {"event_name": valid_text, "identifier": valid_text},
-        optional={k: v for k, v in item_values.items() if k not in ("event_name", "identifier")},
+        optional={"api": st.sampled_from(["v1", "v2"]), "event_received_at": near},
     ),
-    st.fixed_dictionaries({}, optional=item_values),
-    st.dictionaries(st.sampled_from([*FIELDS, "stripe_acount", "id"]), anything, max_size=4),
-    anything,
+    st.one_of(
+        st.fixed_dictionaries({}, optional=item_values),
+        st.dictionaries(st.sampled_from([*FIELDS, "stripe_acount", "id"]), anything, max_size=4),
+        anything,
+    ),
 )
 
 
