@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := worker tests $(wildcard benchmarks/*.py)
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench lock clean
 
-$(STAMP): pyproject.toml
+# constraints.txt is the lock file: the versions CI, the demo and the image run with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +36,16 @@ bench: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m 'not slow'
+
+# Re-resolve every dependency from pyproject.toml in a scratch environment and pin the result.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude adjustments; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .lock-venv build
 
 clean:
 	rm -rf $(VENV) .adjustments .pytest_cache .mypy_cache .ruff_cache

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +72,41 @@ class TestDeploymentFiles:
 
     def test_dockerfile_runs_the_worker(self) -> None:
         assert 'CMD ["adjustments", "worker"]' in (ROOT / "Dockerfile").read_text()
+
+
+class TestImageAndLock:
+    def dockerfile(self) -> list[str]:
+        return [
+            line.strip()
+            for line in (ROOT / "Dockerfile").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+    def test_base_image_is_pinned(self) -> None:
+        """A Python patch release on a named Debian release, never a moving tag."""
+        base = next(line for line in self.dockerfile() if line.startswith("FROM "))
+        assert re.fullmatch(r"FROM python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base)
+
+    def test_dependencies_are_a_layer_of_their_own_and_the_user_is_not_root(self) -> None:
+        lines = self.dockerfile()
+        deps = next(i for i, line in enumerate(lines) if "-r requirements.txt" in line)
+        source = lines.index("COPY worker ./worker")
+        assert "-c constraints.txt" in lines[deps] and deps < source
+        user = [line for line in lines if line.startswith("USER ")]
+        assert user and user[-1] not in ("USER root", "USER 0")
+
+    def test_lock_file_pins_every_dependency_within_its_declared_range(self) -> None:
+        """constraints.txt pins each declared dependency (runtime and dev) to one version that
+        pyproject.toml allows."""
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        declared = [Requirement(r) for r in project["dependencies"]]
+        declared += [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+        pins: dict[str, str] = {}
+        for line in (ROOT / "constraints.txt").read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, version = line.split("==")
+                pins[canonicalize_name(name)] = version
+        for requirement in declared:
+            version = pins.get(canonicalize_name(requirement.name))
+            assert version is not None, f"{requirement.name} is not in constraints.txt"
+            assert requirement.specifier.contains(version), f"{requirement} vs {version}"
