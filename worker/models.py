@@ -83,7 +83,8 @@ def parse_received_at(value: object, *, now: datetime) -> datetime | None:
             f"event_received_at must be a datetime or epoch seconds, got {type(value).__name__}"
         )
     if when.tzinfo is None or when.utcoffset() is None:
-        raise InvalidInput("event_received_at must be timezone-aware (e.g. 2026-11-21T10:00:00Z)")
+        example = iso(now.replace(microsecond=0))  # a value accepted right now
+        raise InvalidInput(f"event_received_at must be timezone-aware, e.g. {example}")
     try:
         when = when.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC

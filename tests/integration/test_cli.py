@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +134,76 @@ class TestRedisDown:
         assert out.returncode == 1 and out.stdout == ""
         assert out.stderr.startswith("adjustments: error: cannot reach Redis")
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+class TestOnATerminal:
+    def test_import_progress_reaches_100_and_bad_lines_stand_alone(
+        self, tmp_path: Path, worker_env: dict[str, str], redis_client: redis.Redis
+    ) -> None:
+        """stderr on a terminal: the bar ends at 100 % and every bad-line message starts a
+        line of its own (the bar's line is cleared first), even with blank and bad lines."""
+        lines = [json.dumps({"event_name": "ev", "identifier": f"tty_{n}"}) for n in range(30)]
+        lines[4] = "{not json"
+        lines[17] = ""
+        lines[25] = json.dumps({"event_name": "ev"})
+        path = tmp_path / "in.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        env = {**worker_env, "ADJUSTMENTS_KEY_PREFIX": "ttytest", "ADJUSTMENTS_QUEUE": "ttyq"}
+        main, child = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "adjustments.cli", "import", str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=child,
+            )
+            os.close(child)
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            proc.wait(timeout=60)
+        finally:
+            os.close(main)
+            for key in redis_client.scan_iter("ttytest:*"):
+                redis_client.delete(key)
+            redis_client.delete("ttyq")
+        text = seen.decode()
+        assert proc.returncode == 1  # two bad lines
+        assert "100%" in text
+        messages = re.findall(r"(.)line (\d+): ", text)
+        assert [int(n) for _, n in messages] == [5, 26]
+        # Each message starts after a newline or after the erase-line sequence.
+        for match in re.finditer(r"line \d+: ", text):
+            before = text[: match.start()]
+            assert before == "" or before.endswith(("\n", "\x1b[2K")), repr(before[-20:])
+
+
+class TestSettingsModule:
+    def test_commands_take_their_settings_from_a_module(
+        self, tmp_path: Path, worker_env: dict[str, str]
+    ) -> None:
+        """ADJUSTMENTS_SETTINGS_MODULE replaces the environment: no REDIS_URL is set, and the
+        module's Redis and queue are used."""
+        (tmp_path / "svc_settings.py").write_text(
+            "from adjustments import Settings\n"
+            f"settings = Settings(redis_url={worker_env['REDIS_URL']!r}, queue='modq', "
+            "key_prefix='modtest')\n"
+        )
+        env = {k: v for k, v in worker_env.items() if k != "REDIS_URL"}
+        env["ADJUSTMENTS_SETTINGS_MODULE"] = "svc_settings"
+        out = run(["cancel", "ev", "from_module", "--json"], env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        client = redis.Redis.from_url(worker_env["REDIS_URL"], decode_responses=True)
+        try:
+            assert client.exists(f"modtest:rec:{json.loads(out.stdout)['id']}")
+            assert client.llen("modq") == 1
+        finally:
+            for key in [*client.scan_iter("modtest:*"), "modq"]:
+                client.delete(key)
+            client.close()

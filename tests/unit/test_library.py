@@ -205,6 +205,13 @@ class TestRefusedAtEnqueue:
             with pytest.raises(InvalidInput, match="stripe_account"):
                 CancelRequest.build("ev", "id", api=api, stripe_account=account, now=NOW)
 
+    def test_the_hint_for_a_naive_time_is_a_value_that_is_accepted(self) -> None:
+        with pytest.raises(InvalidInput) as info:
+            CancelRequest.build("ev", "id", api="v1", event_received_at="2026-11-22T11:00", now=NOW)
+        example = str(info.value).rsplit("e.g. ", 1)[1]
+        built = CancelRequest.build("ev", "id", api="v1", event_received_at=example, now=NOW)
+        assert built.event_received_at == NOW
+
     def test_lone_surrogate(self) -> None:
         with pytest.raises(InvalidInput, match="lone surrogate"):
             CancelRequest.build("ev", "id\udcff", api="v1", now=NOW)
