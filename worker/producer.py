@@ -161,13 +161,8 @@ class Producer:
         (both StoreError) when Redis fails; nothing is written on InvalidInput or NotAccepted.
         """
         now = _aware_now(now)
-        request = CancelRequest.build(
-            event_name,
-            identifier,
-            api=api or self.settings.default_api,
-            stripe_account=stripe_account,
-            event_received_at=event_received_at,
-            now=now,
+        request = self._build(
+            event_name, identifier, api, stripe_account, event_received_at, now=now
         )
         with self._writing():
             record, created = self.store.create(request, now=now, outbox=self.outbox)
@@ -189,12 +184,8 @@ class Producer:
         the attempt history. Raises InvalidInput for bad arguments, RecordNotFound when no
         such request is known (never enqueued, or past retention), StoreError when Redis
         cannot be read."""
-        request = CancelRequest.build(
-            event_name,
-            identifier,
-            api=api or self.settings.default_api,
-            stripe_account=stripe_account,
-            now=datetime.now().astimezone(),
+        request = self._build(
+            event_name, identifier, api, stripe_account, None, now=datetime.now().astimezone()
         )
         with self._reading():
             record = self.store.find_request(request, with_history=with_history)
@@ -293,12 +284,32 @@ class Producer:
         unknown = sorted(str(key) for key in set(item) - set(FIELDS))
         if unknown:  # a misspelt stripe_account must not send it to the platform account
             raise InvalidInput(f"unknown field(s): {', '.join(unknown)}")
-        return CancelRequest.build(
+        return self._build(
             item.get("event_name"),
             item.get("identifier"),
-            api=item.get("api") or self.settings.default_api,
-            stripe_account=item.get("stripe_account"),
-            event_received_at=item.get("event_received_at"),
+            item.get("api"),
+            item.get("stripe_account"),
+            item.get("event_received_at"),
+            now=now,
+        )
+
+    def _build(
+        self,
+        event_name: object,
+        identifier: object,
+        api: object,
+        stripe_account: object,
+        event_received_at: object,
+        *,
+        now: datetime,
+    ) -> CancelRequest:
+        """The validated request, with the default API where none is given."""
+        return CancelRequest.build(
+            event_name,
+            identifier,
+            api=api or self.settings.default_api,
+            stripe_account=stripe_account,
+            event_received_at=event_received_at,
             now=now,
         )
 

@@ -108,23 +108,27 @@ def worker_env(
 
 def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 8) -> WorkerProcess:
     """``adjustments worker`` as a real process, JSON logs to ``log_path``; waits until ready."""
+    argv = [sys.executable, "-m", "adjustments.cli", "worker", "--concurrency", str(concurrency)]
+    return start_celery_process(argv, env, log_path)
+
+
+def start_celery_process(
+    argv: list[str], env: dict[str, str], log_path: Path, *, cwd: Path | None = None
+) -> WorkerProcess:
+    """Any Celery worker command as a real process, output to ``log_path``; waits until it
+    says it is ready and fails the test (with its log) if it exits instead."""
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "adjustments.cli", "worker", "--concurrency", str(concurrency)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     handle = WorkerProcess(proc, log_path)
     try:
         wait_until(
             lambda: " ready." in handle.log_text() or proc.poll() is not None,
-            what="the worker to be ready",
+            what=f"{' '.join(argv[1:4])} to be ready",
         )
     except BaseException:
         proc.kill()
         raise
-    assert proc.poll() is None, handle.log_text()
+    assert proc.poll() is None, handle.log_text()[-3000:]
     return handle
 
 

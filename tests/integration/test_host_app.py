@@ -17,7 +17,7 @@ from celery import Celery
 from adjustments import Producer, Record, RecordNotFound, Status, StoreUnavailable
 from adjustments.embedded import free_port
 
-from .conftest import WorkerProcess, stop_worker, wait_until
+from .conftest import WorkerProcess, start_celery_process, stop_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = [sys.executable, "-m", "celery"]
@@ -79,16 +79,13 @@ class TestInsideAHostCeleryApp:
         are carried out by our worker."""
         env = host_env(worker_env)
         log_path = host_dir / "host.log"
-        with open(log_path, "wb") as out:
-            host = subprocess.Popen(
-                [*CELERY, "-A", "hostapp", "worker", "--pool=solo", "--loglevel=INFO", *QUIET],
-                cwd=host_dir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        host = start_celery_process(
+            [*CELERY, "-A", "hostapp", "worker", "--pool=solo", "--loglevel=INFO", *QUIET],
+            env,
+            log_path,
+            cwd=host_dir,
+        )
         try:
-            wait_until(lambda: " ready." in log_path.read_text(), what="the host worker")
             sender = Celery("caller", broker=env["HOST_BROKER_URL"], set_as_current=False)
             with sender:
                 for n in range(3):
@@ -98,8 +95,7 @@ class TestInsideAHostCeleryApp:
                 what="three host tasks to succeed",
             )
         finally:
-            host.terminate()
-            host.wait(timeout=30)
+            stop_worker(host)
         log = log_path.read_text()
         succeeded = [line for line in log.splitlines() if " succeeded in " in line]
         assert all(line.startswith("HOSTLOG INFO Task hostapp.refund[") for line in succeeded)
@@ -186,25 +182,14 @@ class TestCleanInstall:
         )
         assert check.returncode == 0, check.stderr
         assert check.stdout.startswith("users-worker ") and str(site) in check.stdout
-        log_path = tmp_path / "celery.log"
         queue = f"clean_install_{os.getpid()}"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [*CELERY, "-A", "adjustments.celery_app", "worker", "-Q", queue, *QUIET],
-                cwd=user,
-                env={**env, "ADJUSTMENTS_QUEUE": queue},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        handle = WorkerProcess(proc, log_path)
-        try:
-            wait_until(
-                lambda: " ready." in handle.log_text() or proc.poll() is not None,
-                what="celery -A adjustments.celery_app worker",
-            )
-            assert proc.poll() is None, handle.log_text()[-2000:]
-        finally:
-            stop_worker(handle)
+        handle = start_celery_process(
+            [*CELERY, "-A", "adjustments.celery_app", "worker", "-Q", queue, *QUIET],
+            {**env, "ADJUSTMENTS_QUEUE": queue},
+            tmp_path / "celery.log",
+            cwd=user,
+        )
+        stop_worker(handle)
 
 
 class TestWorkerCommand:
@@ -215,25 +200,11 @@ class TestWorkerCommand:
         process id, so two workers on one host never share one."""
         queue = f"passthrough_{os.getpid()}"
         env = {**worker_env, "ADJUSTMENTS_QUEUE": queue}
-        handles = []
-        for n in range(2):
-            log_path = tmp_path / f"w{n}.log"
-            with open(log_path, "wb") as log:
-                argv = ["worker", "-c", "2", "--", "-E"]
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "adjustments.cli", *argv],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            handles.append(WorkerProcess(proc, log_path))
+        argv = [sys.executable, "-m", "adjustments.cli", "worker", "-c", "2", "--", "-E"]
+        handles: list[WorkerProcess] = []
         try:
-            for handle in handles:
-                wait_until(
-                    lambda h=handle: " ready." in h.log_text() or h.process.poll() is not None,
-                    what="a worker",
-                )
-                assert handle.process.poll() is None, handle.log_text()[-2000:]
+            for n in range(2):
+                handles.append(start_celery_process(argv, env, tmp_path / f"w{n}.log"))
         finally:
             for handle in handles:
                 stop_worker(handle)
