@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import sys
 import threading
 from typing import Any
 
@@ -18,6 +19,7 @@ from kombu import Connection, Queue
 
 from . import keys
 from .config import Settings, load_settings
+from .errors import ConfigError
 
 TASK_NAME = "adjustments.process_cancellation"
 RECONCILE_TASK = "adjustments.reconcile"
@@ -122,22 +124,33 @@ class LoggedTask(Task):  # type: ignore[type-arg]
         structlog.contextvars.unbind_contextvars("task_id")
 
 
-app = Celery("adjustments", set_as_current=False, task_cls=LoggedTask)
+class AdjustmentsCelery(Celery):
+    """Our app: configured from our settings when first used, never at import time."""
+
+    def on_configure(self) -> None:  # type: ignore[override]
+        # A method rather than Celery's on_configure signal: a signal handler's exception is
+        # logged and swallowed, and the worker would then start on Celery's default broker
+        # (amqp://localhost) instead of stopping with one line naming REDIS_URL.
+        from .embedded import EMBEDDED, missing_redis, start_announced
+
+        try:
+            settings = load_settings()
+            url = settings.redis_url
+            if not url:
+                raise missing_redis()
+        except ConfigError as exc:
+            if "celery.bin.celery" in sys.modules:  # the celery command: one line, exit 2
+                print(f"adjustments: error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            raise
+        if url == EMBEDDED:  # ``celery -A adjustments.celery_app worker`` with REDIS_URL=embedded
+            server = start_announced(settings.data_dir)
+            url = server.url
+            atexit.register(server.stop)
+        self.conf.update(celery_config(settings, url))
 
 
-@app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
-    from .embedded import EMBEDDED, missing_redis, start_announced
-
-    settings = load_settings()
-    url = settings.redis_url
-    if not url:
-        raise missing_redis()
-    if url == EMBEDDED:  # ``celery -A adjustments.celery_app worker`` with REDIS_URL=embedded
-        server = start_announced(settings.data_dir)
-        url = server.url
-        atexit.register(server.stop)
-    sender.conf.update(celery_config(settings, url))
+app = AdjustmentsCelery("adjustments", set_as_current=False, task_cls=LoggedTask)
 
 
 def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:

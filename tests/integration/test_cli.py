@@ -113,6 +113,27 @@ class TestEmbeddedRedis:
         assert out.stderr.count("\n") == 1 and "REDIS_URL is not set" in out.stderr
         assert list(tmp_path.iterdir()) == []
 
+    def test_plain_celery_without_redis_url_stops_with_one_line(
+        self, tmp_path: Path, worker_env: dict[str, str]
+    ) -> None:
+        """`celery -A adjustments.celery_app worker` without REDIS_URL: exit 2 and one line,
+        never a worker on Celery's default broker."""
+        env = {
+            k: v for k, v in worker_env.items() if k not in ("REDIS_URL", "ADJUSTMENTS_DATA_DIR")
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "adjustments.celery_app", "worker"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert out.stderr.count("\n") == 1 and "REDIS_URL is not set" in out.stderr
+        assert list(tmp_path.iterdir()) == []
+
     @pytest.mark.parametrize("argv", [["status", "adj_1"], ["list"], ["stats"]])
     def test_read_only_commands_create_nothing(
         self, tmp_path: Path, worker_env: dict[str, str], argv: list[str]
