@@ -76,8 +76,10 @@ def run_attempt(
     started = time.perf_counter()
     outcome = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
-    if limiter is not None and isinstance(outcome, Rejected) and outcome.http_status == 429:
-        limiter.penalize()  # someone else spent the account's budget: slow everyone down
+    if limiter is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
+        # A rate limiter's 429 (marked with its reason): someone else spent the account's
+        # budget, so slow everyone down. An unmarked 429 (lock_timeout) is only retried.
+        limiter.penalize()
     now = clock()
     key_outcome = key_outcome_after(record.key_outcome, outcome)
     decision = decide(
@@ -106,6 +108,7 @@ def run_attempt(
         reason=decision.reason,
         http_status=outcome.http_status,
         key_outcome=key_outcome,
+        rate_limited_reason=outcome.rate_limited_reason if isinstance(outcome, Rejected) else None,
     )
     if not written:
         # Our lease lapsed and another worker took the record over: it owns the outcome now.
@@ -170,6 +173,8 @@ def _log_line(
     if isinstance(outcome, Rejected):
         fields["error_type"] = outcome.error_type
         fields["error_code"] = outcome.code
+        if outcome.rate_limited_reason:
+            fields["rate_limited_reason"] = outcome.rate_limited_reason
     if isinstance(outcome, Accepted):
         fields["stripe_status"] = outcome.stripe_status
     if decision is not None and decision.retry_in_s is not None:

@@ -188,7 +188,12 @@ def default_node_name() -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--latency-ms", type=float, default=0.0, show_default=True)
 @click.option("--error-500", type=click.FloatRange(0, 1), default=0.0, help="Rate of 500s.")
-@click.option("--error-429", type=click.FloatRange(0, 1), default=0.0, help="Rate of plain 429s.")
+@click.option(
+    "--error-429",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Rate of 429 lock_timeout (not a rate limiter: no Stripe-Rate-Limited-Reason).",
+)
 @click.option(
     "--error-429-retry",
     type=click.FloatRange(0, 1),

@@ -26,6 +26,7 @@ def finish(
     request_id: str | None = None,
     http_status: int | None = None,
     key_outcome: str | None = None,
+    rate_limited_reason: str | None = None,
 ) -> bool:
     """End the attempt that holds ``token``: record Stripe's answer and the new status."""
     fields: dict[str, str | int] = {
@@ -56,6 +57,8 @@ def finish(
         "error_code": error.code if error else None,
         "generation": record.generation,
     }
+    if rate_limited_reason:
+        entry["rate_limited_reason"] = rate_limited_reason
     return store.transition(
         record,
         to,

@@ -30,10 +30,19 @@ class Rejected:
     should_retry: bool | None = None  # the Stripe-Should-Retry header, when present
     retry_after_s: float | None = None
     idempotent_replayed: bool = False
+    # Stripe-Rate-Limited-Reason (global-rate, endpoint-concurrency, ...): set only on a rate
+    # limiter's 429. A 429 without it (lock_timeout: one concurrent call per customer and
+    # meter) says nothing about the account's budget.
+    rate_limited_reason: str | None = None
 
     @property
     def connection_error(self) -> bool:
         return self.http_status is None
+
+    @property
+    def rate_limited(self) -> bool:
+        """A Stripe rate limiter refused the call: the shared budget is spent."""
+        return self.http_status == 429 and bool(self.rate_limited_reason)
 
 
 Outcome = Accepted | Rejected

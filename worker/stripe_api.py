@@ -102,6 +102,7 @@ def to_rejected(exc: stripe.StripeError) -> Rejected:
         should_retry=None if should is None else should.lower() == "true",
         retry_after_s=_retry_after_s(_header(exc.headers, "retry-after")),
         idempotent_replayed=_header(exc.headers, "idempotent-replayed") == "true",
+        rate_limited_reason=_header(exc.headers, "stripe-rate-limited-reason"),
     )
 
 

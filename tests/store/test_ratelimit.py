@@ -123,13 +123,31 @@ class TestAttemptsUseTheLimiter:
         slot_us, reserved_us = deferred.slot
         assert slot_us - reserved_us == pytest.approx(500_000, abs=60_000)
 
-    def test_a_429_cuts_the_shared_rate(
-        self, store: RecordStore, client: fakeredis.FakeRedis
+    @pytest.mark.parametrize(
+        ("reason", "rate_after"),
+        [("endpoint-rate", 14.0), ("global-concurrency", 14.0), (None, 20.0)],
+        ids=["marked-rate", "marked-concurrency", "unmarked-lock-timeout"],
+    )
+    def test_only_a_rate_limiters_429_cuts_the_shared_rate(
+        self,
+        store: RecordStore,
+        client: fakeredis.FakeRedis,
+        reason: str | None,
+        rate_after: float,
     ) -> None:
+        """A 429 marked with Stripe-Rate-Limited-Reason cuts the shared rate and the reason is
+        recorded on the attempt; an unmarked 429 (lock_timeout) is only retried."""
         lim = limiter(client, limit_per_s=20.0)
         record: Record = store.create(CancelRequest("v2", "ev", "busy"), now=T0)[0]
-        result = self.run(
-            store, lim, record.id, Rejected(429, "rate_limit", "rate_limit", "slow"), []
+        answer = Rejected(
+            429,
+            "invalid_request_error",
+            "rate_limit" if reason else "lock_timeout",
+            "busy",
+            rate_limited_reason=reason,
         )
+        result = self.run(store, lim, record.id, answer, [])
         assert result.status is Status.RETRYING
-        assert lim.current_rate() == pytest.approx(14.0, abs=0.2)
+        assert lim.current_rate() == pytest.approx(rate_after, abs=0.2)
+        entry = store.get(record.id, with_history=True).history[-1]
+        assert entry.get("rate_limited_reason") == reason

@@ -81,10 +81,21 @@ class TestSandboxRules:
         assert logic.executions["id1"] == 1
 
     def test_rate_limit(self) -> None:
-        """Over rps_limit the sandbox answers 429 rate_limit."""
+        """Over rps_limit the sandbox answers 429 rate_limit, marked as a rate limiter's."""
         logic = StripeLogic(SandboxConfig(rps_limit=1, burst=2))
-        statuses = [logic.handle("v1", AUTH, None, f"k{i}", V1).status for i in range(5)]
-        assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+        replies = [logic.handle("v1", AUTH, None, f"k{i}", V1) for i in range(5)]
+        assert [r.status for r in replies[:2]] == [200, 200]
+        limited = [r for r in replies[2:] if r.status == 429]
+        assert limited and all(
+            r.headers["Stripe-Rate-Limited-Reason"] == "endpoint-rate" for r in limited
+        )
+
+    def test_a_lock_timeout_429_is_not_marked(self) -> None:
+        """The sandbox's error_429 is Stripe's lock_timeout: a 429 without the header."""
+        logic = StripeLogic(SandboxConfig(error_429=1.0))
+        reply = logic.handle("v2", AUTH, None, "k", V2)
+        assert reply.status == 429 and reply.body["error"]["code"] == "lock_timeout"
+        assert "Stripe-Rate-Limited-Reason" not in reply.headers
 
     def test_unknown_scripted_outcome_refused(self, logic: StripeLogic) -> None:
         with pytest.raises(ValueError, match="unknown scripted"):

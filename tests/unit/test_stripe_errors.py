@@ -32,6 +32,19 @@ class TestToRejected:
         )
         assert out.should_retry is True and out.retry_after_s == 3.0
         assert out.request_id == "req_9" and not out.idempotent_replayed
+        assert out.rate_limited_reason is None and not out.rate_limited  # no reason header
+
+    def test_a_rate_limiters_429_carries_its_reason(self) -> None:
+        exc = stripe.RateLimitError(
+            "Too many requests",
+            http_body="{}",
+            http_status=429,
+            json_body={"error": {"type": "invalid_request_error", "code": "rate_limit"}},
+            headers={"Stripe-Rate-Limited-Reason": "global-concurrency"},
+            code="rate_limit",
+        )
+        out = to_rejected(exc)
+        assert out.rate_limited and out.rate_limited_reason == "global-concurrency"
 
     def test_connection_error_has_no_status(self) -> None:
         out = to_rejected(stripe.APIConnectionError("Network error: timed out\n\nmore"))

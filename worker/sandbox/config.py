@@ -30,12 +30,13 @@ class SandboxConfig:
 
     latency_ms: float = 0.0
     error_500: float = 0.0  # 500 api_error, stored under the idempotency key like Stripe does
-    error_429: float = 0.0  # 429 without Stripe-Should-Retry
-    error_429_retry: float = 0.0  # 429 with Stripe-Should-Retry: true
+    # 429 lock_timeout (not a rate limiter: no Stripe-Rate-Limited-Reason), no Should-Retry
+    error_429: float = 0.0
+    error_429_retry: float = 0.0  # the same 429, with Stripe-Should-Retry: true
+    rps_limit: float = 0.0  # 0: unlimited; above it, 429 rate_limit marked endpoint-rate
     slow: float = 0.0  # executes, then answers after slow_s (past the client's timeout)
     slow_s: float = 3.0
     drop: float = 0.0  # closes the connection without an answer, before executing
-    rps_limit: float = 0.0  # 0: unlimited; above it, 429 rate_limit
     burst: float = 0.0  # token bucket size for rps_limit (0: a fifth of a second's worth)
     status: str = "pending"  # what accepted adjustments report
     seed: int = 0

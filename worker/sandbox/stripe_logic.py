@@ -66,6 +66,9 @@ class _Stored:
     reply: Reply
 
 
+# What the sandbox's rate limiter (rps_limit, a scripted rate_limited) says in
+# Stripe-Rate-Limited-Reason, the header that marks a rate limiter's 429.
+RATE_LIMITED_REASON = "endpoint-rate"
 _V1_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
 _V2_CONTEXT = re.compile(r"acct_[A-Za-z0-9]+(/acct_[A-Za-z0-9]+)*")
 
@@ -172,7 +175,13 @@ class StripeLogic:
             # Stripe's rate limiters run before its idempotency layer: a 429 can come back even
             # for a key whose first request was executed.
             self._log(adj.identifier, key, "rate_limited", 429, account)
-            return self._error(api, 429, "Too many requests hit the API too quickly.", "rate_limit")
+            return self._error(
+                api,
+                429,
+                "Too many requests hit the API too quickly.",
+                "rate_limit",
+                headers={"Stripe-Rate-Limited-Reason": RATE_LIMITED_REASON},
+            )
         scope = (secret, account or "", key)
         fingerprint = f"{api}|{body!r}"
         with self._lock:
@@ -236,12 +245,15 @@ class StripeLogic:
                 "429_retry": {"Stripe-Should-Retry": "true"},
                 "429_no_retry": {"Stripe-Should-Retry": "false"},
             }.get(fault, {})
+            # Not a rate limiter (no Stripe-Rate-Limited-Reason): a lock conflict, which meter
+            # calls hit because Stripe allows one concurrent call per customer and meter.
             self._log(adj.identifier, key, fault, 429)
             return self._error(
                 api,
                 429,
-                "Too many requests hit the API too quickly.",
-                "rate_limit",
+                "This object cannot be accessed right now because another API request or "
+                "Stripe process is currently accessing it.",
+                "lock_timeout",
                 headers=headers,
             )
         if fault == "drop":
