@@ -17,9 +17,17 @@ from .retry import Decision, Policy, decide, key_outcome_after
 from .store import RecordStore
 
 log = get_logger("adjustments.attempt")
+LIVE_MARGIN_MS = 5_000  # a held record's index score is its send time plus this
 
 Sender = Callable[[Record], Outcome]
 Clock = Callable[[], datetime]
+# Sleeps up to the given seconds; False when the worker is shutting down (stop waiting).
+Waiter = Callable[[float], bool]
+
+
+def plain_wait(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
 
 
 def utcnow() -> datetime:
@@ -33,7 +41,7 @@ class AttemptResult:
     outcome: str  # claimed-and-decided reason, or why nothing was done
     status: Status | None
     retry_in_s: float | None = None
-    slot: Slot | None = None  # the deferred message's rate-limit reservation
+    requeue: bool = False  # the worker is stopping: put the message back, untouched
 
 
 def run_attempt(
@@ -46,19 +54,20 @@ def run_attempt(
     limiter: SharedRateLimiter | None = None,
     slot: Slot | None = None,
     clock: Clock = utcnow,
-    sleep: Callable[[float], None] = time.sleep,
+    wait: Waiter = plain_wait,
     rng: random.Random | None = None,
 ) -> AttemptResult:
     """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line.
 
-    With a ``limiter``, the attempt first takes a slot of the shared Stripe rate (or confirms
-    the one its message reserved); a slot further away than ``max_sleep_s`` defers it.
+    With a ``limiter``, the attempt first waits for a slot of the shared Stripe rate, holding
+    its one message (``slot``: a reservation an older message carries). ``wait`` returning
+    False (the worker is stopping) ends the wait: the message goes back to the queue.
     """
-    now = clock()
     if limiter is not None and limiter.enabled:
-        deferred = _take_slot(record_id, store, limiter, slot, now, sleep, rng or random.Random())
-        if deferred is not None:
-            return deferred
+        ready = _wait_for_slot(record_id, store, limiter, slot, clock, wait)
+        if not ready:
+            return AttemptResult("shutting_down", None, requeue=True)
+    now = clock()
     claim = store.claim(record_id, now=now, lease_s=lease_s)
     if claim.kind == "window_closed":
         record = store.get(record_id)
@@ -118,33 +127,42 @@ def run_attempt(
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
 
 
-def _take_slot(
+def _wait_for_slot(
     record_id: str,
     store: RecordStore,
     limiter: SharedRateLimiter,
     reserved: Slot | None,
-    now: datetime,
-    sleep: Callable[[float], None],
-    rng: random.Random,
-) -> AttemptResult | None:
-    """None: go ahead now. Otherwise the deferral the task must publish (no Celery slot is
-    held for longer than ``max_sleep_s``; no polling: a granted slot is reserved for it)."""
-    grant = limiter.acquire(reserved)
-    if grant.go:
-        if grant.wait_s > 0:
-            sleep(grant.wait_s)
-        return None
-    # Reserved: come back at the slot. Denied (none within the horizon): half to one horizon.
-    delay = grant.wait_s if grant.slot else limiter.policy.horizon_s * rng.uniform(0.5, 1.0)
-    store.touch_live(record_id, to_ms(now + timedelta(seconds=delay)))  # reconcile: not lost
-    log.debug(
-        "cancellation.deferred",
-        request_id=record_id,
-        retry_in_s=round(delay, 3),
-        rate_per_s=grant.rate_per_s,
-        slot_reserved=grant.slot is not None,
-    )
-    return AttemptResult("deferred", None, retry_in_s=delay, slot=grant.slot)
+    clock: Clock,
+    wait: Waiter,
+) -> bool:
+    """Wait until the shared limit lets this attempt go; False if the worker is stopping.
+
+    Backpressure: the thread keeps its one message while it waits for its reserved slot,
+    instead of re-publishing it, so a worker holds at most ``concurrency`` messages (prefetch
+    1) and the rest of a backlog waits in Redis at no cost. When the limit is not the
+    bottleneck the slot is at most ``max_sleep_s`` away and nothing is held for long. A
+    reservation made void by a rate cut, or none free within the horizon, is asked for again.
+    """
+    marked_until_ms = 0
+    while True:
+        grant = limiter.acquire(reserved)
+        if grant.go:
+            return grant.wait_s <= 0 or wait(grant.wait_s)
+        reserved = grant.slot
+        pause_s = grant.wait_s if reserved else min(grant.wait_s, limiter.policy.horizon_s / 2)
+        until_ms = to_ms(clock() + timedelta(seconds=pause_s))
+        if until_ms > marked_until_ms:  # reconciliation: this record is held, not lost
+            store.touch_live(record_id, until_ms + LIVE_MARGIN_MS)
+            marked_until_ms = until_ms
+        log.debug(
+            "cancellation.waiting_for_slot",
+            request_id=record_id,
+            wait_s=round(pause_s, 3),
+            rate_per_s=grant.rate_per_s,
+            slot_reserved=reserved is not None,
+        )
+        if not wait(pause_s):
+            return False
 
 
 def _log_line(

@@ -172,3 +172,11 @@ def _worker_init(instance: Any = None, **_: Any) -> None:
     """``celery -A adjustments.celery_app worker``: our logging, for our app's worker only."""
     if getattr(instance, "app", None) is app:
         use_our_logging()
+        signals.worker_shutting_down.connect(_stop_waiting, weak=False)
+
+
+def _stop_waiting(**_: Any) -> None:
+    """Warm shutdown: threads waiting for a rate-limit slot give their message back."""
+    from .runtime import STOPPING
+
+    STOPPING.set()

@@ -116,7 +116,13 @@ def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
     with producer_for(cfg) as producer:
         grace = cfg.reconcile_grace_s if grace_s is None else grace_s
         now = datetime.now(UTC)
-        report = reconcile(store=producer.store, publish=producer.publish, now=now, grace_s=grace)
+        report = reconcile(
+            store=producer.store,
+            publish=producer.publish,
+            now=now,
+            grace_s=grace,
+            queue=cfg.queue,
+        )
     emit(report.to_dict(), as_json)
 
 

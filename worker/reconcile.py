@@ -1,6 +1,8 @@
 """The scheduled repair job: re-drive stuck records from their state, never from the broker.
 
-- ``queued`` for longer than the grace period: the message may be lost → publish again;
+- ``queued`` for longer than the grace period, and (given the queue) older than the oldest
+  message still waiting in it: the message is lost → publish again. The queue is FIFO, so a
+  record of a deep backlog, whose message is simply waiting its turn, is left alone;
 - ``processing`` with a lapsed lease: the worker died mid-call → publish again;
 - ``retrying`` past ``next_attempt_at`` by more than the grace period → publish again;
 - any live record whose 24 h window has closed → ``expired``.
@@ -51,10 +53,12 @@ def reconcile(
     publish: Publish,
     now: datetime,
     grace_s: float,
+    queue: str | None = None,
     lock_ttl_s: float = 300.0,
     batch: int = BATCH,
 ) -> ReconcileReport:
-    """One reconciliation run; emits one ``reconcile.run`` line with the counts."""
+    """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``queue``:
+    the main queue's name, to tell a lost message from one still waiting its turn."""
     started = time.perf_counter()
     token = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
     if token is None:
@@ -66,11 +70,16 @@ def reconcile(
         now_ms = to_ms(now)
         counts: dict[Status, int] = {}
         failures = 0
+        queued_before = now_ms - grace_ms  # score: created, last republished, or held until
+        lost_before = queued_before if queue is None else _lost_before(store, queue, queued_before)
         for status, stuck_before in (
-            (Status.QUEUED, now_ms - grace_ms),  # score: created (or last republished)
+            (Status.QUEUED, lost_before),
             (Status.PROCESSING, now_ms),  # score: lease end
             (Status.RETRYING, now_ms - grace_ms),  # score: next_attempt_at
         ):
+            if stuck_before is None:
+                counts[status] = 0
+                continue
             ids = store.ids_by_score(status, high_ms=stuck_before, limit=batch)
             sent = [record_id for record_id in ids if publish(record_id)]
             failures += len(ids) - len(sent)
@@ -90,6 +99,18 @@ def reconcile(
     )
     log.info("reconcile.run", **report.to_dict())
     return report
+
+
+def _lost_before(store: RecordStore, queue: str, before_ms: int) -> int | str | None:
+    """The queued-index score below which a record has no message waiting in ``queue``: the
+    oldest waiting message's (exclusive), at most ``before_ms``. None when the queue's oldest
+    messages are not ours to read, so nothing can be told lost."""
+    waiting = store.oldest_waiting(queue, PEEK)
+    if waiting is not None:
+        return f"({min(before_ms, waiting)}"
+    if store.queue_length(queue):
+        return None
+    return before_ms
 
 
 def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
@@ -116,13 +137,10 @@ def republish_orphans(
     if token is None:
         return 0
     try:
-        before_ms = to_ms(now) - int(ORPHAN_MIN_AGE_S * 1000)
-        waiting = store.oldest_waiting(queue, PEEK)
-        if waiting is not None:
-            before_ms = min(before_ms, waiting)
-        elif store.queue_length(queue):
+        before = _lost_before(store, queue, to_ms(now) - int(ORPHAN_MIN_AGE_S * 1000))
+        if before is None:
             return 0  # the oldest messages are not ours to read: leave it to reconciliation
-        ids = store.ids_by_score(Status.QUEUED, high_ms=f"({before_ms}", limit=limit)
+        ids = store.ids_by_score(Status.QUEUED, high_ms=before, limit=limit)
         sent = [record_id for record_id in ids if publish(record_id)]
     finally:
         store.unlock(ORPHANS_LOCK, token)

@@ -28,6 +28,16 @@ RIDE_OUT = (
 )
 
 
+# Set when our worker begins a warm shutdown: threads waiting for a rate-limit slot stop
+# waiting and put their message back (see ``attempt._wait_for_slot``).
+STOPPING = threading.Event()
+
+
+def wait_unless_stopping(seconds: float) -> bool:
+    """Sleep ``seconds``; False (at once) when the worker is shutting down."""
+    return not STOPPING.wait(seconds)
+
+
 def rate_policy(settings: Settings) -> RatePolicy:
     return RatePolicy(
         limit_per_s=settings.rate_limit_per_s,

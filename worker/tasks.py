@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 from celery import Task
+from celery.exceptions import Reject
 
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .logging import get_logger
 from .reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
-from .runtime import RIDE_OUT, get_runtime
+from .runtime import RIDE_OUT, get_runtime, wait_unless_stopping
 
 log = get_logger("adjustments.tasks")
 REDIS_RETRY_S = 5
@@ -22,7 +23,8 @@ def process_cancellation(
     record_id: str,
     slot: list[int] | None = None,
 ) -> str:
-    """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep."""
+    """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep.
+    ``slot`` is a rate-limit reservation that messages of earlier versions carry."""
     runtime = get_runtime(str(app.conf.adjustments_redis_url))
     try:
         result = run_attempt(
@@ -33,6 +35,7 @@ def process_cancellation(
             lease_s=runtime.settings.claim_lease_s,
             limiter=runtime.limiter,
             slot=(slot[0], slot[1]) if slot else None,
+            wait=wait_unless_stopping,
         )
     except RIDE_OUT as exc:
         # Redis stayed away (or full) longer than the client's own retries: try again later.
@@ -40,13 +43,12 @@ def process_cancellation(
         # published, the record is still live in the store and reconciliation re-drives it.
         log.warning("cancellation.redis_unavailable", request_id=record_id, error=str(exc))
         raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
+    if result.requeue:  # stopping while waiting for a slot: back to the queue, untouched
+        raise Reject("worker shutting down", requeue=True)
     if result.retry_in_s is not None:
         try:
             self.apply_async(
-                (record_id,),
-                {"slot": result.slot},
-                countdown=result.retry_in_s,
-                queue=runtime.settings.later_queue,
+                (record_id,), countdown=result.retry_in_s, queue=runtime.settings.later_queue
             )
         except Exception as exc:  # the record says retrying; reconciliation re-publishes it
             log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
@@ -72,6 +74,7 @@ def reconcile_task() -> dict[str, object]:
         publish=publish,
         now=utcnow(),
         grace_s=runtime.settings.reconcile_grace_s,
+        queue=runtime.settings.queue,
     )
     return report.to_dict()
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 
 from adjustments.config import Settings
+from adjustments.embedded import EmbeddedRedis
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
@@ -72,3 +75,59 @@ class TestSharedLimit:
         rate = rl_producer.stats()["rate_limit"]
         assert isinstance(rate, dict)
         assert rate["configured_per_s"] == LIMIT and rate["current_per_s"] < LIMIT
+
+
+@pytest.mark.usefixtures("clean")  # the sandbox back to its defaults (no rps_limit)
+class TestBackpressure:
+    def test_a_backlog_waits_in_redis_and_no_message_cycles(
+        self, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
+    ) -> None:
+        """A backlog ten times the worker's concurrency at a low limit: the worker holds at
+        most one message per thread (the rest wait in the Redis list), no message goes back to
+        the broker (no LPUSH, no requeue), and each request is delivered and executed once."""
+        server = EmbeddedRedis(tmp_path / "redis")
+        url = server.start()
+        env = {
+            **worker_env,
+            "REDIS_URL": url,
+            "ADJUSTMENTS_RATE_LIMIT": "8",
+            "ADJUSTMENTS_RATE_BURST": "1",
+        }
+        client = redis.Redis.from_url(url, decode_responses=True)
+        handle = None
+        try:
+            handle = start_worker(env, tmp_path / "worker.log", concurrency=4)
+            with Producer(url, settings=Settings.from_env(env)) as producer:
+                result = producer.cancel_many(
+                    [{"event_name": "ev", "identifier": f"bp_{n}"} for n in range(40)]
+                )
+                pushes_before = push_calls(client)  # the enqueue's own pushes are done
+                ids = [i for i in result.ids if i]
+                held: list[int] = []
+                waiting: list[int] = []
+
+                def drained() -> bool:
+                    held.append(int(client.hlen("unacked")))
+                    waiting.append(int(client.llen("adjustments")))
+                    return all(producer.get(i).status.terminal for i in ids)
+
+                wait_until(drained, timeout_s=90, what="the backlog to drain")
+                assert {producer.get(i).status for i in ids} == {Status.PENDING}
+                assert push_calls(client) == pushes_before  # nothing went back to the broker
+        finally:
+            if handle is not None:
+                stop_worker(handle)
+            client.close()
+            server.stop()
+        assert max(held) <= 4  # prefetch 1 x 4 threads: the worker never took more
+        assert max(waiting) >= 30  # the backlog waited in Redis
+        log = handle.log_text()
+        assert log.count('"event": "cancellation.attempt"') == 40
+        assert '"cancellation.skipped"' not in log  # no duplicate delivery
+        assert all(sandbox.logic.executions[f"bp_{n}"] == 1 for n in range(40))
+
+
+def push_calls(client: redis.Redis) -> int:
+    """How many LPUSH commands the server has run: kombu publishes, restores and requeues
+    with LPUSH (the store's history lists use RPUSH)."""
+    return int(client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import pytest
 
 from adjustments.attempt import run_attempt
-from adjustments.models import CancelRequest, Record, Status
+from adjustments.models import CancelRequest, Record, Status, to_ms
 from adjustments.outcomes import Accepted, Outcome, Rejected
 from adjustments.ratelimit import DENIED, GO, RESERVED, RatePolicy, SharedRateLimiter
 from adjustments.retry import Policy
@@ -92,8 +93,13 @@ class TestAttemptsUseTheLimiter:
         record_id: str,
         outcome: Outcome,
         slept: list[float],
-        **kw: bool,
+        **kw: Any,
     ):  # type: ignore[no-untyped-def]
+        def wait(seconds: float) -> bool:
+            slept.append(seconds)
+            time.sleep(seconds)  # the limiter keeps time on the (fake) Redis server's clock
+            return True
+
         return run_attempt(
             record_id,
             store=store,
@@ -102,26 +108,40 @@ class TestAttemptsUseTheLimiter:
             lease_s=30,
             limiter=lim,
             clock=lambda: T0,
-            sleep=slept.append,
-            **kw,
+            **{"wait": wait, **kw},
         )
 
-    def test_short_wait_sleeps_long_wait_defers_with_reserved_slot(
+    def test_a_long_wait_holds_the_message_until_its_reserved_slot(
         self, store: RecordStore, client: fakeredis.FakeRedis
     ) -> None:
-        lim = limiter(client, limit_per_s=4.0, burst=1.0, max_sleep_s=0.3)
+        """Backpressure: past max_sleep_s the thread keeps its message and waits for the slot
+        it reserved, then sends it; nothing is re-published or deferred."""
+        lim = limiter(client, limit_per_s=4.0, burst=1.0, max_sleep_s=0.1)
         ok = Accepted("pending", 200, "req")
         ids = [store.create(CancelRequest("v2", "ev", f"l{n}"), now=T0)[0].id for n in range(3)]
         slept: list[float] = []
-        assert self.run(store, lim, ids[0], ok, slept).status is Status.PENDING
-        assert self.run(store, lim, ids[1], ok, slept).status is Status.PENDING
-        assert slept == [pytest.approx(0.25, abs=0.05)]  # slept out a short wait
-        deferred = self.run(store, lim, ids[2], ok, slept)
-        assert deferred.outcome == "deferred" and deferred.slot is not None
-        assert deferred.retry_in_s == pytest.approx(0.5, abs=0.06)
-        assert store.get(ids[2]).status is Status.QUEUED and store.get(ids[2]).attempts == 0
-        slot_us, reserved_us = deferred.slot
-        assert slot_us - reserved_us == pytest.approx(500_000, abs=60_000)
+        results = [self.run(store, lim, record_id, ok, slept) for record_id in ids]
+        assert all(r.status is Status.PENDING and r.retry_in_s is None for r in results)
+        assert sum(slept) == pytest.approx(0.5, abs=0.1)  # three sends at 4/s span 0.5 s
+        assert max(slept) > 0.1  # a reserved slot was waited for, not deferred
+
+    def test_a_stopping_worker_gives_the_message_back(
+        self, store: RecordStore, client: fakeredis.FakeRedis
+    ) -> None:
+        """Shutdown while waiting for a slot: nothing claimed or sent, the message goes back,
+        and the record is marked as held so reconciliation does not republish it meanwhile."""
+        lim = limiter(client, limit_per_s=1.0, burst=1.0, max_sleep_s=0.1)
+        ok = Accepted("pending", 200, "req")
+        first, second = (
+            store.create(CancelRequest("v2", "ev", f"s{n}"), now=T0)[0].id for n in range(2)
+        )
+        assert self.run(store, lim, first, ok, []).status is Status.PENDING
+        result = self.run(store, lim, second, ok, [], wait=lambda _s: False)
+        assert result.requeue and result.status is None
+        record = store.get(second)
+        assert record.status is Status.QUEUED and record.attempts == 0
+        score = client.zscore(store.index_key(Status.QUEUED), second)
+        assert score is not None and score > to_ms(T0)
 
     @pytest.mark.parametrize(
         ("reason", "rate_after"),
