@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := worker tests $(wildcard benchmarks/*.py)
 
-.PHONY: install demo test test-fast lint format bench lock clean
+.PHONY: install demo test test-fast lint format bench bench-scale lock clean
 
 # constraints.txt is the lock file: the versions CI, the demo and the image run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -33,6 +33,10 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# The backlog scenario alone with 1,000,000 queued records (about 1 GB of Redis; minutes).
+bench-scale: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --scale --json benchmarks/results/scale.json
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m 'not slow'

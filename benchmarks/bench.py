@@ -300,12 +300,112 @@ def adaptive_limit(services: Services, seconds: float) -> list[Row]:
     ]  # fmt: skip
 
 
+def _pace(p: Producer, rate: float, seconds: float, prefix: str) -> list[float]:
+    """cancel() at ``rate`` per second for ``seconds``; returns each call's latency (ms)."""
+    samples: list[float] = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+        t0 = time.perf_counter()
+        p.cancel("ev", f"{prefix}_{i}")
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0) -> list[Row]:
+    """One worker (default concurrency) at a shared limit of ``limit``/s, Stripe at 50 ms:
+    first with no backlog (requests arrive a little below the limit), then with ``queued``
+    records waiting. The costs must not grow with the backlog."""
+    from redis import Redis
+
+    from adjustments.reconcile import reconcile
+
+    name = f"backlog {queued:,} at {limit:g}/s"
+    queue, prefix = "bench-backlog", "backlog"
+    env = services.env(
+        ADJUSTMENTS_QUEUE=queue, ADJUSTMENTS_KEY_PREFIX=prefix, ADJUSTMENTS_RATE_LIMIT=f"{limit}"
+    )
+    worker = services.worker(env, name="backlog-worker")
+    services.sandbox.reset(latency_ms=50)
+    admin = Redis.from_url(services.redis_url)
+    rows: list[Row] = []
+    with (
+        producer(services, ADJUSTMENTS_QUEUE=queue, ADJUSTMENTS_KEY_PREFIX=prefix) as p,
+        producer(
+            services, ADJUSTMENTS_QUEUE="bench-probe", ADJUSTMENTS_KEY_PREFIX="probe"
+        ) as probe,
+    ):
+        # No backlog: arrivals at 90 % of the limit; probe latency while idle.
+        idle_latency = _pace(probe, 50, min(seconds, 10), "idle")
+        cpu0, done0 = cpu_s(worker.pid), p.store.counts()["pending"]
+        steady = len(_pace(p, limit * 0.9, seconds, "steady"))
+        wait_until(lambda: p.store.counts()["pending"] - done0 >= steady, 60, "the steady arrivals")
+        steady_done = p.store.counts()["pending"] - done0
+        steady_cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / max(1, steady_done)
+        # The backlog.
+        memory0 = int(admin.info("memory")["used_memory"])
+        for start in range(0, queued, 50_000):
+            stop = min(queued, start + 50_000)
+            p.cancel_many(
+                [{"event_name": "ev", "identifier": f"bl_{i}"} for i in range(start, stop)]
+            )
+        bytes_per_record = (int(admin.info("memory")["used_memory"]) - memory0) / queued
+        services.sandbox.reset(latency_ms=50)  # the drain's timeline only
+        cpu0, done0 = cpu_s(worker.pid), p.store.counts()["pending"]
+        rss: list[float] = []
+        drain_latency: list[float] = []
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            rss.append(rss_mb(worker.pid))
+            drain_latency += _pace(probe, 50, 1.0, f"drain{len(rss)}")
+        drained = p.store.counts()["pending"] - done0
+        backlog_cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / max(1, drained)
+        timeline = services.sandbox.timeline()
+        stats = services.sandbox.get("/_sandbox/stats")
+        t0 = time.perf_counter()
+        report = reconcile(
+            store=p.store, publish=p.publish, now=datetime.now(UTC), grace_s=60, queue=queue
+        )
+        reconcile_ms = (time.perf_counter() - t0) * 1000
+    services.stop_all()
+    admin.flushdb()  # the rest of the backlog: later scenarios start from an empty server
+    admin.close()
+    ok = [float(r["at"]) for r in timeline if r["http_status"] == 200]
+    window = [t for t in ok if ok[0] + 2 <= t <= ok[0] + seconds - 1] if ok else []
+    achieved = len(window) / max(1e-9, seconds - 3)
+    too_many = sum(1 for r in timeline if r["http_status"] == 429)
+    twice = max(stats["executions"].values(), default=0)
+    i50, i99 = percentile(idle_latency, 0.5), percentile(idle_latency, 0.99)
+    d50, d99 = percentile(drain_latency, 0.5), percentile(drain_latency, 0.99)
+    rows += [
+        Row(name, "worker CPU per cancellation", backlog_cpu_ms, "ms", steady_cpu_ms,
+            "<= 1.5x no backlog", backlog_cpu_ms <= 1.5 * steady_cpu_ms),
+        Row(name, "worker RSS, max over the drain", max(rss), "MB", rss[0],
+            "<= 200 MB, flat", max(rss) <= 200 and max(rss) - rss[0] <= 20),
+        Row(name, "drain rate", achieved, "req/s", limit, "95-100 % of the limit",
+            0.95 * limit <= achieved <= 1.02 * limit),
+        Row(name, "429 answers", too_many, "", None, "0", too_many == 0),
+        Row(name, "most executions of one identifier", twice, "", None, "1", twice <= 1),
+        Row(name, "Redis memory per queued record", bytes_per_record, "bytes", None, "< 1 KB",
+            bytes_per_record < 1024),
+        Row(name, "cancel() p50 while draining", d50, "ms", i50, "<= 1.5x idle", d50 <= 1.5 * i50),
+        Row(name, "cancel() p99 while draining", d99, "ms", i99, "<= 1.5x idle", d99 <= 1.5 * i99),
+        Row(name, "reconciliation run", reconcile_ms, "ms", None, "reported (no full scan)",
+            None if report.ran else False),
+    ]  # fmt: skip
+    return rows
+
+
 # --- the run -----------------------------------------------------------------------------------
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, scale: bool = False) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="adjustments-bench-"))
     services = Services(workdir)
     rows: list[Row] = []
     try:
+        if scale:  # `make bench-scale`: the backlog scenario alone, a million records deep
+            rows += backlog(services, 1_000_000, 60)
+            return _report(rows, quick)
         rows += single_enqueue(services, 300 if quick else 3000)
         rows += durability_cost(services, 30 if quick else 400)
         rows += bulk_enqueue(services, 2000 if quick else 30_000)
@@ -319,9 +419,14 @@ def run(quick: bool) -> dict[str, Any]:
                 rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
         rows += shared_limit(services, 5 if quick else 30)
         rows += adaptive_limit(services, 6 if quick else 30)
+        rows += backlog(services, 2_000 if quick else 100_000, 5 if quick else 30)
     finally:
         services.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    return _report(rows, quick)
+
+
+def _report(rows: list[Row], quick: bool) -> dict[str, Any]:
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
@@ -347,8 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every scenario, briefly")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--scale", action="store_true", help="only the backlog scenario, 1,000,000 records"
+    )
     args = parser.parse_args(argv)
-    report = run(args.quick)
+    report = run(args.quick, args.scale)
     print_table(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
