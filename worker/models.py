@@ -229,7 +229,10 @@ class Record:
 
     @classmethod
     def from_hash(cls, data: dict[str, str], history: Sequence[str] = ()) -> Record:
+        """A record from its Redis hash. A fresh record does not store its zero counters,
+        ``updated_at`` (its ``created_at``) or its generation-0 idempotency key."""
         livemode = data.get("livemode", "")
+        key = data.get("idempotency_key") or _first_key(data)
         return cls(
             id=data["id"],
             api=cast(Api, data["api"]),
@@ -240,7 +243,7 @@ class Record:
             attempts=int(data.get("attempts") or 0),
             generation=int(data.get("generation") or 0),
             created_at=cast(datetime, parse_iso(data["created_at"])),
-            updated_at=cast(datetime, parse_iso(data["updated_at"])),
+            updated_at=cast(datetime, parse_iso(data.get("updated_at") or data["created_at"])),
             event_received_at=parse_iso(data.get("event_received_at", "")),
             next_attempt_at=parse_iso(data.get("next_attempt_at", "")),
             stripe_status=data.get("stripe_status") or None,
@@ -249,7 +252,7 @@ class Record:
             livemode=None if livemode == "" else livemode == "1",
             stripe_request_id=data.get("stripe_request_id") or None,
             last_error=ErrorInfo.from_json(data.get("last_error", "")),
-            idempotency_key=data.get("idempotency_key", ""),
+            idempotency_key=key,
             replays=int(data.get("replays") or 0),
             key_outcome=data.get("key_outcome", ""),
             history=tuple(json.loads(entry) for entry in history),
@@ -281,3 +284,16 @@ class Record:
             "key_outcome": self.key_outcome or None,
             "history": list(self.history),
         }
+
+
+def _first_key(data: dict[str, str]) -> str:
+    """The generation-0 idempotency key of the request a record hash describes."""
+    from . import keys  # keys builds on this module's CancelRequest
+
+    request = CancelRequest(
+        cast(Api, data["api"]),
+        data["event_name"],
+        data["identifier"],
+        data.get("stripe_account") or None,
+    )
+    return keys.idempotency_key(keys.request_digest(request), 0)

@@ -28,6 +28,11 @@ from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
 EARLY_RETRY_TOLERANCE_MS = 1000
 HISTORY_CAP = 20
+# Fields a fresh record does not store: Record.from_hash reads them as 0, created_at and the
+# generation-0 idempotency key until a transition writes them.
+DERIVED_AT_CREATION = frozenset(
+    {"attempts", "generation", "replays", "updated_at", "idempotency_key"}
+)
 LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
 
 
@@ -145,7 +150,9 @@ class RecordStore:
             outbox.queue_key if outbox else keys.deadline(self.prefix),  # unused without outbox
         ]
         message = outbox.message_for(record_id) if outbox else ""
-        stored = {k: v for k, v in fields.items() if v != ""}  # absent reads as empty
+        # Absent reads as empty, and as the creation-time value for the fields Record.from_hash
+        # derives: a queued record is a third smaller in Redis (see the README's backlog row).
+        stored = {k: v for k, v in fields.items() if v != "" and k not in DERIVED_AT_CREATION}
         args = [record_id, str(to_ms(now)), str(fields["expires_at_ms"]), message, *_pairs(stored)]
         return script_keys, args, fields
 
