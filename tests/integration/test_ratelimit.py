@@ -131,3 +131,44 @@ def push_calls(client: redis.Redis) -> int:
     """How many LPUSH commands the server has run: kombu publishes, restores and requeues
     with LPUSH (the store's history lists use RPUSH)."""
     return int(client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))
+
+
+@pytest.mark.usefixtures("clean")
+class TestShutdownWhileWaiting:
+    def test_a_warm_shutdown_gives_waiting_messages_back(
+        self, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
+    ) -> None:
+        """SIGTERM while threads wait for their rate-limit slots: the worker stops at once
+        with exit code 0, the held messages go back to the queue untouched, and a new worker
+        carries every request out exactly once."""
+        server = EmbeddedRedis(tmp_path / "redis")
+        url = server.start()
+        env = {**worker_env, "REDIS_URL": url, "ADJUSTMENTS_RATE_LIMIT": "2"}
+        env["ADJUSTMENTS_RATE_BURST"] = "1"
+        try:
+            first = start_worker(env, tmp_path / "first.log", concurrency=4)
+            with Producer(url, settings=Settings.from_env(env)) as producer:
+                ids = [producer.cancel("ev", f"sd_{n}").id for n in range(12)]
+                wait_until(
+                    lambda: producer.stats()["records"]["pending"] >= 2,  # type: ignore[index]
+                    what="a first few to be sent",
+                )
+                first.process.terminate()
+                first.process.wait(timeout=30)
+                assert first.process.returncode == 0, first.log_text()[-2000:]
+                left = [i for i in ids if not producer.get(i).status.terminal]
+                assert left  # some were still waiting when it stopped...
+                assert all(producer.get(i).attempts == 0 for i in left)  # ...untouched
+                second = start_worker(env, tmp_path / "second.log", concurrency=4)
+                try:
+                    wait_until(
+                        lambda: all(producer.get(i).status.terminal for i in ids),
+                        timeout_s=60,
+                        what="the second worker to finish",
+                    )
+                finally:
+                    stop_worker(second)
+                assert {producer.get(i).status for i in ids} == {Status.PENDING}
+        finally:
+            server.stop()
+        assert all(sandbox.logic.executions[f"sd_{n}"] == 1 for n in range(12))
