@@ -26,4 +26,8 @@ COPY worker ./worker
 RUN pip install --no-deps -c constraints.txt . && rm -rf build
 
 USER adjustments
+# Alive and consuming: this container's worker beats in Redis (every 5 s; dead after 15 s),
+# and Redis answers. (For a beat container, override it: beat has no heartbeat.)
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["adjustments", "health"]
 CMD ["adjustments", "worker"]

@@ -417,9 +417,9 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         if not quick:
             for concurrency in (16, 32):
                 rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
-        rows += shared_limit(services, 5 if quick else 30)
-        rows += adaptive_limit(services, 6 if quick else 30)
-        rows += backlog(services, 2_000 if quick else 100_000, 5 if quick else 30)
+        rows += shared_limit(services, 3 if quick else 30)
+        rows += adaptive_limit(services, 4 if quick else 30)
+        rows += backlog(services, 1_000 if quick else 100_000, 2 if quick else 30)
     finally:
         services.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -118,10 +118,16 @@ class LoggedTask(Task):  # type: ignore[type-arg]
     would act on every app's tasks in a host process."""
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        from .heartbeat import ACTIVITY
+
+        ACTIVITY.begin()
         structlog.contextvars.bind_contextvars(task_id=task_id)
 
     def after_return(self, *args: Any, **kwargs: Any) -> None:
+        from .heartbeat import ACTIVITY
+
         structlog.contextvars.unbind_contextvars("task_id")
+        ACTIVITY.end()
 
 
 class AdjustmentsCelery(Celery):
@@ -172,11 +178,38 @@ def _worker_init(instance: Any = None, **_: Any) -> None:
     """``celery -A adjustments.celery_app worker``: our logging, for our app's worker only."""
     if getattr(instance, "app", None) is app:
         use_our_logging()
+        signals.worker_ready.connect(_start_heartbeat, weak=False)
         signals.worker_shutting_down.connect(_stop_waiting, weak=False)
 
 
+_heartbeat_stop: list[threading.Event] = []
+
+
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Our worker is consuming: beat in Redis until it shuts down (``adjustments health``)."""
+    from .heartbeat import start_beating
+    from .runtime import get_runtime
+
+    runtime = get_runtime(str(app.conf.adjustments_redis_url))
+    settings = runtime.settings
+    controller = getattr(sender, "controller", None)
+    _heartbeat_stop.append(
+        start_beating(
+            runtime.store.client,
+            prefix=settings.key_prefix,
+            node=str(getattr(sender, "hostname", "") or "adjustments"),
+            interval_s=settings.heartbeat_s,
+            concurrency=int(getattr(controller, "concurrency", 0) or settings.worker_concurrency),
+            queue=settings.queue,
+        )
+    )
+
+
 def _stop_waiting(**_: Any) -> None:
-    """Warm shutdown: threads waiting for a rate-limit slot give their message back."""
+    """Warm shutdown: threads waiting for a rate-limit slot give their message back, and the
+    heartbeat stops (its key is deleted)."""
     from .runtime import STOPPING
 
     STOPPING.set()
+    for stop in _heartbeat_stop:
+        stop.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -21,7 +22,7 @@ from .cli_common import emit, printable, producer_for, record_line, settings
 from .cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
 from .config import APIS
 from .embedded import redis_url
-from .errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound
+from .errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound, Unhealthy
 from .logging import configure as configure_logging
 from .models import CancelRequest, Status
 from .redact import redact
@@ -115,7 +116,8 @@ def list_(status_: str | None, limit: int, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(as_json: bool) -> None:
-    """Records per status and the queue's depth."""
+    """Records per status, the queue (waiting, held by workers, retries scheduled), live
+    workers and the shared Stripe rate as the workers use it."""
     with producer_for(settings(), read_only=True) as producer:
         data = producer.stats()
     if as_json:
@@ -125,13 +127,56 @@ def stats(as_json: bool) -> None:
     assert isinstance(records, dict)
     for name, count in records.items():
         click.echo(f"{name:<11} {count}")
-    click.echo(f"{'queue depth':<11} {data['queue_depth']}")
+    queue = data["queue"]
+    assert isinstance(queue, dict)
+    click.echo(
+        f"{'queue':<11} {queue['waiting']} waiting, {queue['held_by_workers']} held by "
+        f"workers, {queue['scheduled_retries']} retries scheduled"
+    )
     click.echo(f"{'dead letters':<11} {data['dead_letters']}")
+    click.echo(f"{'workers':<11} {data['workers_alive']} alive")
     rate = data["rate_limit"]
     assert isinstance(rate, dict)
     click.echo(
-        f"{'stripe rate':<11} {rate['current_per_s']}/s (limit {rate['configured_per_s']}/s)"
+        f"{'stripe rate':<11} {rate['current_per_s']}/s (limit {rate['configured_per_s']}/s, "
+        f"from {rate['source']})"
     )
+
+
+@cli.command()
+@click.option("--node", help="A worker's node name (default: any worker on this host).")
+def health(node: str | None) -> None:
+    """Exit 0 when Redis answers and a worker on this host (or NODE) is alive, else 1 with one
+    line: a container health check. A worker counts as dead three heartbeats after its last
+    (ADJUSTMENTS_HEARTBEAT_S, default 5 s)."""
+    with producer_for(settings(), read_only=True) as producer:
+        alive = producer.workers()
+    host = socket.gethostname()
+    mine = [w for w in alive if (w.node == node if node else w.host == host)]
+    if not mine:
+        where = f"named {node}" if node else f"on {host}"
+        raise Unhealthy(f"no live worker {where} ({len(alive)} alive elsewhere)")
+    click.echo(f"ok: {len(mine)} worker(s) alive {'as ' + node if node else 'on ' + host}")
+
+
+@cli.command(name="workers")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def workers_cmd(as_json: bool) -> None:
+    """The workers alive now, from their heartbeats in Redis."""
+    with producer_for(settings(), read_only=True) as producer:
+        alive = producer.workers()
+    if as_json:
+        emit([w.to_dict() for w in alive], True)
+        return
+    now = time.time()
+    for w in alive:
+        last = f"{now - w.last_task_at:.0f} s ago" if w.last_task_at else "none yet"
+        click.echo(
+            printable(
+                f"{w.node}  pid {w.pid}  v{w.version}  threads {w.concurrency}  "
+                f"in flight {w.in_flight}  last task {last}"
+            )
+        )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

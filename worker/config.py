@@ -90,6 +90,7 @@ KNOBS: dict[str, _Knob] = {
     "durability_timeout_ms": _Knob("ADJUSTMENTS_DURABILITY_TIMEOUT_MS", "int", 1),
     "allow_eviction": _Knob("ADJUSTMENTS_ALLOW_EVICTION", "bool"),
     "redis_outage_limit_s": _Knob("ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", "float", 1),
+    "heartbeat_s": _Knob("ADJUSTMENTS_HEARTBEAT_S", "float", 0.2),
     "sentinel_master": _Knob("ADJUSTMENTS_SENTINEL_MASTER", "text"),
     "sentinel_password": _Knob("ADJUSTMENTS_SENTINEL_PASSWORD", "text"),
 }
@@ -169,6 +170,7 @@ class Settings:
     durability_timeout_ms: int = 2000
     allow_eviction: bool = False
     redis_outage_limit_s: float = 300.0
+    heartbeat_s: float = 5.0  # a worker's heartbeat interval; it counts as dead after 3 missed
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 

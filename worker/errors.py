@@ -47,6 +47,10 @@ class AcceptanceUnknown(StoreError, TimeoutError):
     and returns the existing record if the first call was written."""
 
 
+class Unhealthy(AdjustmentsError):
+    """Raised by ``adjustments health`` when no live worker answers for this host."""
+
+
 class UnsafeRedis(ConfigError):
     """Raised when the Redis server cannot keep the promises configured (an eviction policy,
     no append-only file for ``fsync``, a server too old for WAITAOF)."""

@@ -52,6 +52,16 @@ def dead_letter(prefix: str) -> str:
     return f"{prefix}:deadletter"
 
 
+def worker(prefix: str, node: str) -> str:
+    """One worker's heartbeat hash (node, pid, version, ...), expiring after 3 intervals."""
+    return f"{prefix}:worker:{node}"
+
+
+def workers(prefix: str) -> str:
+    """Node names of workers that have beaten, scored by their last beat (ms)."""
+    return f"{prefix}:workers"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

@@ -8,6 +8,7 @@ record.id  # keep it to ask for the status later
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -31,6 +32,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .heartbeat import WorkerInfo, alive
 from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status
@@ -42,6 +44,9 @@ from .store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
 BULK_CHUNK = 1000
+# kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
+# (one per Redis database, whatever the queue).
+UNACKED_KEY = "unacked"
 
 
 @dataclass
@@ -373,15 +378,32 @@ class Producer:
         )
         with self._reading():
             dead_total = self.client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
+            configured, current, from_workers = limiter.shared()
+            records = self.store.counts()
             return {
-                "records": self.store.counts(),
-                "queue_depth": self.queue_depth(),
+                "records": records,
+                "queue_depth": self.queue_depth(),  # waiting (kept for compatibility)
+                "queue": {
+                    "waiting": self.queue_depth(),  # in Redis, not yet taken by a worker
+                    "held_by_workers": int(self.client.hlen(UNACKED_KEY)),  # taken, not acked
+                    "scheduled_retries": records[Status.RETRYING.value],
+                },
                 "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
+                "workers_alive": len(alive(self.client, self.settings.key_prefix)),
                 "rate_limit": {
-                    "configured_per_s": self.settings.rate_limit_per_s,
-                    "current_per_s": round(limiter.current_rate(), 2),
+                    # The shared limit as the workers use it (from Redis), not this process's
+                    # settings; "source" says which.
+                    "configured_per_s": configured,
+                    "current_per_s": round(current, 2),
+                    "source": "workers" if from_workers else "settings (no worker has sent yet)",
                 },
             }
+
+    def workers(self) -> builtins.list[WorkerInfo]:  # (the list method shadows the builtin)
+        """Workers alive now (their heartbeat has not expired), newest beat first. Raises
+        StoreError when Redis cannot be read."""
+        with self._reading():
+            return alive(self.client, self.settings.key_prefix)
 
     def queue_depth(self) -> int:
         """Messages waiting in the queues, not yet taken by a worker."""

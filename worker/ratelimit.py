@@ -116,13 +116,24 @@ class SharedRateLimiter:
         return int(cast(int, rate_milli)) / 1000
 
     def current_rate(self) -> float:
-        """The shared rate now (for ``adjustments stats``), without taking a slot."""
+        """The shared rate now, without taking a slot (this process's policy)."""
+        return self.shared()[1] if self.enabled else 0.0
+
+    def shared(self) -> tuple[float, float, bool]:
+        """``(configured, current, from_workers)``: the limit the workers last used and the
+        shared rate now, read from Redis; this process's own policy where no worker has
+        taken a slot within the hour (``from_workers`` False)."""
         p = self.policy
-        if not self.enabled:
-            return 0.0
-        rate, cut_us = cast(list[str | None], self.client.hmget(self.key, ["rate", "cut_us"]))
-        if rate is None or cut_us is None:
-            return p.limit_per_s
+        fields = ["rate", "cut_us", "limit", "recovery", "floor"]
+        rate, cut_us, limit, recovery, floor = cast(
+            list[str | None], self.client.hmget(self.key, fields)
+        )
+        configured = float(limit) if limit is not None else p.limit_per_s
+        recovery_per_s = float(recovery) if recovery is not None else p.recovery_per_s
+        floor_per_s = float(floor) if floor is not None else p.floor_per_s
+        if rate is None or cut_us is None or configured <= 0:
+            return configured, configured, limit is not None
         seconds, micros = self.client.time()
         elapsed_s = (seconds * 1_000_000 + micros - float(cut_us)) / 1e6
-        return max(p.floor_per_s, min(p.limit_per_s, float(rate) + p.recovery_per_s * elapsed_s))
+        current = max(floor_per_s, min(configured, float(rate) + recovery_per_s * elapsed_s))
+        return configured, current, True

@@ -187,3 +187,8 @@ def settle(producer: Producer) -> Callable[[str], Record]:
         return producer.get(record_id)
 
     return wait
+
+
+def written_keys(client: redis.Redis) -> list[str]:
+    """Our keys in Redis, apart from the live workers' heartbeats."""
+    return [k for k in client.scan_iter("adj:*") if not str(k).startswith("adj:worker")]

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from .conftest import WorkerProcess, wait_until
+from adjustments.embedded import EmbeddedRedis
+from adjustments.sandbox import SandboxServer
+
+from .conftest import WorkerProcess, start_worker, stop_worker, wait_until, written_keys
 from .conftest import run_cli as run
 
 
@@ -72,7 +75,7 @@ class TestCliBadInput:
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("adjustments: error: "), out.stderr
         assert out.stdout == ""
-        assert list(redis_client.scan_iter("adj:*")) == []
+        assert written_keys(redis_client) == []
 
     def test_bad_setting_is_exit_2(self, worker_env: dict[str, str]) -> None:
         out = run(["stats"], {**worker_env, "ADJUSTMENTS_MAX_ATTEMPTS": "many"})
@@ -228,3 +231,51 @@ class TestSettingsModule:
             for key in [*client.scan_iter("modtest:*"), "modq"]:
                 client.delete(key)
             client.close()
+
+
+class TestLivenessAndStats:
+    def test_health_follows_the_workers_heartbeat_and_stats_shows_the_shared_rate(
+        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+    ) -> None:
+        """`health` exits 0 while this host's worker beats and 1 within one heartbeat TTL of a
+        kill -9; `workers` lists it; `stats` reports the limit the worker uses, not the CLI's."""
+        server = EmbeddedRedis(tmp_path / "redis")
+        url = server.start()
+        env = {
+            **worker_env,
+            "REDIS_URL": url,
+            "ADJUSTMENTS_HEARTBEAT_S": "0.5",
+            "ADJUSTMENTS_RATE_LIMIT": "7",
+        }
+        cli_env = {**env, "ADJUSTMENTS_RATE_LIMIT": "20"}
+        handle = start_worker(env, tmp_path / "worker.log", concurrency=2)
+        try:
+            assert run(["health"], cli_env).returncode == 0
+            listed = json.loads(run(["workers", "--json"], cli_env).stdout)
+            assert [w["pid"] for w in listed] == [handle.process.pid]
+            assert run(["cancel", "ev", "hb_1", "--api", "v1"], cli_env).returncode == 0
+            wait_until(
+                lambda: (
+                    json.loads(run(["stats", "--json"], cli_env).stdout)["records"]["pending"] == 1
+                ),
+                what="the cancellation",
+            )
+            stats = json.loads(run(["stats", "--json"], cli_env).stdout)
+            assert stats["rate_limit"]["configured_per_s"] == 7.0
+            assert stats["rate_limit"]["source"] == "workers" and stats["workers_alive"] == 1
+            assert set(stats["queue"]) == {"waiting", "held_by_workers", "scheduled_retries"}
+            client = redis.Redis.from_url(url)
+            try:  # the heartbeat expires three beats after the last one, whatever happens
+                ttl_ms = client.pttl(f"adj:worker:{listed[0]['node']}")
+            finally:
+                client.close()
+            assert 0 < ttl_ms <= 3 * 500
+            handle.process.kill()  # no goodbye: the heartbeat has to expire
+            handle.process.wait(timeout=10)
+            wait_until(lambda: run(["health"], cli_env).returncode == 1, timeout_s=30)
+            out = run(["health"], cli_env)
+            assert out.stderr.count("\n") == 1 and "no live worker on" in out.stderr
+        finally:
+            if handle.process.poll() is None:
+                stop_worker(handle)
+            server.stop()

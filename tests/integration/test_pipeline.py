@@ -15,7 +15,7 @@ from adjustments.models import CancelRequest, Record, Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
 
-from .conftest import SECRET, WorkerProcess
+from .conftest import SECRET, WorkerProcess, written_keys
 
 Settle = Callable[[str], Record]
 
@@ -158,7 +158,7 @@ class TestInputAndSecrets:
     ) -> None:
         with pytest.raises(InvalidInput):
             producer.cancel(**kwargs)  # type: ignore[arg-type]
-        assert list(redis_client.scan_iter("adj:*")) == []
+        assert written_keys(redis_client) == []
         assert producer.queue_depth() == 0
 
     def test_key_never_in_redis_or_logs(

@@ -4,7 +4,8 @@
 -- A caller whose slot is near sleeps until it; one whose slot is far is re-queued with that
 -- slot reserved. When it comes back (on time or late) it is let go as soon as the send GCRA
 -- allows: late callers neither lose their slot nor arrive in a burst.
--- KEYS[1] limiter hash: tat_us, send_us, rate (after the last cut), cut_us
+-- KEYS[1] limiter hash: tat_us, send_us, rate (after the last cut), cut_us; and the limit,
+--   recovery and floor the last caller used
 -- ARGV[1] configured limit (req/s), ARGV[2] burst (requests), ARGV[3] furthest slot to reserve (us),
 -- ARGV[4] recovery (req/s gained per second since the last cut), ARGV[5] floor (req/s),
 -- ARGV[6] a slot this caller reserved earlier ('' if none), ARGV[7] when it reserved it,
@@ -25,6 +26,9 @@ rate = math.max(rate, tonumber(ARGV[5]))
 local interval = 1000000 / rate
 local tolerance = (tonumber(ARGV[2]) - 1) * interval
 local max_sleep = tonumber(ARGV[8])
+-- What the workers use, for `adjustments stats` (whose own settings may differ).
+redis.call('HSET', KEYS[1], 'limit', ARGV[1], 'recovery', ARGV[4], 'floor', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], 3600000)
 
 -- The earliest time at or after `at` when a send keeps to the rate.
 local function send_time(at)
