@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from . import lifecycle
+from . import lifecycle, metrics
 from .logging import get_logger
 from .models import Record, Status, to_ms
 from .outcomes import Accepted, Outcome, Rejected
@@ -82,9 +82,14 @@ def run_attempt(
         return AttemptResult(claim.kind, None)
 
     record = claim.record
+    if record.attempts == 1 and record.replays == 0:  # this request's first Stripe call
+        metrics.FIRST_CALL_SECONDS.observe(max(0.0, (now - record.created_at).total_seconds()))
     started = time.perf_counter()
     outcome = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
+    metrics.STRIPE_SECONDS.labels(record.api).observe(duration_ms / 1000)
+    if isinstance(outcome, Rejected) and outcome.http_status == 429:
+        metrics.STRIPE_429.labels(outcome.rate_limited_reason or "none").inc()
     if limiter is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
         # A rate limiter's 429 (marked with its reason): someone else spent the account's
         # budget, so slow everyone down. An unmarked 429 (lock_timeout) is only retried.
@@ -121,8 +126,12 @@ def run_attempt(
     )
     if not written:
         # Our lease lapsed and another worker took the record over: it owns the outcome now.
+        metrics.LEASE_LOST.inc()
         _log_line(record, "lease_lost", decision.status, outcome, duration_ms, decision=decision)
         return AttemptResult("lease_lost", None)
+    metrics.ATTEMPTS.labels(record.api, decision.reason, str(outcome.http_status or "none")).inc()
+    if decision.retry_in_s is not None:
+        metrics.RETRIES.labels(record.api).inc()
     _log_line(record, decision.reason, decision.status, outcome, duration_ms, decision=decision)
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
 

@@ -179,6 +179,7 @@ def _worker_init(instance: Any = None, **_: Any) -> None:
     if getattr(instance, "app", None) is app:
         use_our_logging()
         signals.worker_ready.connect(_start_heartbeat, weak=False)
+        signals.worker_ready.connect(_serve_metrics, weak=False)
         signals.worker_shutting_down.connect(_stop_waiting, weak=False)
 
 
@@ -203,6 +204,16 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
             queue=settings.queue,
         )
     )
+
+
+def _serve_metrics(**_: Any) -> None:
+    """ADJUSTMENTS_METRICS_PORT set: this worker's Prometheus metrics on that port."""
+    from .metrics import serve_worker_metrics
+    from .runtime import get_runtime
+
+    port = get_runtime(str(app.conf.adjustments_redis_url)).settings.metrics_port
+    if port:
+        serve_worker_metrics(port)
 
 
 def _stop_waiting(**_: Any) -> None:

@@ -179,6 +179,32 @@ def workers_cmd(as_json: bool) -> None:
         )
 
 
+@cli.command(name="metrics")
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True)  # noqa: S104 - a scrape port
+@click.option("--once", is_flag=True, help="Print the metrics once on stdout and exit.")
+def metrics_cmd(port: int, host: str, once: bool) -> None:
+    """Serve the deployment's Prometheus metrics, read from Redis at each scrape: records by
+    status, the queue split, windows about to close, the oldest live record's age, the shared
+    rate, live workers, the last reconciliation. (Each worker serves its own attempt metrics on
+    ADJUSTMENTS_METRICS_PORT.)"""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from .metrics import DeploymentCollector, serve_deployment_metrics
+
+    with producer_for(settings(), read_only=True) as producer:
+        if once:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(DeploymentCollector(producer))
+            click.echo(generate_latest(registry).decode(), nl=False)
+            return
+        serve_deployment_metrics(producer, port, host)
+        click.echo(f"metrics on http://{host}:{port}/metrics", err=True)
+        with suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 64).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)

@@ -91,6 +91,7 @@ KNOBS: dict[str, _Knob] = {
     "allow_eviction": _Knob("ADJUSTMENTS_ALLOW_EVICTION", "bool"),
     "redis_outage_limit_s": _Knob("ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", "float", 1),
     "heartbeat_s": _Knob("ADJUSTMENTS_HEARTBEAT_S", "float", 0.2),
+    "metrics_port": _Knob("ADJUSTMENTS_METRICS_PORT", "int", 0),
     "sentinel_master": _Knob("ADJUSTMENTS_SENTINEL_MASTER", "text"),
     "sentinel_password": _Knob("ADJUSTMENTS_SENTINEL_PASSWORD", "text"),
 }
@@ -171,6 +172,7 @@ class Settings:
     allow_eviction: bool = False
     redis_outage_limit_s: float = 300.0
     heartbeat_s: float = 5.0  # a worker's heartbeat interval; it counts as dead after 3 missed
+    metrics_port: int = 0  # a worker's Prometheus /metrics port; 0: off
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 

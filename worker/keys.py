@@ -62,6 +62,11 @@ def workers(prefix: str) -> str:
     return f"{prefix}:workers"
 
 
+def last_reconcile(prefix: str) -> str:
+    """When the last reconciliation run finished, and its counts."""
+    return f"{prefix}:reconcile:last"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

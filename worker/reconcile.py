@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from . import lifecycle
+from . import keys, lifecycle
 from .logging import get_logger
 from .models import Status, to_ms
 from .store import RecordStore
@@ -98,7 +98,15 @@ def reconcile(
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     log.info("reconcile.run", **report.to_dict())
+    _remember(store, report)
     return report
+
+
+def _remember(store: RecordStore, report: ReconcileReport) -> None:
+    """Keep the last run's time and counts for the metrics (an alert if runs stop)."""
+    fields: dict[str | bytes, str | float] = {"finished_at": time.time()}
+    fields.update({k: float(v) for k, v in report.to_dict().items() if isinstance(v, int | float)})
+    store.client.hset(keys.last_reconcile(store.prefix), mapping=fields)  # type: ignore[arg-type]
 
 
 def _lost_before(store: RecordStore, queue: str, before_ms: int) -> int | str | None:

@@ -7,6 +7,7 @@ import time
 from celery import Task
 from celery.exceptions import Reject
 
+from . import metrics
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .logging import get_logger
@@ -51,6 +52,7 @@ def process_cancellation(
                 (record_id,), countdown=result.retry_in_s, queue=runtime.settings.later_queue
             )
         except Exception as exc:  # the record says retrying; reconciliation re-publishes it
+            metrics.PUBLISH_FAILURES.inc()
             log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
     return result.outcome
 
@@ -60,6 +62,7 @@ def publish(record_id: str) -> bool:
     try:
         process_cancellation.apply_async((record_id,))
     except Exception as exc:
+        metrics.PUBLISH_FAILURES.inc()
         log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
         return False
     return True

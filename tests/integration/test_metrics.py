@@ -1,0 +1,121 @@
+"""Prometheus metrics from a real worker and from Redis, checked against the records; the
+shipped alert rules and dashboard use only metrics we export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adjustments import Producer, Settings, Status
+from adjustments.embedded import EmbeddedRedis, free_port
+from adjustments.sandbox import SandboxServer
+
+from .conftest import run_cli, start_worker, stop_worker, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "adjustments.json"
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for every sample line of an exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return out
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name an exposition can carry, from its TYPE lines and samples."""
+    names = {m.group(1) for line in text.splitlines() if (m := SAMPLE.match(line))}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names |= {
+                "counter": {f"{name}_total"},
+                "histogram": {f"{name}_bucket", f"{name}_sum", f"{name}_count"},
+            }.get(kind, {name})
+    return names
+
+
+def referenced(expr: str) -> set[str]:
+    return set(re.findall(r"\badjustments_[a-z0-9_]+", expr))
+
+
+@pytest.mark.usefixtures("clean")
+class TestMetrics:
+    def test_worker_and_deployment_metrics_match_the_records(
+        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+    ) -> None:
+        """A mix of outcomes (accepted, a permanent 400, a rate limiter's 429 and a lock
+        timeout, each then accepted): the worker's counters and the deployment's gauges say
+        what the records say, and the rules and dashboard name only exported metrics."""
+        server = EmbeddedRedis(tmp_path / "redis")
+        url = server.start()
+        port = free_port()
+        env = {**worker_env, "REDIS_URL": url, "ADJUSTMENTS_METRICS_PORT": str(port)}
+        sandbox.logic.script("m_bad", ["400"])
+        sandbox.logic.script("m_limited", ["rate_limited"])
+        sandbox.logic.script("m_locked", ["429"])
+        handle = start_worker(env, tmp_path / "worker.log", concurrency=4)
+        try:
+            with Producer(url, settings=Settings.from_env(env)) as producer:
+                ids = [
+                    producer.cancel("ev", name, api="v1").id
+                    for name in ("m_ok1", "m_ok2", "m_bad", "m_limited", "m_locked")
+                ]
+                wait_until(lambda: all(producer.get(i).status.terminal for i in ids))
+                statuses = [producer.get(i).status for i in ids]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                worker_text = r.read().decode()
+            deployment_text = run_cli(["metrics", "--once"], env).stdout
+        finally:
+            stop_worker(handle)
+            server.stop()
+        assert statuses == [Status.PENDING] * 2 + [Status.FAILED] + [Status.PENDING] * 2
+        got = samples(worker_text)
+        accepted = 'adjustments_attempts_total{api="v1",http_status="200",outcome="accepted"}'
+        assert got[accepted] == 4
+        assert sum(v for k, v in got.items() if k.startswith("adjustments_attempts_total")) == 7
+        assert got['adjustments_stripe_429_total{reason="endpoint-rate"}'] == 1
+        assert got['adjustments_stripe_429_total{reason="none"}'] == 1
+        assert got['adjustments_retries_scheduled_total{api="v1"}'] == 2
+        assert got['adjustments_stripe_call_seconds_count{api="v1"}'] == 7
+        assert got["adjustments_enqueue_to_first_call_seconds_count"] == 5
+        state = samples(deployment_text)
+        assert state['adjustments_records{status="pending"}'] == 4
+        assert state['adjustments_records{status="failed"}'] == 1
+        assert state['adjustments_queue_messages{state="waiting"}'] == 0
+        assert state["adjustments_oldest_live_record_age_seconds"] == 0  # none live
+
+        names = exported_names(worker_text) | exported_names(deployment_text)
+        rules = yaml.safe_load(RULES.read_text())
+        in_rules = {n for g in rules["groups"] for r in g["rules"] for n in referenced(r["expr"])}
+        dashboard = json.loads(DASHBOARD.read_text())
+        in_dashboard = {
+            n for p in dashboard["panels"] for t in p["targets"] for n in referenced(t["expr"])
+        }
+        assert in_rules and in_dashboard
+        assert in_rules - names == set() and in_dashboard - names == set()
+
+
+class TestAlertRules:
+    def test_rules_pass_promtool(self) -> None:
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip("promtool is not installed (Debian: apt-get install prometheus; CI does)")
+        out = subprocess.run(
+            [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "SUCCESS" in out.stdout
