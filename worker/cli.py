@@ -135,6 +135,7 @@ def stats(as_json: bool) -> None:
     )
     click.echo(f"{'dead letters':<11} {data['dead_letters']}")
     click.echo(f"{'workers':<11} {data['workers_alive']} alive")
+    click.echo(f"{'oldest live':<11} {data['oldest_live_age_s']} s")
     rate = data["rate_limit"]
     assert isinstance(rate, dict)
     click.echo(

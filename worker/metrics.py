@@ -23,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from . import keys
-from .models import Status, parse_iso
+from .models import Status
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -123,13 +123,10 @@ class DeploymentCollector(Collector):
             closing.add_metric([label], int(count))
         yield closing
 
-        oldest = self._oldest_live_created(now)
         yield GaugeMetricFamily(
             "adjustments_oldest_live_record_age_seconds",
-            "Age of the oldest live (queued, processing or retrying) record: the oldest of the "
-            "next waiting message's, the oldest held one's and the first processing and "
-            "retrying records' (0: none live)",
-            value=max(0.0, now - oldest) if oldest else 0.0,
+            "Age of the oldest live (queued, processing or retrying) record (0: none live)",
+            value=float(cast(float, stats["oldest_live_age_s"])),
         )
 
         stuck = client.zcount(p.store.index_key(Status.PROCESSING), "-inf", int(now * 1000))
@@ -176,36 +173,6 @@ class DeploymentCollector(Collector):
                        "expired"):  # fmt: skip
             repaired.add_metric([action], float(last.get(action) or 0))
         yield repaired
-
-    def _oldest_live_created(self, now: float) -> float | None:
-        """Creation time (epoch s) of the oldest live record among a few O(1) candidates."""
-        p = self.producer
-        client = p.client
-        from .messages import record_id_of
-
-        candidates: list[str] = []
-        waiting = client.lindex(p.settings.queue, -1)
-        if waiting:
-            candidates.append(record_id_of(str(waiting)) or "")
-        held = cast(list[str], client.zrange("unacked_index", 0, 0))
-        if held:
-            message = client.hget("unacked", held[0])
-            if message:
-                try:
-                    import json
-
-                    candidates.append(record_id_of(json.dumps(json.loads(str(message))[0])) or "")
-                except (ValueError, IndexError, TypeError):
-                    pass
-        for status in (Status.PROCESSING, Status.RETRYING):
-            candidates += cast(list[str], client.zrange(p.store.index_key(status), 0, 0))
-        pipe = client.pipeline(transaction=False)
-        ids = [c for c in candidates if c]
-        for record_id in ids:
-            pipe.hget(p.store.record_key(record_id), "created_at")
-        created = [parse_iso(str(c)) for c in pipe.execute() if c]
-        times = [c.timestamp() for c in created if c is not None]
-        return min(times) if times else None
 
 
 def serve_deployment_metrics(producer: Any, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104

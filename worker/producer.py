@@ -9,13 +9,15 @@ record.id  # keep it to ask for the status later
 from __future__ import annotations
 
 import builtins
+import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -34,8 +36,8 @@ from .errors import (
 )
 from .heartbeat import WorkerInfo, alive
 from .logging import get_logger
-from .messages import TaskMessages
-from .models import CancelRequest, Record, Status
+from .messages import TaskMessages, record_id_of
+from .models import CancelRequest, Record, Status, parse_iso
 from .ratelimit import SharedRateLimiter
 from .replay import ReplayFilter, ReplayReport, replay
 from .runtime import rate_policy
@@ -47,6 +49,7 @@ BULK_CHUNK = 1000
 # kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
 # (one per Redis database, whatever the queue).
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"  # the same messages, scored by delivery time
 
 
 @dataclass
@@ -389,6 +392,7 @@ class Producer:
                     "scheduled_retries": records[Status.RETRYING.value],
                 },
                 "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
+                "oldest_live_age_s": round(self.oldest_live_age_s(), 3),
                 "workers_alive": len(alive(self.client, self.settings.key_prefix)),
                 "rate_limit": {
                     # The shared limit as the workers use it (from Redis), not this process's
@@ -398,6 +402,34 @@ class Producer:
                     "source": "workers" if from_workers else "settings (no worker has sent yet)",
                 },
             }
+
+    def oldest_live_age_s(self) -> float:
+        """Age in seconds of the oldest live (queued, processing or retrying) record, 0 when
+        none is live. Read from a few candidates, each O(log n): the next message waiting in
+        the queue (it is first in, first out), the longest-held unacknowledged one, and the
+        first records of the processing and retrying indexes."""
+        client = self.client
+        candidates: builtins.list[str | None] = []
+        with self._reading():
+            waiting = client.lindex(self.settings.queue, -1)
+            if waiting:
+                candidates.append(record_id_of(str(waiting)))
+            held = cast(builtins.list[str], client.zrange(UNACKED_INDEX_KEY, 0, 0))
+            entry = client.hget(UNACKED_KEY, held[0]) if held else None
+            if entry:
+                with suppress(ValueError, IndexError, TypeError):
+                    candidates.append(record_id_of(json.dumps(json.loads(str(entry))[0])))
+            for status in (Status.PROCESSING, Status.RETRYING):
+                candidates += cast(
+                    builtins.list[str], client.zrange(self.store.index_key(status), 0, 0)
+                )
+            pipe = client.pipeline(transaction=False)
+            ids = [c for c in candidates if c]
+            for record_id in ids:
+                pipe.hget(self.store.record_key(record_id), "created_at")
+            created = [parse_iso(str(c)) for c in pipe.execute() if c]
+        times = [c.timestamp() for c in created if c is not None]
+        return max(0.0, time.time() - min(times)) if times else 0.0
 
     def workers(self) -> builtins.list[WorkerInfo]:  # (the list method shadows the builtin)
         """Workers alive now (their heartbeat has not expired), newest beat first. Raises

@@ -119,3 +119,27 @@ class TestAlertRules:
         )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "SUCCESS" in out.stdout
+
+
+class TestHonestStats:
+    def test_oldest_live_age_and_queue_split(self, redis_url: str) -> None:
+        """A request enqueued an hour ago (by its own clock) and still waiting is the oldest
+        live record; the queue split counts it as waiting."""
+        from datetime import UTC, datetime, timedelta
+
+        settings = Settings(queue="oldest-q", key_prefix="oldest")
+        with Producer(redis_url, settings=settings) as producer:
+            try:
+                an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+                producer.cancel("ev", "old_one", now=an_hour_ago)
+                producer.cancel("ev", "new_one")
+                stats = producer.stats()
+                assert 3590 < float(stats["oldest_live_age_s"]) < 3700  # type: ignore[arg-type]
+                assert stats["queue"] == {
+                    "waiting": 2,
+                    "held_by_workers": stats["queue"]["held_by_workers"],  # type: ignore[index]
+                    "scheduled_retries": 0,
+                }
+            finally:
+                for key in [*producer.client.scan_iter("oldest:*"), "oldest-q"]:
+                    producer.client.delete(key)
