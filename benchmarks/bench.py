@@ -409,7 +409,7 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         rows += single_enqueue(services, 300 if quick else 3000)
         rows += durability_cost(services, 30 if quick else 400)
         rows += bulk_enqueue(services, 2000 if quick else 30_000)
-        e2e, measured = end_to_end(services, 300 if quick else 4000, 30 if quick else 300)
+        e2e, measured = end_to_end(services, 150 if quick else 4000, 10 if quick else 300)
         rows += e2e
         rows += worker_cpu(services, measured["cpu_ms"], 100 if quick else 1000)
         rows.append(Row("memory", "worker RSS, default concurrency", measured["rss_mb"], "MB", None,
@@ -417,8 +417,8 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         if not quick:
             for concurrency in (16, 32):
                 rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
-        rows += shared_limit(services, 3 if quick else 30)
-        rows += adaptive_limit(services, 4 if quick else 30)
+        rows += shared_limit(services, 2 if quick else 30)
+        rows += adaptive_limit(services, 3 if quick else 30)
         rows += backlog(services, 1_000 if quick else 100_000, 2 if quick else 30)
     finally:
         services.close()

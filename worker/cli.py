@@ -242,7 +242,8 @@ def worker(
             f"--hostname={hostname or default_node_name()}",
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            # Worker events stay on (a heartbeat event every 2 s): task events can then be
+            # switched on with -E or `celery control enable_events`, and Flower sees the worker.
             *celery_args,
         ]
         code = run_celery(app, argv)

@@ -47,6 +47,11 @@ class AcceptanceUnknown(StoreError, TimeoutError):
     and returns the existing record if the first call was written."""
 
 
+class CancellationFailed(AdjustmentsError):
+    """Raised by the worker's task after it recorded a permanent failure, so Celery (events,
+    Flower, Sentry) sees the task as FAILURE; the record already says why. Never retried."""
+
+
 class Unhealthy(AdjustmentsError):
     """Raised by ``adjustments health`` when no live worker answers for this host."""
 

@@ -10,7 +10,9 @@ from celery.exceptions import Reject
 from . import metrics
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
+from .errors import CancellationFailed
 from .logging import get_logger
+from .models import Status
 from .reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
 from .runtime import RIDE_OUT, get_runtime, wait_unless_stopping
 
@@ -18,7 +20,16 @@ log = get_logger("adjustments.tasks")
 REDIS_RETRY_S = 5
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    # An expected error: Celery marks the task FAILURE (and acks it: no redelivery) without
+    # logging a traceback; our cancellation.attempt line is the log of it.
+    throws=(CancellationFailed,),
+)
 def process_cancellation(
     self: Task,  # type: ignore[type-arg]
     record_id: str,
@@ -46,6 +57,10 @@ def process_cancellation(
         raise self.retry(countdown=REDIS_RETRY_S, max_retries=None) from exc
     if result.requeue:  # stopping while waiting for a slot: back to the queue, untouched
         raise Reject("worker shutting down", requeue=True)
+    if result.status is Status.FAILED:
+        error = runtime.store.get(record_id).last_error
+        code = (error.code or error.type) if error else None
+        raise CancellationFailed(f"{record_id} failed: {code or 'permanent error'}")
     if result.retry_in_s is not None:
         try:
             self.apply_async(

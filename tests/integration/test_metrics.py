@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -143,3 +144,60 @@ class TestHonestStats:
             finally:
                 for key in [*producer.client.scan_iter("oldest:*"), "oldest-q"]:
                     producer.client.delete(key)
+
+
+@pytest.mark.usefixtures("clean")
+class TestCeleryEvents:
+    def test_events_can_be_switched_on_and_a_permanent_failure_is_a_failed_task(
+        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+    ) -> None:
+        """`celery control enable_events` works on our worker (so Flower can watch it), and a
+        cancellation that fails permanently ends its task as FAILURE with our error, once:
+        no Celery retry, no redelivery."""
+        from celery import Celery
+
+        server = EmbeddedRedis(tmp_path / "redis")
+        url = server.start()
+        env = {**worker_env, "REDIS_URL": url}
+        handle = start_worker(env, tmp_path / "worker.log", concurrency=2)
+        watcher = Celery("watcher", broker=url, set_as_current=False)
+        events: list[dict[str, object]] = []
+        try:
+            replies = watcher.control.enable_events(reply=True, timeout=5)
+            assert replies and all("ok" in next(iter(r.values())) for r in replies), replies
+            sandbox.logic.script("ev_bad", ["400"])
+            with watcher.connection_for_read() as connection:
+                receiver = watcher.events.Receiver(
+                    connection,
+                    handlers={
+                        "task-failed": events.append,
+                        "task-succeeded": events.append,
+                        "task-retried": events.append,
+                    },
+                )
+                # The event queue exists only once the receiver consumes: wait for a first
+                # event (the worker's heartbeat, which wakeup asks for) before enqueueing.
+                stream = receiver.itercapture(limit=None, timeout=30, wakeup=True)
+                next(stream)
+                with Producer(url, settings=Settings.from_env(env)) as producer:
+                    bad = producer.cancel("ev", "ev_bad", api="v1").id
+                    good = producer.cancel("ev", "ev_good", api="v1").id
+                    deadline = time.monotonic() + 60
+                    try:
+                        for _ in stream:  # worker heartbeats keep it turning
+                            if len(events) >= 2 or time.monotonic() > deadline:
+                                break
+                    finally:
+                        stream.close()  # leaves the consumer while the connection is open
+                    assert producer.get(bad).status is Status.FAILED
+                    assert producer.get(good).status is Status.PENDING
+        finally:
+            stop_worker(handle)
+            watcher.close()
+            server.stop()
+        kinds = sorted(str(e["type"]) for e in events)
+        assert kinds == ["task-failed", "task-succeeded"]
+        failed = next(e for e in events if e["type"] == "task-failed")
+        assert "CancellationFailed" in str(failed["exception"]) and bad in str(failed["exception"])
+        assert sandbox.logic.executions.get("ev_bad", 0) == 0  # a 400 executes nothing...
+        assert len(sandbox.logic.requests["ev_bad"]) == 1  # ...and it was sent once
