@@ -246,27 +246,40 @@ def worker_cpu(services: Services, ours_ms: float, calls: int) -> list[Row]:
                 ours_ms <= 2 * bare_ms)]  # fmt: skip
 
 
-def _limited_run(
-    services: Services, *, sandbox_limit: float, seconds: float, prefix: str
-) -> list[dict[str, Any]]:
-    """3 worker processes sharing ADJUSTMENTS_RATE_LIMIT=50 against a sandbox limit; timeline."""
+PREFIX_LIMITED = "limited"
+
+
+def _limited_workers(services: Services) -> None:
+    """3 worker processes sharing ADJUSTMENTS_RATE_LIMIT=50, for both limit scenarios."""
     env = services.env(
-        ADJUSTMENTS_QUEUE=f"bench-{prefix}",
-        ADJUSTMENTS_KEY_PREFIX=prefix,
+        ADJUSTMENTS_QUEUE=f"bench-{PREFIX_LIMITED}",
+        ADJUSTMENTS_KEY_PREFIX=PREFIX_LIMITED,
         ADJUSTMENTS_RATE_LIMIT="50",
     )
     for n in range(3):
-        services.worker(env, name=f"{prefix}-worker{n}")
+        services.worker(env, name=f"{PREFIX_LIMITED}-worker{n}")
+
+
+def _limited_run(
+    services: Services, *, sandbox_limit: float, seconds: float, prefix: str
+) -> list[dict[str, Any]]:
+    """The 3 limited workers against a sandbox limit for ``seconds``; the sandbox's timeline.
+    The shared limiter starts afresh (no cut from an earlier run)."""
+    from redis import Redis
+
+    with Redis.from_url(services.redis_url) as admin:
+        admin.delete(f"{PREFIX_LIMITED}:ratelimit")
     services.sandbox.reset(latency_ms=50, rps_limit=sandbox_limit)
     with producer(
-        services, ADJUSTMENTS_QUEUE=f"bench-{prefix}", ADJUSTMENTS_KEY_PREFIX=prefix
+        services, ADJUSTMENTS_QUEUE=f"bench-{PREFIX_LIMITED}", ADJUSTMENTS_KEY_PREFIX=PREFIX_LIMITED
     ) as p:
         p.cancel_many(
             [{"event_name": "ev", "identifier": f"{prefix}_{i}"} for i in range(int(60 * seconds))]
         )
         time.sleep(seconds)
-    rows = services.sandbox.timeline()
-    services.stop_all()
+        rows = services.sandbox.timeline()
+        # The rest of this run's work must not spill into the next one's timeline.
+        p.client.delete(f"bench-{PREFIX_LIMITED}")
     return rows
 
 
@@ -417,8 +430,10 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         if not quick:
             for concurrency in (16, 32):
                 rows += end_to_end(services, 2000, 0, concurrency, label=f"-c{concurrency}")[0]
+        _limited_workers(services)  # shared by the next two scenarios
         rows += shared_limit(services, 2 if quick else 30)
         rows += adaptive_limit(services, 3 if quick else 30)
+        services.stop_all()
         rows += backlog(services, 1_000 if quick else 100_000, 2 if quick else 30)
     finally:
         services.close()
