@@ -70,6 +70,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of this test's own (its keys, heartbeats and commandstats are the
+    test's alone), stopped after the test."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    yield server.start()
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxServer]:
     with SandboxServer(SANDBOX_DEFAULTS) as server:

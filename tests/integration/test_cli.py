@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from adjustments.embedded import EmbeddedRedis
 from adjustments.sandbox import SandboxServer
 
 from .conftest import WorkerProcess, start_worker, stop_worker, wait_until, written_keys
@@ -235,12 +234,11 @@ class TestSettingsModule:
 
 class TestLivenessAndStats:
     def test_health_follows_the_workers_heartbeat_and_stats_shows_the_shared_rate(
-        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+        self, own_redis_url: str, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
     ) -> None:
         """`health` exits 0 while this host's worker beats and 1 within one heartbeat TTL of a
         kill -9; `workers` lists it; `stats` reports the limit the worker uses, not the CLI's."""
-        server = EmbeddedRedis(tmp_path / "redis")
-        url = server.start()
+        url = own_redis_url
         env = {
             **worker_env,
             "REDIS_URL": url,
@@ -278,4 +276,3 @@ class TestLivenessAndStats:
         finally:
             if handle.process.poll() is None:
                 stop_worker(handle)
-            server.stop()

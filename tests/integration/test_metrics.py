@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from adjustments import Producer, Settings, Status
-from adjustments.embedded import EmbeddedRedis, free_port
+from adjustments.embedded import free_port
 from adjustments.sandbox import SandboxServer
 
 from .conftest import run_cli, start_worker, stop_worker, wait_until
@@ -57,13 +57,12 @@ def referenced(expr: str) -> set[str]:
 @pytest.mark.usefixtures("clean")
 class TestMetrics:
     def test_worker_and_deployment_metrics_match_the_records(
-        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+        self, own_redis_url: str, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
     ) -> None:
         """A mix of outcomes (accepted, a permanent 400, a rate limiter's 429 and a lock
         timeout, each then accepted): the worker's counters and the deployment's gauges say
         what the records say, and the rules and dashboard name only exported metrics."""
-        server = EmbeddedRedis(tmp_path / "redis")
-        url = server.start()
+        url = own_redis_url
         port = free_port()
         env = {**worker_env, "REDIS_URL": url, "ADJUSTMENTS_METRICS_PORT": str(port)}
         sandbox.logic.script("m_bad", ["400"])
@@ -83,7 +82,6 @@ class TestMetrics:
             deployment_text = run_cli(["metrics", "--once"], env).stdout
         finally:
             stop_worker(handle)
-            server.stop()
         assert statuses == [Status.PENDING] * 2 + [Status.FAILED] + [Status.PENDING] * 2
         got = samples(worker_text)
         accepted = 'adjustments_attempts_total{api="v1",http_status="200",outcome="accepted"}'
@@ -150,15 +148,14 @@ class TestHonestStats:
 @pytest.mark.usefixtures("clean")
 class TestCeleryEvents:
     def test_events_can_be_switched_on_and_a_permanent_failure_is_a_failed_task(
-        self, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
+        self, own_redis_url: str, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
     ) -> None:
         """`celery control enable_events` works on our worker (so Flower can watch it), and a
         cancellation that fails permanently ends its task as FAILURE with our error, once:
         no Celery retry, no redelivery."""
         from celery import Celery
 
-        server = EmbeddedRedis(tmp_path / "redis")
-        url = server.start()
+        url = own_redis_url
         env = {**worker_env, "REDIS_URL": url}
         handle = start_worker(env, tmp_path / "worker.log", concurrency=2)
         watcher = Celery("watcher", broker=url, set_as_current=False)
@@ -195,7 +192,6 @@ class TestCeleryEvents:
         finally:
             stop_worker(handle)
             watcher.close()
-            server.stop()
         kinds = [str(e["type"]) for e in events]
         assert kinds == ["task-failed", "task-succeeded"]
         failed = next(e for e in events if e["type"] == "task-failed")

@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from adjustments.config import Settings
-from adjustments.embedded import EmbeddedRedis
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
@@ -80,13 +79,12 @@ class TestSharedLimit:
 @pytest.mark.usefixtures("clean")  # the sandbox back to its defaults (no rps_limit)
 class TestBackpressure:
     def test_a_backlog_waits_in_redis_and_no_message_cycles(
-        self, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
+        self, own_redis_url: str, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
     ) -> None:
         """A backlog ten times the worker's concurrency at a low limit: the worker holds at
         most one message per thread (the rest wait in the Redis list), no message goes back to
         the broker (no LPUSH, no requeue), and each request is delivered and executed once."""
-        server = EmbeddedRedis(tmp_path / "redis")
-        url = server.start()
+        url = own_redis_url
         env = {
             **worker_env,
             "REDIS_URL": url,
@@ -118,7 +116,6 @@ class TestBackpressure:
             if handle is not None:
                 stop_worker(handle)
             client.close()
-            server.stop()
         assert max(held) <= 4  # prefetch 1 x 4 threads: the worker never took more
         assert max(waiting) >= 30  # the backlog waited in Redis
         log = handle.log_text()
@@ -136,39 +133,35 @@ def push_calls(client: redis.Redis) -> int:
 @pytest.mark.usefixtures("clean")
 class TestShutdownWhileWaiting:
     def test_a_warm_shutdown_gives_waiting_messages_back(
-        self, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
+        self, own_redis_url: str, tmp_path: Path, sandbox: SandboxServer, worker_env: dict[str, str]
     ) -> None:
         """SIGTERM while threads wait for their rate-limit slots: the worker stops at once
         with exit code 0, the held messages go back to the queue untouched, and a new worker
         carries every request out exactly once."""
-        server = EmbeddedRedis(tmp_path / "redis")
-        url = server.start()
+        url = own_redis_url
         env = {**worker_env, "REDIS_URL": url, "ADJUSTMENTS_RATE_LIMIT": "2"}
         env["ADJUSTMENTS_RATE_BURST"] = "1"
-        try:
-            first = start_worker(env, tmp_path / "first.log", concurrency=4)
-            with Producer(url, settings=Settings.from_env(env)) as producer:
-                ids = [producer.cancel("ev", f"sd_{n}").id for n in range(12)]
+        first = start_worker(env, tmp_path / "first.log", concurrency=4)
+        with Producer(url, settings=Settings.from_env(env)) as producer:
+            ids = [producer.cancel("ev", f"sd_{n}").id for n in range(12)]
+            wait_until(
+                lambda: producer.stats()["records"]["pending"] >= 2,  # type: ignore[index]
+                what="a first few to be sent",
+            )
+            first.process.terminate()
+            first.process.wait(timeout=30)
+            assert first.process.returncode == 0, first.log_text()[-2000:]
+            left = [i for i in ids if not producer.get(i).status.terminal]
+            assert left  # some were still waiting when it stopped...
+            assert all(producer.get(i).attempts == 0 for i in left)  # ...untouched
+            second = start_worker(env, tmp_path / "second.log", concurrency=4)
+            try:
                 wait_until(
-                    lambda: producer.stats()["records"]["pending"] >= 2,  # type: ignore[index]
-                    what="a first few to be sent",
+                    lambda: all(producer.get(i).status.terminal for i in ids),
+                    timeout_s=60,
+                    what="the second worker to finish",
                 )
-                first.process.terminate()
-                first.process.wait(timeout=30)
-                assert first.process.returncode == 0, first.log_text()[-2000:]
-                left = [i for i in ids if not producer.get(i).status.terminal]
-                assert left  # some were still waiting when it stopped...
-                assert all(producer.get(i).attempts == 0 for i in left)  # ...untouched
-                second = start_worker(env, tmp_path / "second.log", concurrency=4)
-                try:
-                    wait_until(
-                        lambda: all(producer.get(i).status.terminal for i in ids),
-                        timeout_s=60,
-                        what="the second worker to finish",
-                    )
-                finally:
-                    stop_worker(second)
-                assert {producer.get(i).status for i in ids} == {Status.PENDING}
-        finally:
-            server.stop()
+            finally:
+                stop_worker(second)
+            assert {producer.get(i).status for i in ids} == {Status.PENDING}
         assert all(sandbox.logic.executions[f"sd_{n}"] == 1 for n in range(12))
