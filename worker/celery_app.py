@@ -14,8 +14,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
-from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu import Connection, Queue
+from kombu import Queue
 
 from . import keys
 from .config import Settings, load_settings
@@ -31,23 +30,6 @@ RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_
 def reconnect_attempts(limit_s: float) -> int:
     """How many reconnect attempts span about ``limit_s`` at RECONNECT_INTERVALS_S."""
     return max(2, math.ceil(limit_s / RECONNECT_INTERVALS_S["interval_max"]) + 1)
-
-
-class Consumer(CeleryConsumer):
-    """Celery's consumer, reconnecting to the broker at short intervals."""
-
-    def ensure_connected(self, conn: Connection) -> Connection:
-        ensure = conn.ensure_connection
-
-        def quicker(*args: Any, **kwargs: Any) -> Any:
-            return ensure(*args, **{**RECONNECT_INTERVALS_S, **kwargs})
-
-        conn.ensure_connection = quicker  # type: ignore[method-assign]
-        connected = super().ensure_connected(conn)
-        from .tasks import repair_after_connect
-
-        threading.Thread(target=repair_after_connect, name="orphan-check", daemon=True).start()
-        return connected
 
 
 def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
@@ -73,7 +55,9 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
             "dead_letter_key": keys.dead_letter(settings.key_prefix),
             **broker["transport_options"],
         },
-        "worker_consumer": "adjustments.celery_app:Consumer",
+        # Imported by the worker only when it builds its consumer: after the settings module ran,
+        # so an integration it sets up (Sentry patches Celery's build_tracer) is in place.
+        "worker_consumer": "adjustments.consumer:Consumer",
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.queue,
@@ -187,13 +171,21 @@ _heartbeat_stop: list[threading.Event] = []
 
 
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    """Our worker is consuming: beat in Redis until it shuts down (``adjustments health``)."""
-    from .heartbeat import start_beating
+    """Our worker is consuming: beat in Redis until it shuts down (``adjustments health``),
+    saying in each beat whether its consumer still consumes."""
+    from .heartbeat import ACTIVITY, STALLED_LOOP_S, consumer_problem, start_beating
     from .runtime import get_runtime
 
     runtime = get_runtime(str(app.conf.adjustments_redis_url))
     settings = runtime.settings
     controller = getattr(sender, "controller", None)
+    hub = getattr(sender, "hub", None)
+    if hub is not None:  # the hub survives reconnects (its timers do not; on_tick does)
+        hub.on_tick.add(ACTIVITY.tick)
+        stalled_after_s = max(STALLED_LOOP_S, 3 * settings.heartbeat_s)
+        ACTIVITY.consumer_problem = lambda: consumer_problem(
+            sender, ACTIVITY, queue=settings.queue, stalled_after_s=stalled_after_s
+        )
     _heartbeat_stop.append(
         start_beating(
             runtime.store.client,

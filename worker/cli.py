@@ -147,17 +147,22 @@ def stats(as_json: bool) -> None:
 @cli.command()
 @click.option("--node", help="A worker's node name (default: any worker on this host).")
 def health(node: str | None) -> None:
-    """Exit 0 when Redis answers and a worker on this host (or NODE) is alive, else 1 with one
-    line: a container health check. A worker counts as dead three heartbeats after its last
-    (ADJUSTMENTS_HEARTBEAT_S, default 5 s)."""
+    """Exit 0 when Redis answers and a worker on this host (or NODE) is alive and consuming,
+    else 1 with one line: a container health check. A worker counts as dead three heartbeats
+    after its last (ADJUSTMENTS_HEARTBEAT_S, default 5 s), and as not consuming when its
+    consumer is stopped, disconnected from the broker or its event loop has stalled."""
     with producer_for(settings(), read_only=True) as producer:
         alive = producer.workers()
     host = socket.gethostname()
+    where = f"as {node}" if node else f"on {host}"
     mine = [w for w in alive if (w.node == node if node else w.host == host)]
     if not mine:
         where = f"named {node}" if node else f"on {host}"
         raise Unhealthy(f"no live worker {where} ({len(alive)} alive elsewhere)")
-    click.echo(f"ok: {len(mine)} worker(s) alive {'as ' + node if node else 'on ' + host}")
+    consuming = [w for w in mine if not w.problem]
+    if not consuming:
+        raise Unhealthy(f"worker {mine[0].node} alive but not consuming: {mine[0].problem}")
+    click.echo(f"ok: {len(consuming)} worker(s) alive and consuming {where}")
 
 
 @cli.command(name="workers")

@@ -11,8 +11,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -22,15 +23,46 @@ from .logging import get_logger
 log = get_logger("adjustments.heartbeat")
 MISSED_BEATS = 3
 FORGET_AFTER_S = 3600  # a node name not seen for this long leaves the workers index
+RUN = 1  # celery.bootsteps.RUN (untyped there)
+STALLED_LOOP_S = 30.0  # an event loop that has not turned for this long is not consuming
+
+
+def consumer_problem(
+    consumer: Any, activity: Activity, *, queue: str, stalled_after_s: float
+) -> str:
+    """Why Celery's ``consumer`` is not consuming ``queue`` right now, or "" if it is: its
+    blueprint runs, its broker connection is up, it consumes the queue (``celery control
+    cancel_consumer`` stops that), and its event loop turned within ``stalled_after_s``."""
+    blueprint = getattr(consumer, "blueprint", None)
+    if blueprint is None or blueprint.state != RUN:
+        return "consumer not running"
+    connection = getattr(consumer, "connection", None)
+    if connection is None or not connection.connected:
+        return "not connected to the broker"
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None or not task_consumer.consuming_from(queue):
+        return f"not consuming from queue {queue}"
+    quiet_s = time.monotonic() - activity.loop_tick_at
+    if quiet_s > stalled_after_s:
+        return f"event loop stalled for {quiet_s:.0f} s"
+    return ""
 
 
 class Activity:
-    """In-flight count and last task time of this process's tasks (thread-safe)."""
+    """In-flight count and last task time of this process's tasks (thread-safe), and whether
+    its consumer is consuming (set by the worker when it is ready)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.last_task_at = 0.0
+        self.loop_tick_at = time.monotonic()  # the consumer's event loop, each turn
+        self.consumer_problem: Callable[[], str] = lambda: ""
+
+    def tick(self) -> None:
+        """Called by the consumer's event loop on every turn (about once a second at least:
+        the Redis transport's BRPOP times out every second)."""
+        self.loop_tick_at = time.monotonic()
 
     def begin(self) -> None:
         with self._lock:
@@ -59,6 +91,7 @@ class WorkerInfo:
     last_task_at: float  # epoch seconds, 0: none yet
     beat_at: float
     started_at: float
+    problem: str = ""  # why it is not consuming; "" when it is
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> WorkerInfo:
@@ -73,6 +106,7 @@ class WorkerInfo:
             last_task_at=float(data.get("last_task_at") or 0),
             beat_at=float(data.get("beat_at") or 0),
             started_at=float(data.get("started_at") or 0),
+            problem=data.get("problem", ""),
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -109,6 +143,7 @@ def beat(
             "last_task_at": activity.last_task_at,
             "beat_at": now,
             "started_at": started_at,
+            "problem": activity.consumer_problem(),
         },
     )
     pipe.pexpire(key, int(MISSED_BEATS * interval_s * 1000))

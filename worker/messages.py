@@ -24,6 +24,7 @@ import uuid
 from celery import Celery
 
 from .celery_app import TASK_NAME
+from .tracing import propagation_headers
 
 DELIVERY_PERSISTENT = 2
 _RECORD = "@@RECORD_ID@@"
@@ -55,9 +56,17 @@ class TaskMessages:
         )
 
     def payload(self, record_id: str) -> str:
+        """The message for ``record_id``, with the caller's trace context in its headers when
+        a tracing integration has one (see ``tracing``)."""
         if not _SAFE_ID.match(record_id):
             raise ValueError(f"unexpected record id {record_id!r}")
-        return self._message.replace(_TASK, uuid.uuid4().hex).replace(_RECORD, record_id)
+        message = self._message.replace(_TASK, uuid.uuid4().hex).replace(_RECORD, record_id)
+        trace = propagation_headers()
+        if trace:
+            envelope = json.loads(message)
+            envelope["headers"].update(trace)
+            message = json.dumps(envelope, separators=(",", ":"))
+        return message
 
 
 def decoded_body(envelope: dict[str, object]) -> object:

@@ -26,9 +26,9 @@ REDIS_RETRY_S = 5
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
-    # An expected error: Celery marks the task FAILURE (and acks it: no redelivery) without
-    # logging a traceback; our cancellation.attempt line is the log of it.
-    throws=(CancellationFailed,),
+    # A permanent failure raises CancellationFailed after the record is written: Celery marks
+    # the task FAILURE and acks it (no redelivery, no Celery retry). It is deliberately not
+    # in ``throws``: Sentry's and OpenTelemetry's Celery integrations skip those exceptions.
 )
 def process_cancellation(
     self: Task,  # type: ignore[type-arg]

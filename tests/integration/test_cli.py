@@ -232,12 +232,21 @@ class TestSettingsModule:
             client.close()
 
 
+def celery_control(command: str, env: dict[str, str]) -> None:
+    """``celery control COMMAND adjustments`` against the workers of ``env``'s Redis."""
+    argv = [sys.executable, "-m", "celery", "-A", "adjustments.celery_app", "control", command]
+    done = subprocess.run([*argv, "adjustments"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 class TestLivenessAndStats:
     def test_health_follows_the_workers_heartbeat_and_stats_shows_the_shared_rate(
         self, own_redis_url: str, tmp_path: Path, worker_env: dict[str, str], sandbox: SandboxServer
     ) -> None:
-        """`health` exits 0 while this host's worker beats and 1 within one heartbeat TTL of a
-        kill -9; `workers` lists it; `stats` reports the limit the worker uses, not the CLI's."""
+        """`health` exits 0 while this host's worker beats and consumes, 1 while it beats but
+        has stopped consuming our queue (`celery control cancel_consumer`), and 1 within one
+        heartbeat TTL of a kill -9; `workers` lists it; `stats` reports the limit the worker
+        uses, not the CLI's."""
         url = own_redis_url
         env = {
             **worker_env,
@@ -268,6 +277,12 @@ class TestLivenessAndStats:
             finally:
                 client.close()
             assert 0 < ttl_ms <= 3 * 500
+            celery_control("cancel_consumer", env)
+            wait_until(lambda: run(["health"], cli_env).returncode == 1, what="health to fail")
+            out = run(["health"], cli_env)
+            assert "alive but not consuming: not consuming from queue adjustments" in out.stderr
+            celery_control("add_consumer", env)
+            wait_until(lambda: run(["health"], cli_env).returncode == 0, what="health to pass")
             handle.process.kill()  # no goodbye: the heartbeat has to expire
             handle.process.wait(timeout=10)
             wait_until(lambda: run(["health"], cli_env).returncode == 1, timeout_s=30)
