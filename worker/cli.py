@@ -165,6 +165,29 @@ def health(node: str | None) -> None:
     click.echo(f"ok: {len(consuming)} worker(s) alive and consuming {where}")
 
 
+@cli.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--insecure-local",
+    is_flag=True,
+    help="Serve without tokens (only on a loopback address): everyone is an operator.",
+)
+def serve_cmd(host: str, port: int, insecure_local: bool) -> None:
+    """Serve the HTTP API (/api/v1, /openapi.json), the operations console (/console),
+    /healthz and /metrics. Tokens come from ADJUSTMENTS_API_TOKENS=role:token[,...] with
+    the roles enqueue, read and operate; without any, it refuses to start."""
+    from .http.auth import Auth, parse_tokens
+    from .http.server import check_exposure, serve
+
+    cfg = settings()
+    auth = Auth(parse_tokens(cfg.api_tokens))
+    check_exposure(auth, host, insecure_local)
+    with producer_for(cfg) as producer:
+        producer.check_server()
+        serve(producer, auth, host, port)
+
+
 @cli.command(name="workers")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def workers_cmd(as_json: bool) -> None:

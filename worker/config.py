@@ -65,6 +65,7 @@ class _Knob:
 
 # Every field, its environment variable and its bound: read by ``from_env``, checked by
 # ``__post_init__``, so ``Settings(...)`` in code is validated exactly like the environment.
+SECRETS = frozenset({"stripe_api_key", "sentinel_password", "api_tokens"})  # never echoed
 KNOBS: dict[str, _Knob] = {
     "redis_url": _Knob("REDIS_URL", "text"),
     "stripe_api_key": _Knob("STRIPE_API_KEY", "text"),
@@ -94,6 +95,7 @@ KNOBS: dict[str, _Knob] = {
     "metrics_port": _Knob("ADJUSTMENTS_METRICS_PORT", "int", 0),
     "sentinel_master": _Knob("ADJUSTMENTS_SENTINEL_MASTER", "text"),
     "sentinel_password": _Knob("ADJUSTMENTS_SENTINEL_PASSWORD", "text"),
+    "api_tokens": _Knob("ADJUSTMENTS_API_TOKENS", "text"),
 }
 REQUIRED_TEXT = frozenset({"queue", "key_prefix"})  # text fields that may not be None or empty
 
@@ -173,6 +175,8 @@ class Settings:
     redis_outage_limit_s: float = 300.0
     heartbeat_s: float = 5.0  # a worker's heartbeat interval; it counts as dead after 3 missed
     metrics_port: int = 0  # a worker's Prometheus /metrics port; 0: off
+    # ``adjustments serve``'s bearer tokens: "role:token[,role:token...]" (see http.auth).
+    api_tokens: str | None = field(default=None, repr=False)
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -192,7 +196,8 @@ class Settings:
             if value is None and name not in REQUIRED_TEXT:
                 return None
             if not isinstance(value, str) or not value or value != value.strip():
-                raise ConfigError(f"{label} must be a non-empty string, got {value!r}")
+                shown = "a value that is not shown" if name in SECRETS else repr(value)
+                raise ConfigError(f"{label} must be a non-empty string, got {shown}")
             return value
         if knob.kind == "api":
             if value not in APIS:

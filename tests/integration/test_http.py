@@ -1,0 +1,407 @@
+"""``adjustments serve`` as a real process over HTTP: the JSON API against the records it
+writes, authentication, bad bodies, the OpenAPI document and the console's form security."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from adjustments import InvalidInput, Producer, RecordNotFound, Settings
+from adjustments.embedded import free_port
+from adjustments.sandbox import SandboxServer
+
+from .conftest import run_cli, wait_until, written_keys
+
+TOKENS = {
+    "operate": "op_0123456789abcdef0123",
+    "read": "rd_0123456789abcdef0123",
+    "enqueue": "en_0123456789abcdef0123",
+}
+TOKEN_SPEC = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        role: str | None = "operate",
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        sent = dict(headers or {})
+        if role:
+            sent["Authorization"] = f"Bearer {TOKENS[role]}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=sent)
+        response = conn.getresponse()
+        payload = response.read()
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+
+    def json(self, method: str, path: str, body: object = None, **kw: Any) -> tuple[int, Any]:
+        status, _, payload = self.request(method, path, body, **kw)
+        return status, json.loads(payload)
+
+
+def start_server(env: dict[str, str], log_path: Path, *args: str) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "adjustments.cli", "serve", "--port", str(port), *args]
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
+
+    def up() -> bool:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            return server.request("GET", "/healthz", role=None)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, what="the HTTP server")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    env = {**worker_env, "ADJUSTMENTS_API_TOKENS": TOKEN_SPEC}
+    handle = start_server(env, tmp_path_factory.mktemp("http") / "server.log")
+    yield handle
+    stop_server(handle)
+
+
+@pytest.fixture
+def api(server: Server, producer: Producer) -> Server:
+    """The server, with a clean store and the shared worker running."""
+    return server
+
+
+def received(hours_ago: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
+
+
+class TestCancellations:
+    def test_post_enqueues_and_a_duplicate_returns_the_same_record(
+        self, api: Server, producer: Producer, settle: Any
+    ) -> None:
+        """202 with the record for a new request, 200 with the same record for a duplicate;
+        the worker then carries it out like a cancel() from Python."""
+        body = {"event_name": "ev", "identifier": "http_1", "api": "v1"}
+        status, first = api.json("POST", "/api/v1/cancellations", body, role="enqueue")
+        assert status == 202 and first["status"] == "queued"
+        status, again = api.json("POST", "/api/v1/cancellations", body, role="enqueue")
+        assert status == 200 and again["id"] == first["id"]
+        assert settle(first["id"]).status.value == "pending"
+        status, got = api.json("GET", f"/api/v1/cancellations/{first['id']}", role="read")
+        assert status == 200 and got["status"] == "pending" and len(got["history"]) == 1
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"event_name": "ev", "identifier": "x" * 101},
+            {"event_name": "ev", "identifier": "a\nb"},
+            {"event_name": "", "identifier": "id"},
+            {"event_name": "ev", "identifier": "id", "api": "v3"},
+            {"event_name": "ev", "identifier": "id", "stripe_account": "cus_1"},
+            {"event_name": "ev", "identifier": "id", "event_received_at": "2026-01-01T00:00:00"},
+            {"event_name": "ev", "identifier": "id", "event_received_at": received(30)},
+            {"event_name": 5, "identifier": "id"},
+        ],
+    )
+    def test_invalid_input_is_422_with_cancels_message_and_nothing_written(
+        self, api: Server, producer: Producer, redis_client: redis.Redis, bad: dict[str, Any]
+    ) -> None:
+        """The body is validated exactly as cancel() validates: same refusal, same message."""
+        before = written_keys(redis_client)
+        with pytest.raises(InvalidInput) as refused:
+            producer.cancel(**bad)
+        status, answer = api.json("POST", "/api/v1/cancellations", bad, role="enqueue")
+        assert status == 422
+        assert (
+            answer["error"]["message"].split(", e.g.")[0] == str(refused.value).split(", e.g.")[0]
+        )
+        assert written_keys(redis_client) == before
+
+    @pytest.mark.parametrize(
+        ("raw", "status", "kind"),
+        [
+            (b"{not json", 400, "invalid_json"),
+            (b"[1, 2]", 400, "invalid_body"),
+            (b'{"event_name": "ev", "identifier": "i", "extra": 1}', 422, "invalid_request"),
+            (b'{"event_name": "ev"}', 422, "invalid_request"),
+            (b"\xff\xfe", 400, "invalid_json"),
+            (b"{" + b" " * 70_000 + b"}", 413, "body_too_large"),
+        ],
+    )
+    def test_bad_bodies_fail_cleanly_with_nothing_written(
+        self,
+        api: Server,
+        redis_client: redis.Redis,
+        raw: bytes,
+        status: int,
+        kind: str,
+    ) -> None:
+        """Malformed, non-object, unknown-field, incomplete and oversized bodies."""
+        before = written_keys(redis_client)
+        got, _, payload = api.request("POST", "/api/v1/cancellations", raw=raw, role="enqueue")
+        assert (got, json.loads(payload)["error"]["type"]) == (status, kind)
+        assert written_keys(redis_client) == before
+
+    def test_a_chunked_body_over_the_cap_is_refused(
+        self, api: Server, redis_client: redis.Redis
+    ) -> None:
+        """Without a Content-Length the cap still holds, counted as the body arrives."""
+        before = written_keys(redis_client)
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+        chunks = (b" " * 8192 for _ in range(20))
+        conn.request(
+            "POST",
+            "/api/v1/cancellations",
+            body=chunks,
+            headers={"Authorization": f"Bearer {TOKENS['enqueue']}"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        assert response.status == 413
+        conn.close()
+        assert written_keys(redis_client) == before
+
+    def test_idempotency_key_replays_the_first_answer_and_refuses_another_body(
+        self, api: Server, producer: Producer
+    ) -> None:
+        """A retried POST with the same key gets 202 again (not 200); another body, 409."""
+        body = {"event_name": "ev", "identifier": "idem_1", "api": "v1"}
+        key = {"Idempotency-Key": "order-42"}
+        first = api.json("POST", "/api/v1/cancellations", body, role="enqueue", headers=key)
+        retry = api.json("POST", "/api/v1/cancellations", body, role="enqueue", headers=key)
+        assert first[0] == retry[0] == 202 and first[1]["id"] == retry[1]["id"]
+        other = {**body, "identifier": "idem_2"}
+        status, answer = api.json(
+            "POST", "/api/v1/cancellations", other, role="enqueue", headers=key
+        )
+        assert status == 409 and answer["error"]["type"] == "idempotency_key_reused"
+        with pytest.raises(RecordNotFound):
+            producer.find("ev", "idem_2", api="v1")
+
+    def test_batch_reports_each_item(self, api: Server, producer: Producer) -> None:
+        """Valid items are enqueued, invalid ones reported by position, duplicates counted;
+        more than 1,000 items are refused whole."""
+        items = [
+            {"event_name": "ev", "identifier": "b_1", "api": "v1"},
+            {"event_name": "ev", "identifier": "b_1", "api": "v1"},
+            {"event_name": "ev", "identifier": ""},
+            {"event_name": "ev", "identifier": "b_2", "api": "v2", "nope": 1},
+        ]
+        status, result = api.json("POST", "/api/v1/cancellations/batch", {"items": items})
+        assert status == 200
+        assert (result["created"], result["duplicates"], result["invalid"]) == (1, 1, 2)
+        assert [sorted(r) for r in result["results"]] == [
+            ["id", "index"], ["id", "index"], ["error", "index"], ["error", "index"],
+        ]  # fmt: skip
+        assert producer.get(result["results"][0]["id"]).identifier == "b_1"
+        many = {"items": [{"event_name": "ev", "identifier": f"m{i}"} for i in range(1001)]}
+        assert api.json("POST", "/api/v1/cancellations/batch", many)[0] == 422
+
+    def test_list_pages_with_a_cursor_and_filters(
+        self, api: Server, producer: Producer, worker_env: dict[str, str]
+    ) -> None:
+        """Seven records in pages of three: every id exactly once, newest first, and the last
+        page has no cursor; a filter on event name keeps only its records."""
+        # Enqueued on a queue no worker consumes, so that they stay queued while we page.
+        idle = Settings.from_env({**worker_env, "ADJUSTMENTS_QUEUE": "http_idle"})
+        with Producer(worker_env["REDIS_URL"], settings=idle) as parked:
+            parked.cancel_many(
+                [{"event_name": "a" if i % 2 else "b", "identifier": f"l{i}", "api": "v1"}
+                 for i in range(7)]
+            )  # fmt: skip
+            parked.client.delete("http_idle")
+        seen: list[str] = []
+        cursor = ""
+        pages = 0
+        while True:
+            query = urllib.parse.urlencode({"limit": 3, "status": "queued", "cursor": cursor})
+            status, page = api.json("GET", f"/api/v1/cancellations?{query}", role="read")
+            assert status == 200
+            seen += [r["id"] for r in page["data"]]
+            pages += 1
+            if not page["next_cursor"]:
+                break
+            cursor = page["next_cursor"]
+        assert len(seen) == len(set(seen)) == 7 and pages == 3
+        status, only_a = api.json("GET", "/api/v1/cancellations?event_name=a&limit=50", role="read")
+        assert {r["identifier"] for r in only_a["data"]} == {"l1", "l3", "l5"}
+        assert api.json("GET", "/api/v1/cancellations?status=nope", role="read")[0] == 422
+        assert api.json("GET", "/api/v1/cancellations?cursor=%%%", role="read")[0] == 422
+        assert api.json("GET", "/api/v1/cancellations/adj_missing", role="read")[0] == 404
+
+    def test_replay_is_a_dry_run_unless_asked(
+        self, api: Server, producer: Producer, sandbox: SandboxServer, settle: Any
+    ) -> None:
+        """POST /replays previews by default and changes nothing; dry_run false replays."""
+        sandbox.logic.script("rp_1", ["400"])
+        record = producer.cancel("ev", "rp_1", api="v1")
+        assert settle(record.id).status.value == "failed"
+        status, preview = api.json("POST", "/api/v1/replays", {"status": "failed"})
+        assert status == 200 and preview["dry_run"] and preview["ids"] == [record.id]
+        assert producer.get(record.id).status.value == "failed"
+        status, done = api.json("POST", "/api/v1/replays", {"ids": [record.id], "dry_run": False})
+        assert status == 200 and done["replayed"] == 1
+        assert settle(record.id).status.value == "pending"
+        assert api.json("POST", "/api/v1/replays", {"status": "queued"})[0] == 422
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize(
+        ("method", "path", "role", "status"),
+        [
+            ("POST", "/api/v1/cancellations", None, 401),
+            ("POST", "/api/v1/cancellations", "read", 403),
+            ("GET", "/api/v1/cancellations", "enqueue", 403),
+            ("POST", "/api/v1/replays", "read", 403),
+            ("POST", "/api/v1/replays", "enqueue", 403),
+            ("GET", "/metrics", None, 401),
+        ],
+    )
+    def test_missing_or_insufficient_tokens_are_refused_with_nothing_written(
+        self,
+        api: Server,
+        redis_client: redis.Redis,
+        method: str,
+        path: str,
+        role: str | None,
+        status: int,
+    ) -> None:
+        """401 without a token, 403 for a role that may not; a JSON error either way."""
+        before = written_keys(redis_client)
+        body = {"event_name": "ev", "identifier": "auth_1"} if method == "POST" else None
+        got, answer = api.json(method, path, body, role=role)
+        assert got == status and answer["error"]["type"] in {"unauthorized", "forbidden"}
+        assert written_keys(redis_client) == before
+
+    def test_a_wrong_token_is_401_and_no_token_reaches_the_log(self, api: Server) -> None:
+        """An unknown token (even a prefix of a real one) is 401; the log holds no token."""
+        for presented in ("nope", TOKENS["operate"][:-1], TOKENS["operate"] + "x"):
+            got, _, _ = api.request(
+                "GET", "/api/v1/cancellations", role=None,
+                headers={"Authorization": f"Bearer {presented}"},
+            )  # fmt: skip
+            assert got == 401
+        log = api.log_path.read_text()
+        assert not any(token in log for token in TOKENS.values())
+        status, _, metrics = api.request("GET", "/metrics", role="read")
+        assert status == 200 and b"adjustments_records{" in metrics
+
+    def test_the_server_refuses_to_start_without_tokens(
+        self, worker_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """No tokens: exit 2 with one line, unless --insecure-local on loopback; a bad token
+        specification is one line that quotes no token."""
+        env = {k: v for k, v in worker_env.items() if k != "ADJUSTMENTS_API_TOKENS"}
+        for args in (["serve"], ["serve", "--insecure-local", "--host", "0.0.0.0"]):  # noqa: S104
+            out = run_cli(args, env)
+            assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        bad = run_cli(["serve"], {**env, "ADJUSTMENTS_API_TOKENS": "admin:supersecret-value-123"})
+        assert bad.returncode == 2 and "supersecret" not in bad.stderr
+        open_server = start_server(env, tmp_path / "open.log", "--insecure-local")
+        try:
+            assert open_server.json("GET", "/api/v1/cancellations", role=None)[0] == 200
+        finally:
+            stop_server(open_server)
+
+
+class TestDocument:
+    def test_openapi_names_every_route_and_each_answer_fits_its_schema(
+        self, api: Server, producer: Producer
+    ) -> None:
+        """The document's paths and methods are exactly the API's, and a record as served
+        has every required field of the Record schema and no field the schema lacks."""
+        status, spec = api.json("GET", "/openapi.json", role=None)
+        assert status == 200 and spec["openapi"].startswith("3.1")
+        documented = {(p, m.upper()) for p, ops in spec["paths"].items() for m in ops}
+        assert documented == {
+            ("/api/v1/cancellations", "POST"),
+            ("/api/v1/cancellations", "GET"),
+            ("/api/v1/cancellations/batch", "POST"),
+            ("/api/v1/cancellations/{id}", "GET"),
+            ("/api/v1/replays", "POST"),
+            ("/healthz", "GET"),
+            ("/metrics", "GET"),
+        }
+        schema = spec["components"]["schemas"]["Record"]
+        _, record = api.json(
+            "POST", "/api/v1/cancellations", {"event_name": "e", "identifier": "d"}
+        )
+        assert set(schema["required"]) <= set(record) <= set(schema["properties"])
+        request_schema = spec["components"]["schemas"]["CancelRequest"]
+        from adjustments.http.api import CANCEL_FIELDS
+
+        assert set(request_schema["properties"]) == CANCEL_FIELDS
+
+
+class TestConsoleForms:
+    def login(self, api: Server, role: str) -> str:
+        body = urllib.parse.urlencode({"token": TOKENS[role]}).encode()
+        status, headers, _ = api.request(
+            "POST", "/console/login", raw=body, role=None,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert status == 303
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        return cookie.split(";")[0]
+
+    def test_forms_without_csrf_or_from_a_read_session_change_nothing(
+        self, api: Server, producer: Producer, sandbox: SandboxServer, settle: Any
+    ) -> None:
+        """A replay form posted without the CSRF token, with a wrong one, or by a read
+        session is refused (403) and the failed record stays failed; an enqueue token cannot
+        log in to the console."""
+        sandbox.logic.script("csrf_1", ["400"])
+        record = producer.cancel("ev", "csrf_1", api="v1")
+        assert settle(record.id).status.value == "failed"
+        form = {"ids": record.id, "confirm": "1"}
+        operate, read = self.login(api, "operate"), self.login(api, "read")
+        for cookie, extra in ((operate, {}), (operate, {"csrf": "forged"}), (read, {})):
+            status, _, _ = api.request(
+                "POST", "/console/replay", role=None,
+                raw=urllib.parse.urlencode({**form, **extra}).encode(),
+                headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            assert status == 403
+        assert producer.get(record.id).status.value == "failed"
+        body = urllib.parse.urlencode({"token": TOKENS["enqueue"]}).encode()
+        status, _, _ = api.request(
+            "POST", "/console/login", raw=body, role=None,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert status == 401
+        assert api.request("GET", "/console", role=None)[0] == 303  # no session: to the login

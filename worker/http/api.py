@@ -1,0 +1,287 @@
+"""The JSON API under ``/api/v1``: the same validation, records and errors as ``Producer``.
+
+Errors are ``{"error": {"type": ..., "message": ...}}`` with 400 (not JSON, or not an object),
+401 (no or unknown token), 403 (the token's role may not), 404, 409 (an Idempotency-Key
+reused with another body), 413 (body too large), 422 (a field missing, unknown or invalid;
+nothing written), 503 (Redis unavailable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, cast
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..cli_common import parse_time
+from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
+from ..models import Record, Status
+from ..producer import Producer
+from ..replay import ReplayFilter
+from .auth import Auth, allowed
+from .listing import Query, page
+
+MAX_BODY = 64 * 1024
+MAX_BATCH_BODY = 1024 * 1024
+MAX_BATCH = 1000
+IDEMPOTENCY_TTL_S = 24 * 3600
+CANCEL_FIELDS = frozenset(
+    {"event_name", "identifier", "api", "stripe_account", "event_received_at"}
+)
+REPLAY_FIELDS = frozenset(
+    {"ids", "status", "event_name", "error_code", "since", "until", "limit", "force", "dry_run"}
+)
+
+
+class HTTPProblem(Exception):
+    """An error answer: status, type and a message safe to show."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def problem(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    data = record.to_dict()
+    data.pop("history", None)
+    return data
+
+
+async def read_json(request: Request, cap: int) -> Any:
+    """The request body as JSON, refusing more than ``cap`` bytes before reading them."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > cap):
+        raise HTTPProblem(413, "body_too_large", f"the body may have at most {cap} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise HTTPProblem(413, "body_too_large", f"the body may have at most {cap} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPProblem(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def object_with(data: Any, known: frozenset[str], what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise HTTPProblem(400, "invalid_body", f"{what} must be a JSON object")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HTTPProblem(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
+    return cast(dict[str, Any], data)
+
+
+class Api:
+    """The handlers, sharing one Producer (its Redis pool is thread-safe)."""
+
+    def __init__(self, producer: Producer, auth: Auth) -> None:
+        self.producer = producer
+        self.auth = auth
+
+    def guarded(
+        self, need: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the bearer token check and with our error mapping."""
+
+        async def endpoint(request: Request) -> Response:
+            role = self.auth.role_for_header(request.headers.get("authorization"))
+            if self.auth.enabled:
+                if role is None:
+                    return problem(401, "unauthorized", "a valid bearer token is required")
+                if not allowed(role, need):
+                    return problem(403, "forbidden", f"a {role} token may not do this")
+            try:
+                return await handler(request)
+            except HTTPProblem as exc:
+                return problem(exc.status, exc.kind, exc.message)
+            except RecordNotFound as exc:
+                return problem(404, "not_found", f"no such cancellation: {exc}")
+            except InvalidInput as exc:
+                return problem(422, "invalid_request", str(exc))
+            except StoreError as exc:
+                return problem(503, "store_unavailable", str(exc))
+            except AdjustmentsError as exc:
+                return problem(500, "error", str(exc))
+
+        return endpoint
+
+    # -- cancellations -------------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        body = object_with(await read_json(request, MAX_BODY), CANCEL_FIELDS, "the body")
+        key = request.headers.get("idempotency-key")
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if key is not None:
+            earlier = self._idempotent_answer(key, fingerprint)
+            if earlier is not None:
+                return earlier
+        for name in ("event_name", "identifier"):
+            if name not in body:
+                raise HTTPProblem(422, "invalid_request", f"{name} is required")
+        record = self.producer.cancel(**body)
+        status = 202 if record.created else 200
+        if key is not None:
+            self._remember(key, fingerprint, record.id, status)
+        return JSONResponse(record_json(record), status_code=status)
+
+    def _idempotency_key(self, key: str) -> str:
+        if not 1 <= len(key) <= 255:
+            raise HTTPProblem(422, "invalid_request", "Idempotency-Key must be 1-255 characters")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.producer.settings.key_prefix}:idem:{digest}"
+
+    def _idempotent_answer(self, key: str, fingerprint: str) -> Response | None:
+        stored = self.producer.store.client.get(self._idempotency_key(key))
+        if stored is None:
+            return None
+        earlier = json.loads(cast(str, stored))
+        if earlier["fingerprint"] != fingerprint:
+            raise HTTPProblem(
+                409, "idempotency_key_reused", "this Idempotency-Key was used with another body"
+            )
+        record = self.producer.get(earlier["id"])
+        return JSONResponse(record_json(record), status_code=int(earlier["status"]))
+
+    def _remember(self, key: str, fingerprint: str, record_id: str, status: int) -> None:
+        value = json.dumps({"fingerprint": fingerprint, "id": record_id, "status": status})
+        self.producer.store.client.set(
+            self._idempotency_key(key), value, nx=True, ex=IDEMPOTENCY_TTL_S
+        )
+
+    async def create_batch(self, request: Request) -> Response:
+        body = object_with(
+            await read_json(request, MAX_BATCH_BODY), frozenset({"items"}), "the body"
+        )
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise HTTPProblem(422, "invalid_request", "items must be an array")
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise HTTPProblem(422, "invalid_request", f"items must hold 1 to {MAX_BATCH} items")
+        result = await run_in_threadpool(self.producer.cancel_many, items)
+        errors = dict(result.invalid)
+        results = [
+            {"index": i, "id": rid} if rid is not None else {"index": i, "error": errors[i]}
+            for i, rid in enumerate(result.ids)
+        ]
+        return JSONResponse(
+            {
+                "created": result.created,
+                "duplicates": result.duplicates,
+                "invalid": len(result.invalid),
+                "results": results,
+            }
+        )
+
+    async def get_one(self, request: Request) -> Response:
+        record_id = str(request.path_params["record_id"])
+        record = self.producer.get(record_id, with_history=True)
+        return JSONResponse(record.to_dict())
+
+    async def list(self, request: Request) -> Response:
+        query = list_query(dict(request.query_params))
+        found = await run_in_threadpool(
+            page, self.producer.store, query, request.query_params.get("cursor") or None
+        )
+        return JSONResponse(
+            {"data": [record_json(r) for r in found.records], "next_cursor": found.next_cursor}
+        )
+
+    async def replays(self, request: Request) -> Response:
+        body = object_with(await read_json(request, MAX_BODY), REPLAY_FIELDS, "the body")
+        force = flag(body.pop("force", False), "force")
+        dry_run = flag(body.pop("dry_run", True), "dry_run")
+        flt = replay_filter(body)
+        report = await run_in_threadpool(
+            lambda: self.producer.replay(flt, force=force, dry_run=dry_run)
+        )
+        data = report.to_dict()
+        data["ids"] = [r.id for r in report.selected]
+        return JSONResponse(data)
+
+
+def flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise HTTPProblem(422, "invalid_request", f"{name} must be true or false")
+    return value
+
+
+def status_of(value: object) -> Status:
+    try:
+        return Status(str(value))
+    except ValueError:
+        names = ", ".join(s.value for s in Status)
+        raise HTTPProblem(422, "invalid_request", f"status must be one of {names}") from None
+
+
+def time_of(value: object, name: str) -> datetime:
+    """An ISO 8601 time with a UTC offset, as the CLI's --since/--until take."""
+    if not isinstance(value, str):
+        raise HTTPProblem(422, "invalid_request", f"{name} must be an ISO 8601 time string")
+    when = parse_time(name, value)
+    assert when is not None
+    return when
+
+
+def list_query(params: dict[str, str]) -> Query:
+    """The filters of ``GET /api/v1/cancellations`` (and the console's lists)."""
+    known = {
+        "status",
+        "event_name",
+        "identifier",
+        "error_code",
+        "since",
+        "until",
+        "limit",
+        "cursor",
+    }
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise HTTPProblem(422, "invalid_request", f"unknown parameter(s): {', '.join(unknown)}")
+    limit = params.get("limit") or "50"
+    if not limit.isdigit():
+        raise HTTPProblem(422, "invalid_request", "limit must be a whole number")
+    return Query(
+        statuses=[status_of(params["status"])] if params.get("status") else tuple(Status),
+        event_name=params.get("event_name") or None,
+        identifier=params.get("identifier") or None,
+        error_code=params.get("error_code") or None,
+        since=time_of(params["since"], "since") if params.get("since") else None,
+        until=time_of(params["until"], "until") if params.get("until") else None,
+        limit=int(limit),
+    )
+
+
+def replay_filter(body: dict[str, Any]) -> ReplayFilter:
+    """The filters of ``POST /api/v1/replays`` as a ReplayFilter."""
+    args: dict[str, Any] = {}
+    if "ids" in body:
+        ids = body["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HTTPProblem(422, "invalid_request", "ids must be an array of strings")
+        args["ids"] = ids
+    if "status" in body:
+        args["status"] = status_of(body["status"])
+    for name in ("event_name", "error_code"):
+        if body.get(name) is not None:
+            if not isinstance(body[name], str):
+                raise HTTPProblem(422, "invalid_request", f"{name} must be a string")
+            args[name] = body[name]
+    for name in ("since", "until"):
+        if body.get(name) is not None:
+            args[name] = time_of(body[name], name)
+    if "limit" in body:
+        limit = body["limit"]
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            raise HTTPProblem(422, "invalid_request", "limit must be a whole number, 1-10000")
+        args["limit"] = limit
+    return ReplayFilter(**args)

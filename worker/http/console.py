@@ -1,0 +1,306 @@
+"""The operations console: server-rendered pages (Jinja2) and plain forms, no JavaScript.
+
+Log in with a ``read`` or ``operate`` token: the session is a signed ``HttpOnly``,
+``SameSite=Strict`` cookie, and every form carries a CSRF token checked on POST. ``read`` sees
+everything and changes nothing. A replay is always a preview first (a dry run with the count),
+then an explicit confirmation; expired records need a second confirmation.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from .. import keys
+from ..errors import AdjustmentsError, RecordNotFound
+from ..models import Status
+from ..producer import Producer
+from ..replay import ReplayFilter
+from .api import HTTPProblem, list_query, replay_filter
+from .auth import Auth, allowed
+from .listing import page
+
+HERE = Path(__file__).parent
+COOKIE = "adjustments_session"
+MAX_FORM = 16 * 1024
+CHART_MINUTES = 60
+CHART_SERIES = {  # what a record's status says of the attempt that put it there
+    "accepted": (Status.PENDING, Status.COMPLETE),
+    "failed": (Status.FAILED,),
+    "expired": (Status.EXPIRED,),
+}
+templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.filters["ago"] = lambda seconds: _duration(float(seconds))
+templates.globals["history_keys"] = lambda history: list(
+    dict.fromkeys(k for entry in history for k in entry)
+)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Console:
+    def __init__(self, producer: Producer, auth: Auth) -> None:
+        self.producer = producer
+        self.auth = auth
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def session(self, request: Request) -> tuple[str | None, str | None]:
+        """(role, cookie) of the request's session; without tokens (--insecure-local) every
+        visitor is an operator with a fresh session."""
+        cookie = request.cookies.get(COOKIE)
+        role = self.auth.role_for_session(cookie)
+        if role is None and not self.auth.enabled:
+            cookie = self.auth.session_cookie("operate")
+            role = "operate"
+        return role, cookie
+
+    def render(
+        self, request: Request, name: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        role, cookie = self.session(request)
+        html = templates.get_template(name).render(
+            role=role,
+            csrf=self.auth.csrf_token(cookie) if cookie else "",
+            can_operate=allowed(role, "operate"),
+            auth_enabled=self.auth.enabled,
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status_code)
+        if cookie and cookie != request.cookies.get(COOKIE):
+            self.set_cookie(response, cookie, request)
+        return response
+
+    def set_cookie(self, response: Response, cookie: str, request: Request) -> None:
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/console",
+        )
+
+    def page(
+        self, need: str, handler: Callable[[Request], Awaitable[Response]], *, post: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` for a logged-in role that may ``need``; POSTs must carry the CSRF
+        token. Errors become a page that says what went wrong."""
+
+        async def endpoint(request: Request) -> Response:
+            role, cookie = self.session(request)
+            if role is None:
+                return RedirectResponse("/console/login", status_code=303)
+            if not allowed(role, need):
+                return self.render(request, "error.html", 403, message="Your role may not do this.")
+            if post:
+                form = await read_form(request)
+                if not self.auth.csrf_ok(cookie, form.get("csrf")):
+                    return self.render(
+                        request, "error.html", 403, message="The form expired; reload and retry."
+                    )
+                request.state.form = form
+            try:
+                return await handler(request)
+            except RecordNotFound as exc:
+                return self.render(request, "error.html", 404, message=f"No such record: {exc}")
+            except HTTPProblem as exc:
+                return self.render(request, "error.html", exc.status, message=exc.message)
+            except (AdjustmentsError, ValueError) as exc:
+                return self.render(request, "error.html", 400, message=str(exc))
+
+        return endpoint
+
+    # -- login ---------------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        return self.render(request, "login.html", error=None)
+
+    async def login(self, request: Request) -> Response:
+        form = await read_form(request)
+        role = self.auth.role_for_token(form.get("token", ""))
+        if role not in ("read", "operate"):
+            return self.render(
+                request, "login.html", 401, error="Unknown token, or not a read or operate one."
+            )
+        response = RedirectResponse("/console", status_code=303)
+        self.set_cookie(response, self.auth.session_cookie(role), request)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("/console/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/console")
+        return response
+
+    # -- pages ---------------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        data = await run_in_threadpool(self.overview_data)
+        return self.render(request, "overview.html", **data)
+
+    def overview_data(self) -> dict[str, Any]:
+        p = self.producer
+        stats = p.stats()
+        now_ms = time.time() * 1000
+        client = p.store.client
+        nearest = cast(
+            list[tuple[str, float]],
+            client.zrange(keys.deadline(p.settings.key_prefix), 0, 0, withscores=True),
+        )
+        window_left_s = (nearest[0][1] - now_ms) / 1000 if nearest else None
+        start_ms = (now_ms // 60_000 - CHART_MINUTES + 1) * 60_000
+        pipe = client.pipeline(transaction=False)
+        for minute in range(CHART_MINUTES):
+            low = start_ms + minute * 60_000
+            for statuses in CHART_SERIES.values():
+                for status in statuses:
+                    pipe.zcount(p.store.index_key(status), low, f"({low + 60_000}")
+        counts = iter(cast(list[int], pipe.execute()))
+        bars = [
+            {name: sum(next(counts) for _ in sts) for name, sts in CHART_SERIES.items()}
+            for _minute in range(CHART_MINUTES)
+        ]
+        return {
+            "stats": stats,
+            "chart": chart(bars),
+            "last_hour": {name: sum(b[name] for b in bars) for name in CHART_SERIES},
+            "window_left_s": window_left_s,
+            "workers": p.workers(),
+        }
+
+    async def records(self, request: Request) -> Response:
+        params = {k: v for k, v in request.query_params.items() if v}
+        cursor = params.pop("cursor", None)
+        query = list_query(params)
+        found = await run_in_threadpool(page, self.producer.store, query, cursor)
+        next_url = None
+        if found.next_cursor:
+            next_url = "/console/records?" + urllib.parse.urlencode(
+                {**params, "cursor": found.next_cursor}
+            )
+        return self.render(
+            request,
+            "records.html",
+            records=found.records,
+            params=params,
+            statuses=[s.value for s in Status],
+            next_url=next_url,
+        )
+
+    async def record(self, request: Request) -> Response:
+        record_id = str(request.path_params["record_id"])
+        record = await run_in_threadpool(self.producer.get, record_id, with_history=True)
+        return self.render(request, "record.html", record=record, data=record.to_dict())
+
+    async def replay(self, request: Request) -> Response:
+        """Preview (a dry run) unless the form says confirm=1; expired records need
+        force=1 on top, which the preview asks for separately."""
+        form: dict[str, str] = request.state.form
+        fields = {
+            k: v
+            for k, v in form.items()
+            if k in ("ids", "status", "event_name", "error_code", "since", "until") and v
+        }
+        body: dict[str, Any] = dict(fields)
+        if "ids" in body:
+            body["ids"] = [i for i in body["ids"].split() if i]
+        flt = replay_filter(body)
+        confirmed = form.get("confirm") == "1"
+        force = form.get("force") == "1"
+        expired = flt.status is Status.EXPIRED or any(
+            r.status is Status.EXPIRED for r in self._selected(flt)
+        )
+        if confirmed and expired and not force:
+            raise HTTPProblem(
+                400, "force_required", "Expired records need the second confirmation."
+            )
+        report = await run_in_threadpool(
+            lambda: self.producer.replay(flt, force=force or expired, dry_run=not confirmed)
+        )
+        return self.render(
+            request,
+            "replay.html",
+            report=report,
+            fields=fields,
+            confirmed=confirmed,
+            expired=expired,
+        )
+
+    def _selected(self, flt: ReplayFilter) -> list[Any]:
+        return [self.producer.get(i) for i in flt.ids] if flt.ids else []
+
+
+def chart(bars: list[dict[str, int]]) -> dict[str, Any]:
+    """Stacked bars for an inline SVG: one per minute, oldest first."""
+    width, height, gap = 600, 120, 2
+    step = width / max(1, len(bars))
+    top = max([sum(b.values()) for b in bars] + [1])
+    rects = []
+    for i, values in enumerate(bars):
+        y = float(height)
+        for name, count in values.items():
+            h = height * count / top
+            if h > 0:
+                y -= h
+                rects.append(
+                    {"x": i * step, "y": y, "w": step - gap, "h": h, "series": name, "n": count}
+                )
+    return {"width": width, "height": height, "rects": rects, "top": top}
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (at most MAX_FORM bytes) as a dict."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise HTTPProblem(413, "body_too_large", "the form is too large")
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise HTTPProblem(400, "invalid_form", "the form is not UTF-8") from None
+    return dict(pairs)
+
+
+def routes(producer: Producer, auth: Auth) -> list[Route]:
+    c = Console(producer, auth)
+
+    async def root(_: Request) -> Response:
+        return RedirectResponse("/console", status_code=303)
+
+    return [
+        Route("/", root),
+        Route("/console/login", c.login_form, methods=["GET"]),
+        Route("/console/login", c.login, methods=["POST"]),
+        Route("/console/logout", c.page("read", c.logout, post=True), methods=["POST"]),
+        Route("/console", c.page("read", c.overview)),
+        Route("/console/records", c.page("read", c.records)),
+        Route("/console/records/{record_id}", c.page("read", c.record)),
+        Route("/console/replay", c.page("operate", c.replay, post=True), methods=["POST"]),
+    ]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,134 @@
+"""Cursor pagination over the status indexes, newest first, with filters.
+
+Each status index is a sorted set scored by the time a record reached that status. A page
+merges the indexes asked for in (score, id) order, newest first. The cursor is the last
+score returned and how many records with exactly that score were already returned, so a
+page costs one ZREVRANGEBYSCORE per index however deep it is. Records that change status
+between two pages may be missed or seen twice, as in any live listing.
+
+Filters that no index holds (event name, identifier, error code) are applied to the records
+read; a page then scans at most ``SCAN_LIMIT`` candidates and may return fewer than ``limit``
+records with a cursor to go on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
+
+from ..errors import InvalidInput
+from ..models import Record, Status
+from ..store import RecordStore
+
+SCAN_LIMIT = 5000
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Query:
+    statuses: Sequence[Status] = tuple(Status)
+    event_name: str | None = None
+    identifier: str | None = None
+    error_code: str | None = None
+    since: datetime | None = None  # when the record reached its status
+    until: datetime | None = None
+    limit: int = 50
+
+    def matches(self, record: Record) -> bool:
+        if self.event_name is not None and record.event_name != self.event_name:
+            return False
+        if self.identifier is not None and record.identifier != self.identifier:
+            return False
+        code = record.last_error.code if record.last_error else None
+        return self.error_code is None or code == self.error_code
+
+    @property
+    def filtered(self) -> bool:
+        return any(v is not None for v in (self.event_name, self.identifier, self.error_code))
+
+
+@dataclass
+class Page:
+    records: list[Record] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+def encode_cursor(score_ms: float, skip: int) -> str:
+    return base64.urlsafe_b64encode(f"{score_ms:.0f}:{skip}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, skip = text.split(":")
+        return float(int(score)), int(skip)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this server returned") from None
+
+
+def _candidates(
+    store: RecordStore, statuses: Sequence[Status], high_ms: float, skip: int, count: int
+) -> list[tuple[float, str]]:
+    """The next ``count`` (score, id) pairs at or below ``high_ms``, newest first, after
+    skipping ``skip`` pairs scored exactly ``high_ms``."""
+    high: float | str = "+inf" if math.isinf(high_ms) else high_ms
+    pipe = store.client.pipeline(transaction=False)
+    for status in statuses:
+        pipe.zrevrangebyscore(
+            store.index_key(status), high, "-inf", 0, skip + count, withscores=True
+        )
+    groups = cast(list[list[tuple[str, float]]], pipe.execute())
+    merged = heapq.merge(
+        *[[(score, rid) for rid, score in group] for group in groups], reverse=True
+    )
+    out: list[tuple[float, str]] = []
+    for score, rid in merged:
+        if score == high_ms and skip > 0:
+            skip -= 1
+            continue
+        out.append((score, rid))
+        if len(out) == count:
+            break
+    return out
+
+
+def page(store: RecordStore, query: Query, cursor: str | None = None) -> Page:
+    """One page of records for ``query``, from ``cursor`` (None: the newest)."""
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {query.limit}")
+    if cursor:
+        high_ms, skip = decode_cursor(cursor)
+    else:
+        high_ms = query.until.timestamp() * 1000 if query.until else float("inf")
+        skip = 0
+    low_ms = query.since.timestamp() * 1000 if query.since else float("-inf")
+    result = Page()
+    scanned = 0
+    exhausted = False
+    batch = query.limit if not query.filtered else max(query.limit, 200)
+    while len(result.records) < query.limit and scanned < SCAN_LIMIT:
+        pairs = _candidates(store, query.statuses, high_ms, skip, batch)
+        in_range = [pair for pair in pairs if pair[0] >= low_ms]
+        records = {r.id: r for r in store.get_many([rid for _, rid in in_range])}
+        consumed = 0
+        for score, rid in in_range:
+            skip = skip + 1 if score == high_ms else 1
+            high_ms = score
+            scanned += 1
+            consumed += 1
+            record = records.get(rid)
+            if record is not None and query.matches(record):
+                result.records.append(record)
+                if len(result.records) == query.limit:
+                    break
+        if consumed == len(in_range) and (len(pairs) < batch or len(in_range) < len(pairs)):
+            exhausted = True  # the index (or the time range) has nothing more
+            break
+    result.next_cursor = None if exhausted else encode_cursor(high_ms, skip)
+    return result
