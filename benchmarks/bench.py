@@ -109,6 +109,88 @@ def single_enqueue(services: Services, n: int) -> list[Row]:
     ]
 
 
+HTTP_TOKEN = "enqueue:bench_http_token_0123456789"
+
+
+def http_enqueue(services: Services, n: int, seconds: float) -> list[Row]:
+    """``adjustments serve``: one POST's latency on a keep-alive connection next to cancel()
+    in-process, and the requests per second of one server process under keep-alive load."""
+    import http.client
+    import subprocess
+    import urllib.request
+
+    from adjustments.embedded import free_port
+
+    port = free_port()
+    env = services.env(
+        ADJUSTMENTS_API_TOKENS=HTTP_TOKEN,
+        ADJUSTMENTS_QUEUE="bench-http",
+        ADJUSTMENTS_KEY_PREFIX="http",
+    )
+    log_path = services.workdir / "server.log"
+    with open(log_path, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "adjustments.cli", "serve", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    token = HTTP_TOKEN.split(":", 1)[1]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    ours: list[float] = []
+    inproc: list[float] = []
+    try:
+        wait_until(up, 30, "the HTTP server")
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        with producer(services, ADJUSTMENTS_QUEUE="bench-http", ADJUSTMENTS_KEY_PREFIX="http") as p:
+            p.cancel("ev", "warm-up")
+            for i in range(n):  # interleaved, so both see the same machine
+                body = json.dumps({"event_name": "ev", "identifier": f"h_{i}"})
+                t0 = time.perf_counter()
+                conn.request("POST", "/api/v1/cancellations", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                t1 = time.perf_counter()
+                p.cancel("ev", f"p_{i}")
+                t2 = time.perf_counter()
+                assert response.status == 202, response.status
+                ours.append((t1 - t0) * 1000)
+                inproc.append((t2 - t1) * 1000)
+            conn.close()
+            loaded = subprocess.run(
+                [sys.executable, "-m", "benchmarks.httpload", str(port), token, str(seconds),
+                 "32", "load"],
+                capture_output=True, text=True, check=True, cwd=ROOT, env=env,
+            )  # fmt: skip
+            load = json.loads(loaded.stdout)
+            t0 = time.perf_counter()
+            calls = 0
+            while time.perf_counter() - t0 < min(seconds, 3):
+                p.cancel("ev", f"rate_{calls}")
+                calls += 1
+            inproc_rate = calls / (time.perf_counter() - t0)
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    p50, p99 = percentile(ours, 0.5), percentile(ours, 0.99)
+    rate = float(load["per_s"])
+    return [
+        Row("http enqueue", "POST p50, keep-alive", p50, "ms", percentile(inproc, 0.5),
+            "<= 2 ms (baseline: cancel() in-process)", p50 <= 2.0),
+        Row("http enqueue", "POST p99, keep-alive", p99, "ms", percentile(inproc, 0.99),
+            "- (baseline: cancel() in-process)", None),
+        Row("http enqueue", "POSTs/s, 1 process, 32 connections", rate, "/s", inproc_rate,
+            ">= 2,000/s (baseline: cancel() in a loop)",
+            rate >= 2000 and load["ok"] == load["requests"]),
+    ]  # fmt: skip
+
+
 def durability_cost(services: Services, n: int) -> list[Row]:
     """The write of cancel() (the store's create, without input validation) for each
     durability level under each appendfsync policy; the baseline is `memory` on the same
@@ -420,6 +502,7 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
             rows += backlog(services, 1_000_000, 60)
             return _report(rows, quick)
         rows += single_enqueue(services, 300 if quick else 3000)
+        rows += http_enqueue(services, 100 if quick else 2000, 1 if quick else 10)
         rows += durability_cost(services, 30 if quick else 400)
         rows += bulk_enqueue(services, 2000 if quick else 30_000)
         e2e, measured = end_to_end(services, 150 if quick else 4000, 10 if quick else 300)

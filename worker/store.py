@@ -163,9 +163,7 @@ class RecordStore:
         find the existing one for the same request. Returns ``(record, created)``."""
         for _ in range(2):
             script_keys, args, fields = self.create_args(req, now, outbox)
-            pipe = self.client.pipeline(transaction=False)
-            self._create(keys=script_keys, args=args, client=pipe)
-            created, found_id = cast(list[Any], self._execute_durably(pipe)[0])
+            created, found_id = cast(list[Any], self._create_durably([(script_keys, args)])[0])
             if int(created):
                 return Record.from_hash({k: str(v) for k, v in fields.items()}), True
             existing = self.find(str(found_id))
@@ -179,14 +177,42 @@ class RecordStore:
         self, requests: Sequence[CancelRequest], *, now: datetime, outbox: Outbox | None = None
     ) -> list[tuple[str, bool]]:
         """Pipelined ``create``: one round trip for the lot; ``(record id, created)`` each."""
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for req in requests:
             script_keys, args, _ = self.create_args(req, now, outbox)
-            self._create(keys=script_keys, args=args, client=pipe)
-        replies = self._execute_durably(pipe)
+            calls.append((script_keys, args))
+        replies = self._create_durably(calls)
         return [(str(found), bool(int(created))) for created, found in replies]
 
-    def _execute_durably(self, pipe: Any) -> list[Any]:
+    def _create_durably(
+        self, calls: Sequence[tuple[Sequence[str], Sequence[str]]], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Run the create script for each ``(keys, args)`` in one round trip (and its
+        durability wait). The script goes as a plain EVALSHA: redis-py's pipelined Script
+        would first ask SCRIPT EXISTS, a second round trip on every cancel(). A server that
+        does not know the script yet (NOSCRIPT: nothing ran) gets it loaded, once. With
+        ``raise_on_error=False`` a command's own error is its reply (the others stand)."""
+        for attempt in range(2):
+            pipe: Any = self.client.pipeline(transaction=False)
+            for script_keys, args in calls:
+                pipe.execute_command(
+                    "EVALSHA", self._create.sha, len(script_keys), *script_keys, *args
+                )
+            try:
+                replies = self._execute_durably(pipe, raise_on_error=raise_on_error)
+            except redis.exceptions.NoScriptError:
+                replies = [redis.exceptions.NoScriptError()]
+            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                return replies
+            self._create.sha = self.client.script_load(self._create.script)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def create_replies(self, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Any]:
+        """``create``'s round trip for many prepared calls (``create_args``) at once, each
+        reply ``(created, record id)`` or that command's own RedisError."""
+        return self._create_durably(calls, raise_on_error=False)
+
+    def _execute_durably(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Run ``pipe`` and, in the same round trip, wait until its writes are as durable as
         configured; AcceptanceUnknown if Redis did not confirm that in time."""
         level = self.durability.level
@@ -195,10 +221,12 @@ class RecordStore:
             pipe.execute_command("WAITAOF", 1, 0, timeout)
         elif level == "replicas":
             pipe.execute_command("WAIT", self.durability.replicas, timeout)
-        replies = cast(list[Any], pipe.execute())
+        replies = cast(list[Any], pipe.execute(raise_on_error=raise_on_error))
         if level == "memory":
             return replies
         confirmed = replies.pop()
+        if isinstance(confirmed, Exception):
+            raise confirmed
         if level == "fsync" and int(confirmed[0]) < 1:
             raise AcceptanceUnknown(
                 f"Redis wrote the request but did not confirm it on disk within {timeout} ms "

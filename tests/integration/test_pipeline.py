@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from adjustments.config import Settings
 from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, Record, Status
 from adjustments.producer import Producer
@@ -180,3 +181,60 @@ class TestInputAndSecrets:
         log = worker.log_text()
         assert "cancellation.attempt" in log and "auth_fail" not in log  # identifiers stay out too
         assert SECRET not in log and "sk_test" not in log
+
+
+class TestRoundTrips:
+    def test_cancel_is_one_round_trip_even_after_a_script_flush(
+        self, own_redis_url: str, worker_env: dict[str, str]
+    ) -> None:
+        """Each cancel() sends one EVALSHA and nothing else (no SCRIPT EXISTS first); after
+        SCRIPT FLUSH the next one loads the script once and still enqueues."""
+        settings = Settings.from_env({**worker_env, "REDIS_URL": own_redis_url})
+        client = redis.Redis.from_url(own_redis_url)
+        try:
+            with Producer(own_redis_url, settings=settings) as producer:
+                producer.cancel("ev", "rt_warm", api="v1")
+                client.config_resetstat()
+                for i in range(5):
+                    producer.cancel("ev", f"rt_{i}", api="v1")
+                stats = client.info("commandstats")
+                assert stats["cmdstat_evalsha"]["calls"] == 5
+                assert not any(name.startswith("cmdstat_script") for name in stats)
+                client.script_flush()
+                assert producer.cancel("ev", "rt_after_flush", api="v1").created
+                assert client.llen(settings.queue) == 7
+        finally:
+            client.close()
+
+    def test_cancel_async_batches_concurrent_calls_and_keeps_cancels_answers(
+        self, own_redis_url: str, worker_env: dict[str, str]
+    ) -> None:
+        """200 concurrent cancel_async() calls on one loop: each a new record with its own id
+        and message; a repeat returns the same record as a duplicate; bad input raises
+        InvalidInput before anything is written; a stopped Redis is a StoreError."""
+        import asyncio
+
+        from adjustments.errors import StoreError
+
+        settings = Settings.from_env({**worker_env, "REDIS_URL": own_redis_url})
+        client = redis.Redis.from_url(own_redis_url)
+
+        async def scenario(producer: Producer) -> None:
+            records = await asyncio.gather(
+                *(producer.cancel_async("ev", f"as_{i}", api="v1") for i in range(200))
+            )
+            assert all(r.created for r in records) and len({r.id for r in records}) == 200
+            again = await producer.cancel_async("ev", "as_7", api="v1")
+            assert (again.id, again.created) == (records[7].id, False)
+            with pytest.raises(InvalidInput):
+                await producer.cancel_async("ev", "x" * 101)
+
+        try:
+            with Producer(own_redis_url, settings=settings) as producer:
+                asyncio.run(scenario(producer))
+                assert client.llen(settings.queue) == 200
+                client.shutdown(nosave=True)
+                with pytest.raises(StoreError):
+                    asyncio.run(producer.cancel_async("ev", "as_down", api="v1"))
+        finally:
+            client.close()

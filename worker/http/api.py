@@ -128,7 +128,7 @@ class Api:
         for name in ("event_name", "identifier"):
             if name not in body:
                 raise HTTPProblem(422, "invalid_request", f"{name} is required")
-        record = self.producer.cancel(**body)
+        record = await self.producer.cancel_async(**body)
         status = 202 if record.created else 200
         if key is not None:
             self._remember(key, fingerprint, record.id, status)
