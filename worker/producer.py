@@ -190,10 +190,13 @@ class Producer:
         stripe_account: str | None = None,
         event_received_at: datetime | float | int | str | None = None,
     ) -> Record:
-        """``cancel()`` for asyncio code: the same arguments, validation, record and errors,
-        without blocking the event loop on Redis. Concurrent calls on one loop share round
-        trips (see ``batching``), so a web server that enqueues at its request rate makes a
-        few Redis round trips per batch of requests instead of one per request."""
+        """``cancel()`` for asyncio code, without blocking the event loop on Redis.
+
+        ``event_name``, ``identifier``, ``api``, ``stripe_account`` and ``event_received_at``
+        are ``cancel()``'s, validated the same way; the record and the errors are the same
+        too. Concurrent calls on one loop share round trips (see ``batching``), so a web
+        server that enqueues at its request rate makes a few Redis round trips per batch of
+        requests instead of one per request."""
         now = _aware_now(None)
         request = self._build(
             event_name, identifier, api, stripe_account, event_received_at, now=now

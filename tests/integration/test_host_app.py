@@ -163,6 +163,8 @@ class TestCleanInstall:
         assert warnings == []
         assert (site / "adjustments" / "lua" / "claim.lua").exists()
         assert (site / "adjustments" / "py.typed").exists()
+        assert (site / "adjustments" / "http" / "templates" / "overview.html").exists()
+        assert (site / "adjustments" / "http" / "static" / "console.css").exists()
         user = tmp_path / "service"
         user.mkdir()
         (user / "worker.py").write_text("X = 'users-worker'\n")

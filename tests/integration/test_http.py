@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import redis
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate as validate_spec
 
 from adjustments import InvalidInput, Producer, RecordNotFound, Settings
 from adjustments.embedded import free_port
@@ -405,3 +407,36 @@ class TestConsoleForms:
         )  # fmt: skip
         assert status == 401
         assert api.request("GET", "/console", role=None)[0] == 303  # no session: to the login
+
+    def test_replaying_expired_records_needs_the_second_confirmation(
+        self, api: Server, producer: Producer, settle: Any
+    ) -> None:
+        """The preview of an expired record warns that Stripe will most likely refuse it and
+        asks for a second confirmation; a confirmation without it replays nothing, one with
+        it replays the record."""
+        from adjustments.models import CancelRequest
+
+        now = datetime.now(UTC)
+        old = CancelRequest("v1", "ev", "exp_1", None, now - timedelta(hours=25))
+        record, _ = producer.store.create(old, now=now, outbox=producer.outbox)
+        assert settle(record.id).status.value == "expired"
+        cookie = self.login(api, "operate")
+        page = api.request("GET", "/console", role=None, headers={"Cookie": cookie})[2].decode()
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+
+        def post(**fields: str) -> tuple[int, str]:
+            status, _, body = api.request(
+                "POST", "/console/replay", role=None,
+                raw=urllib.parse.urlencode({"csrf": csrf, "ids": record.id, **fields}).encode(),
+                headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            return status, body.decode()
+
+        status, preview = post()
+        assert status == 200 and "Stripe will most likely refuse them" in preview
+        assert 'name="force"' in preview
+        assert post(confirm="1")[0] == 400
+        assert producer.get(record.id).status.value == "expired"
+        status, done = post(confirm="1", force="1")
+        assert status == 200 and "1</strong> record(s) replayed" in done
+        assert producer.get(record.id).replays == 1

@@ -48,9 +48,10 @@ COMMANDS = procfile_commands() + compose_commands()
 
 
 class TestDeploymentFiles:
-    def test_both_files_declare_worker_and_beat(self) -> None:
+    def test_both_files_declare_worker_beat_and_web(self) -> None:
         names = {where for where, _ in COMMANDS}
         assert {"Procfile:worker", "Procfile:beat", "compose:worker", "compose:beat"} <= names
+        assert {"Procfile:web", "compose:web"} <= names  # adjustments serve
 
     @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w for w, _ in COMMANDS])
     def test_command_exists(self, where: str, argv: list[str]) -> None:

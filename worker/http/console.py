@@ -99,7 +99,8 @@ class Console:
             cookie,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # Secure: the console belongs behind HTTPS (browsers also keep it on localhost).
+            secure=True,
             path="/console",
         )
 
