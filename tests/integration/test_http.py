@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
@@ -358,11 +359,25 @@ class TestDocument:
             ("/healthz", "GET"),
             ("/metrics", "GET"),
         }
+        validate_spec(spec)  # a valid OpenAPI 3.1 document, as client generators read it
+
+        def fits(value: object, name: str) -> None:
+            schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+            OAS31Validator(schema).validate(value)
+
         schema = spec["components"]["schemas"]["Record"]
-        _, record = api.json(
-            "POST", "/api/v1/cancellations", {"event_name": "e", "identifier": "d"}
-        )
-        assert set(schema["required"]) <= set(record) <= set(schema["properties"])
+        new = {"event_name": "e", "identifier": "d"}
+        status, record = api.json("POST", "/api/v1/cancellations", new)
+        assert status == 202 and set(record) <= set(schema["properties"])
+        fits(record, "Record")
+        fits(api.json("GET", f"/api/v1/cancellations/{record['id']}")[1], "Record")
+        fits(api.json("GET", "/api/v1/cancellations?limit=5")[1], "RecordPage")
+        batch = {"items": [{"event_name": "e", "identifier": "f"}, {"event_name": ""}]}
+        fits(api.json("POST", "/api/v1/cancellations/batch", batch)[1], "BatchResult")
+        fits(api.json("POST", "/api/v1/replays", {})[1], "ReplayReport")
+        fits(api.json("POST", "/api/v1/cancellations", {"event_name": "e"})[1], "Error")
+        with pytest.raises(ValidationError):  # the check can fail: a record is not an error
+            fits(record, "Error")
         request_schema = spec["components"]["schemas"]["CancelRequest"]
         from adjustments.http.api import CANCEL_FIELDS
 

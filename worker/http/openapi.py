@@ -74,9 +74,12 @@ def document() -> dict[str, Any]:
             "updated_at": {"type": "string", "format": "date-time"},
             "event_received_at": {"type": ["string", "null"], "format": "date-time"},
             "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
-            "stripe_status": {"type": ["integer", "null"]},
+            "stripe_status": {
+                "type": ["string", "null"],
+                "description": "The adjustment's status at Stripe (pending, complete).",
+            },
             "adjustment_id": {"type": ["string", "null"]},
-            "adjustment_created": {"type": ["integer", "null"]},
+            "adjustment_created": {"type": ["string", "null"], "format": "date-time"},
             "livemode": {"type": ["boolean", "null"]},
             "stripe_request_id": {"type": ["string", "null"]},
             "last_error": {
