@@ -125,10 +125,15 @@ def run_attempt(
         rate_limited_reason=outcome.rate_limited_reason if isinstance(outcome, Rejected) else None,
     )
     if not written:
-        # Our lease lapsed and another worker took the record over: it owns the outcome now.
-        metrics.LEASE_LOST.inc()
-        _log_line(record, "lease_lost", decision.status, outcome, duration_ms, decision=decision)
-        return AttemptResult("lease_lost", None)
+        # Nothing was written, and the log says why: our lease lapsed and another claim took
+        # the record over ("lost_lease": it owns the outcome now), or the record moved on or
+        # went away meanwhile ("refused", "missing").
+        name = "lease_lost" if written.reason == "lost_lease" else f"finish_{written.reason}"
+        if written.reason == "lost_lease":
+            metrics.LEASE_LOST.inc()
+        _log_line(record, name, decision.status, outcome, duration_ms, decision=decision,
+                  found_status=written.before)  # fmt: skip
+        return AttemptResult(name, None)
     metrics.ATTEMPTS.labels(record.api, decision.reason, str(outcome.http_status or "none")).inc()
     if decision.retry_in_s is not None:
         metrics.RETRIES.labels(record.api).inc()
@@ -183,8 +188,10 @@ def _log_line(
     *,
     decision: Decision | None = None,
     attempt: int | None = None,
+    found_status: str | None = None,
 ) -> None:
-    """The canonical line: one per attempt, fields not prose."""
+    """The canonical line: one per attempt, fields not prose. ``found_status``: the status
+    a refused finish found the record in."""
     fields: dict[str, object] = {
         "request_id": record.id,
         "api": record.api,
@@ -197,6 +204,8 @@ def _log_line(
         "stripe_request_id": outcome.request_id if outcome else None,
         "duration_ms": round(duration_ms, 1),
     }
+    if found_status:
+        fields["found_status"] = found_status
     if isinstance(outcome, Rejected):
         fields["error_type"] = outcome.error_type
         fields["error_code"] = outcome.code

@@ -8,7 +8,7 @@ from datetime import datetime
 from .models import ErrorInfo, Record, Status, iso, to_ms
 from .outcomes import Accepted
 from .retry import replay_needs_new_key
-from .store import LIVE, RecordStore
+from .store import LIVE, Moved, RecordStore
 
 
 def finish(
@@ -27,7 +27,7 @@ def finish(
     http_status: int | None = None,
     key_outcome: str | None = None,
     rate_limited_reason: str | None = None,
-) -> bool:
+) -> Moved:
     """End the attempt that holds ``token``: record Stripe's answer and the new status."""
     fields: dict[str, str | int] = {
         "next_attempt_at": iso(retry_at),
@@ -71,7 +71,7 @@ def finish(
     )
 
 
-def expire_window(store: RecordStore, record: Record, *, now: datetime) -> bool:
+def expire_window(store: RecordStore, record: Record, *, now: datetime) -> Moved:
     """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
     return store.transition(
         record,
@@ -91,7 +91,7 @@ def expire_window(store: RecordStore, record: Record, *, now: datetime) -> bool:
 
 def requeue_for_replay(
     store: RecordStore, record: Record, *, now: datetime, force: bool = False
-) -> bool:
+) -> Moved:
     """``failed`` (or, forced, ``expired``) back to ``queued`` with a fresh attempt budget.
     Refused for any other status, so a second replay is a no-op.
 

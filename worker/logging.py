@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -76,5 +76,6 @@ def configure(
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def get_logger(name: str = "adjustments") -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str = "adjustments") -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger named ``name`` (what our configure() sets up renders its name)."""
+    return cast(structlog.typing.FilteringBoundLogger, structlog.get_logger(name))

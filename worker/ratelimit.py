@@ -65,6 +65,7 @@ class SharedRateLimiter:
         self.key = keys.rate_limiter(prefix)
         self._acquire = client.register_script(load_script("rate_acquire.lua"))
         self._penalize = client.register_script(load_script("rate_penalize.lua"))
+        self._peek = client.register_script(load_script("rate_peek.lua"))
 
     @property
     def enabled(self) -> bool:
@@ -124,16 +125,12 @@ class SharedRateLimiter:
         shared rate now, read from Redis; this process's own policy where no worker has
         taken a slot within the hour (``from_workers`` False)."""
         p = self.policy
-        fields = ["rate", "cut_us", "limit", "recovery", "floor"]
-        rate, cut_us, limit, recovery, floor = cast(
-            list[str | None], self.client.hmget(self.key, fields)
+        used_limit, rate_milli = cast(
+            list[Any],
+            self._peek(keys=[self.key], args=[p.limit_per_s, p.recovery_per_s, p.floor_per_s]),
         )
-        configured = float(limit) if limit is not None else p.limit_per_s
-        recovery_per_s = float(recovery) if recovery is not None else p.recovery_per_s
-        floor_per_s = float(floor) if floor is not None else p.floor_per_s
-        if rate is None or cut_us is None or configured <= 0:
-            return configured, configured, limit is not None
-        seconds, micros = self.client.time()
-        elapsed_s = (seconds * 1_000_000 + micros - float(cut_us)) / 1e6
-        current = max(floor_per_s, min(configured, float(rate) + recovery_per_s * elapsed_s))
-        return configured, current, True
+        from_workers = used_limit not in ("", b"")
+        configured = float(used_limit) if from_workers else p.limit_per_s
+        if configured <= 0:
+            return configured, configured, from_workers
+        return configured, int(rate_milli) / 1000, from_workers

@@ -124,7 +124,7 @@ def _lost_before(store: RecordStore, queue: str, before_ms: int) -> int | str | 
 def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
     """Expire live records past their window; one a worker holds a live lease on is left to it."""
     records = store.get_many(store.deadline_due(now, limit=batch))
-    return sum(lifecycle.expire_window(store, record, now=now) for record in records)
+    return sum(bool(lifecycle.expire_window(store, record, now=now)) for record in records)
 
 
 ORPHANS_LOCK = "orphans"

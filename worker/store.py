@@ -37,8 +37,14 @@ LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
 
 
 def load_script(name: str) -> str:
+    """A script from ``lua/``; the rate scripts get ``rate_common.lua`` (the one definition
+    of the recovering rate) in front, as Redis scripts cannot import one another."""
     package = __name__.rpartition(".")[0]  # "adjustments", whatever folder it was built from
-    return resources.files(package).joinpath("lua", name).read_text()
+    folder = resources.files(package).joinpath("lua")
+    text = folder.joinpath(name).read_text()
+    if name.startswith("rate_") and name != "rate_common.lua":
+        text = folder.joinpath("rate_common.lua").read_text() + "\n" + text
+    return text
 
 
 def _pairs(fields: Mapping[str, str | int]) -> list[str]:
@@ -68,6 +74,20 @@ class Outbox:
 
     queue_key: str
     message_for: Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What a transition did: ``reason`` is "ok", or why nothing changed ("missing",
+    "refused": its status was not an allowed one, "lost_lease": another claim holds it,
+    "leased": processing under a running lease); ``before`` is the status it had. True only
+    when the record moved."""
+
+    reason: str
+    before: str = ""
+
+    def __bool__(self) -> bool:
+        return self.reason == "ok"
 
 
 @dataclass(frozen=True)
@@ -374,10 +394,11 @@ class RecordStore:
         score_ms: int | None = None,
         history: Mapping[str, Any] | None = None,
         unless_leased: bool = False,
-    ) -> bool:
+    ) -> Moved:
         """Move ``record`` to ``to`` if it is in ``allowed_from`` (and the lease is ours).
 
-        ``unless_leased`` refuses a ``processing`` record whose lease still runs.
+        ``unless_leased`` refuses a ``processing`` record whose lease still runs. The answer
+        says why when nothing moved.
         """
         now_ms = to_ms(now)
         entry = json.dumps({"at": iso(now), **history}, separators=(",", ":")) if history else ""
@@ -405,7 +426,7 @@ class RecordStore:
                 ],
             ),
         )
-        return str(reply[0]) == "ok"
+        return Moved(str(reply[0]), str(reply[1]) if len(reply) > 1 else "")
 
     def key_for(self, record: Record, generation: int) -> str:
         """The idempotency key of ``record``'s request at ``generation``."""

@@ -77,7 +77,20 @@ class TestClaim:
         assert second.kind == "claimed" and second.token != first.token
         assert second.record is not None and second.record.attempts == 2
         # the first worker's late finish is refused: its lease is no longer the record's
-        assert not lifecycle.finish(store, record, Status.PENDING, token=first.token, now=later(63))
+        late = lifecycle.finish(store, record, Status.PENDING, token=first.token, now=later(63))
+        assert not late and (late.reason, late.before) == ("lost_lease", "processing")
+
+    def test_a_refused_finish_says_why(self, store: RecordStore) -> None:
+        """A finish on a record that has moved on is refused as such, not as a lost lease;
+        on a record that is gone, as missing."""
+        record, _ = store.create(REQ, now=T0)
+        claim = store.claim(record.id, now=later(1), lease_s=60)
+        assert lifecycle.finish(store, record, Status.PENDING, token=claim.token, now=later(2))
+        again = lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(3))
+        assert (again.reason, again.before) == ("refused", "pending")
+        store.client.delete(store.record_key(record.id))
+        gone = lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(4))
+        assert gone.reason == "missing"
 
     def test_retry_not_due_is_refused(self, store: RecordStore) -> None:
         record, _ = store.create(REQ, now=T0)

@@ -1,13 +1,17 @@
 -- Take a record for one attempt: queued, due retrying, or processing with a lapsed lease.
--- KEYS[1] record hash
--- ARGV[1] index key prefix, ARGV[2] now (ms), ARGV[3] lease end (ms), ARGV[4] lease token,
--- ARGV[5] now (ISO), ARGV[6] how early a retry may run (ms)
-local rec = KEYS[1]
+-- Returns {'claimed', field, value, ...} or {reason[, status]}.
+local rec = KEYS[1]                     -- the record hash
+local index_prefix = ARGV[1]            -- status index keys are this plus the status
+local now = tonumber(ARGV[2])           -- ms
+local lease_until_ms = ARGV[3]
+local lease_token = ARGV[4]
+local now_iso = ARGV[5]
+local retry_early_ms = tonumber(ARGV[6])  -- how early a retry may run
+
 local status = redis.call('HGET', rec, 'status')
 if not status then
   return {'missing'}
 end
-local now = tonumber(ARGV[2])
 
 -- {'claimed', field, value, ...}: the record as it now stands.
 local function claimed()
@@ -21,7 +25,7 @@ end
 
 if status == 'processing' then
   local lease = tonumber(redis.call('HGET', rec, 'lease_until_ms') or '0') or 0
-  if redis.call('HGET', rec, 'lease_token') == ARGV[4] then
+  if redis.call('HGET', rec, 'lease_token') == lease_token then
     -- Our own claim, sent again after its answer was lost (the client retries on a dropped
     -- connection): hand back the record, without a second attempt counted.
     return claimed()
@@ -31,7 +35,7 @@ if status == 'processing' then
   end
 elseif status == 'retrying' then
   local due = tonumber(redis.call('HGET', rec, 'next_attempt_ms') or '0') or 0
-  if due > now + tonumber(ARGV[6]) then
+  if due > now + retry_early_ms then
     return {'not_due'}
   end
 elseif status ~= 'queued' then
@@ -42,9 +46,9 @@ if expires and expires <= now then
   return {'window_closed', status}
 end
 local id = redis.call('HGET', rec, 'id')
-redis.call('HSET', rec, 'status', 'processing', 'lease_token', ARGV[4],
-  'lease_until_ms', ARGV[3], 'updated_at', ARGV[5])
+redis.call('HSET', rec, 'status', 'processing', 'lease_token', lease_token,
+  'lease_until_ms', lease_until_ms, 'updated_at', now_iso)
 redis.call('HINCRBY', rec, 'attempts', 1)
-redis.call('ZREM', ARGV[1] .. status, id)
-redis.call('ZADD', ARGV[1] .. 'processing', ARGV[3], id)
+redis.call('ZREM', index_prefix .. status, id)
+redis.call('ZADD', index_prefix .. 'processing', lease_until_ms, id)
 return claimed()

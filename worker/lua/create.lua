@@ -1,24 +1,32 @@
 -- Create a record unless the same request exists, and enqueue its task message with it.
 -- One round trip, atomic: a record never exists without its message (a transactional outbox).
--- KEYS[1] record hash, KEYS[2] dedupe key, KEYS[3] the queued index, KEYS[4] deadline index,
--- KEYS[5] the Celery queue's Redis list
--- ARGV[1] record id, ARGV[2] index score, ARGV[3] window end in ms ('' if unknown),
--- ARGV[4] the task message ('' to publish separately), ARGV[5..] field/value pairs
-local existing = redis.call('GET', KEYS[2])
+-- Returns {1, record id} when created, {0, the existing record's id} for a duplicate.
+local record_key = KEYS[1]
+local dedupe_key = KEYS[2]
+local queued_index = KEYS[3]
+local deadline_index = KEYS[4]
+local queue_list = KEYS[5]       -- the Celery queue's Redis list
+local record_id = ARGV[1]
+local index_score = ARGV[2]
+local window_end_ms = ARGV[3]    -- '' if unknown
+local task_message = ARGV[4]     -- '' to publish separately
+local FIELDS_FROM = 5            -- ARGV[5..]: field/value pairs of the record hash
+local fields = {}
+for i = FIELDS_FROM, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+
+local existing = redis.call('GET', dedupe_key)
 if existing then
   return {0, existing}
 end
-local fields = {}
-for i = 5, #ARGV do
-  fields[#fields + 1] = ARGV[i]
+redis.call('HSET', record_key, unpack(fields))
+redis.call('SET', dedupe_key, record_id)
+redis.call('ZADD', queued_index, index_score, record_id)
+if window_end_ms ~= '' then
+  redis.call('ZADD', deadline_index, window_end_ms, record_id)
 end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+if task_message ~= '' then
+  redis.call('LPUSH', queue_list, task_message)
 end
-if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[5], ARGV[4])
-end
-return {1, ARGV[1]}
+return {1, record_id}

@@ -1,18 +1,33 @@
 -- Move a record to a new status, atomically with its indexes and history; refuse illegal moves.
--- KEYS[1] record hash, KEYS[2] dedupe key, KEYS[3] history list, KEYS[4] deadline index
--- ARGV[1] index key prefix, ARGV[2] allowed current statuses (comma-separated), ARGV[3] new status,
--- ARGV[4] index score, ARGV[5] lease token that must match ('' for none),
--- ARGV[6] retention in s (0: keep forever, for non-terminal statuses),
--- ARGV[7] drop index entries scored below this (terminal only),
--- ARGV[8] now in ms: refuse a 'processing' record whose lease is still running ('' to skip),
--- ARGV[9] history entry ('' for none), ARGV[10] history cap, ARGV[11..] field/value pairs
-local rec = KEYS[1]
+-- Returns {reason, status before}: reason 'ok', or why nothing changed: 'missing', 'refused'
+-- (its status is not one of the allowed), 'lost_lease' (another claim holds it), 'leased'
+-- (processing under a running lease).
+local rec = KEYS[1]                 -- the record hash
+local dedupe_key = KEYS[2]
+local history_key = KEYS[3]
+local deadline_index = KEYS[4]
+local index_prefix = ARGV[1]        -- status index keys are this plus the status
+local allowed_from = ARGV[2]        -- comma-separated statuses
+local new_status = ARGV[3]
+local index_score = ARGV[4]
+local lease_token = ARGV[5]         -- must match ('' for none)
+local retention_s = tonumber(ARGV[6])   -- 0: keep forever (non-terminal statuses)
+local drop_below = ARGV[7]          -- drop index entries scored below this (terminal only)
+local unless_leased_at = ARGV[8]    -- now in ms: refuse a running lease ('' to skip)
+local history_entry = ARGV[9]       -- '' for none
+local history_cap = tonumber(ARGV[10])
+local FIELDS_FROM = 11              -- ARGV[11..]: field/value pairs to set
+local fields = {'status', new_status}
+for i = FIELDS_FROM, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+
 local status = redis.call('HGET', rec, 'status')
 if not status then
   return {'missing', ''}
 end
 local allowed = false
-for s in string.gmatch(ARGV[2], '[^,]+') do
+for s in string.gmatch(allowed_from, '[^,]+') do
   if s == status then
     allowed = true
   end
@@ -20,46 +35,41 @@ end
 if not allowed then
   return {'refused', status}
 end
-if ARGV[5] ~= '' and redis.call('HGET', rec, 'lease_token') ~= ARGV[5] then
+if lease_token ~= '' and redis.call('HGET', rec, 'lease_token') ~= lease_token then
   return {'lost_lease', status}
 end
-if ARGV[8] ~= '' and status == 'processing' then
+if unless_leased_at ~= '' and status == 'processing' then
   local lease = tonumber(redis.call('HGET', rec, 'lease_until_ms') or '0') or 0
-  if lease > tonumber(ARGV[8]) then
+  if lease > tonumber(unless_leased_at) then
     return {'leased', status}
   end
 end
 local id = redis.call('HGET', rec, 'id')
-local fields = {'status', ARGV[3]}
-for i = 11, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
 redis.call('HSET', rec, unpack(fields))
-if ARGV[3] ~= 'processing' then
+if new_status ~= 'processing' then
   redis.call('HDEL', rec, 'lease_token', 'lease_until_ms')
 end
-redis.call('ZREM', ARGV[1] .. status, id)
-redis.call('ZADD', ARGV[1] .. ARGV[3], ARGV[4], id)
-if ARGV[9] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[9])
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[10]), -1)
+redis.call('ZREM', index_prefix .. status, id)
+redis.call('ZADD', index_prefix .. new_status, index_score, id)
+if history_entry ~= '' then
+  redis.call('RPUSH', history_key, history_entry)
+  redis.call('LTRIM', history_key, -history_cap, -1)
 end
-local ttl = tonumber(ARGV[6])
-if ttl > 0 then
-  redis.call('EXPIRE', rec, ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
-  redis.call('ZREM', KEYS[4], id)
-  redis.call('ZREMRANGEBYSCORE', ARGV[1] .. ARGV[3], '-inf', '(' .. ARGV[7])
+if retention_s > 0 then
+  redis.call('EXPIRE', rec, retention_s)
+  redis.call('EXPIRE', dedupe_key, retention_s)
+  redis.call('EXPIRE', history_key, retention_s)
+  redis.call('ZREM', deadline_index, id)
+  redis.call('ZREMRANGEBYSCORE', index_prefix .. new_status, '-inf', '(' .. drop_below)
 else
   redis.call('PERSIST', rec)
-  redis.call('PERSIST', KEYS[2])
-  redis.call('PERSIST', KEYS[3])
+  redis.call('PERSIST', dedupe_key)
+  redis.call('PERSIST', history_key)
   local expires = redis.call('HGET', rec, 'expires_at_ms')
   if expires and expires ~= '' then
-    redis.call('ZADD', KEYS[4], expires, id)
+    redis.call('ZADD', deadline_index, expires, id)
   else
-    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', deadline_index, id)
   end
 end
 return {'ok', status}

@@ -1,5 +1,8 @@
--- Release a lock only if we still hold it. KEYS[1] lock key, ARGV[1] our token.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+-- Release a lock only if we still hold it.
+local lock_key = KEYS[1]
+local our_token = ARGV[1]
+
+if redis.call('GET', lock_key) == our_token then
+  return redis.call('DEL', lock_key)
 end
 return 0
