@@ -70,8 +70,7 @@ def single_enqueue(services: Services, n: int) -> list[Row]:
     """producer.cancel() latency next to Celery's apply_async of a no-op task."""
     from benchmarks import baseline_app
 
-    baseline_app.app.conf.broker_url = services.redis_url
-    baseline_app.app.conf.task_default_queue = "bench-noop"
+    baseline_app.app.conf.update(broker_url=services.redis_url, task_default_queue="bench-noop")
     ours: list[float] = []
     theirs: list[float] = []
     with producer(services, ADJUSTMENTS_QUEUE="bench-single", ADJUSTMENTS_KEY_PREFIX="single") as p:
@@ -137,7 +136,7 @@ def http_enqueue(services: Services, n: int, seconds: float) -> list[Row]:
     def up() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except OSError:
             return False
 
@@ -297,7 +296,7 @@ def end_to_end(services: Services, n: int, n_base: int, concurrency: int | None 
                     "--pool", "prefork", "--concurrency", str(cores), "--loglevel", "INFO"],
                    base_env, "baseline-worker")  # fmt: skip
     sandbox.reset(latency_ms=100)
-    baseline_app.app.conf.broker_url = services.redis_url
+    baseline_app.app.conf.update(broker_url=services.redis_url)
     for i in range(n_base):
         baseline_app.cancel.apply_async(("ev", f"base_{i}"), queue="bench-baseline")
     wait_until(lambda: sandbox.executed() >= n_base, 300, "the baseline worker to finish")
@@ -316,12 +315,12 @@ def worker_cpu(services: Services, ours_ms: float, calls: int) -> list[Row]:
     params: Any = {"event_name": "ev", "type": "cancel", "cancel": {"identifier": "x"}}
     for i in range(20):
         client.v1.billing.meter_event_adjustments.create(
-            params={**params, "cancel": {"identifier": f"w{i}"}}
+            params={**params, "cancel": {"identifier": f"w{i}"}}  # type: ignore[typeddict-item]
         )
     t0 = time.process_time()
     for i in range(calls):
         client.v1.billing.meter_event_adjustments.create(
-            params={**params, "cancel": {"identifier": f"c{i}"}}
+            params={**params, "cancel": {"identifier": f"c{i}"}}  # type: ignore[typeddict-item]
         )
     bare_ms = (time.process_time() - t0) * 1000 / calls
     return [Row("worker CPU", "CPU per cancellation", ours_ms, "ms", bare_ms, "<= 2x bare SDK call",

@@ -59,8 +59,8 @@ def load(port: int, token: str, seconds: float, connections: int, tag: str) -> d
     deadline = start + seconds
     while time.perf_counter() < deadline:
         for key, _ in selector.select(timeout=1):
+            assert isinstance(key.fileobj, socket.socket)
             sock = key.fileobj
-            assert isinstance(sock, socket.socket)
             buffers[sock] += sock.recv(65536)
             size = complete(buffers[sock])
             if size:

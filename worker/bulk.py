@@ -45,35 +45,7 @@ UNDECODABLE = "not UTF-8 text from here on (the rest of the file is skipped)"
 def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
     """Yield ``(line number, row)`` or ``(line number, reason)`` for a bad line."""
     if fmt == "csv":
-        reader = csv.DictReader(stream)
-        try:
-            fieldnames = reader.fieldnames
-        except UnicodeDecodeError:
-            yield 1, UNDECODABLE
-            return
-        except csv.Error as exc:
-            yield 1, f"unreadable CSV header ({exc}); the file is skipped"
-            return
-        if fieldnames is None:
-            return
-        repeated = sorted({f for f in fieldnames if fieldnames.count(f) > 1})
-        if repeated:
-            yield 1, f"repeated column(s) in the header: {', '.join(repeated)}"
-            return
-        header_unknown = sorted(set(fieldnames) - set(FIELDS))
-        try:
-            for raw in reader:
-                line = reader.line_num
-                if None in raw:
-                    yield line, "more cells than header columns"
-                elif header_unknown:
-                    yield line, f"unknown field(s): {', '.join(header_unknown)}"
-                else:
-                    yield line, _normalise(dict(raw))
-        except UnicodeDecodeError:
-            yield reader.line_num + 1, UNDECODABLE
-        except csv.Error as exc:  # a NUL byte, an oversized field: the reader cannot go on
-            yield reader.line_num, f"unreadable CSV ({exc}); the rest of the file is skipped"
+        yield from _csv_rows(stream)
         return
     line = 0
     try:
@@ -83,6 +55,45 @@ def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
         # Text is decoded a block at a time, so the bad bytes are at or after this line; the
         # rest of the file cannot be read as text: one bad line, and nothing after it.
         yield line + 1, UNDECODABLE
+
+
+def _csv_header(reader: csv.DictReader[str]) -> tuple[list[str] | None, str | None]:
+    """The header's columns, or why the file cannot be read (None, None: an empty file)."""
+    try:
+        fieldnames = reader.fieldnames
+    except UnicodeDecodeError:
+        return None, UNDECODABLE
+    except csv.Error as exc:
+        return None, f"unreadable CSV header ({exc}); the file is skipped"
+    if fieldnames is None:
+        return None, None
+    repeated = sorted({f for f in fieldnames if fieldnames.count(f) > 1})
+    if repeated:
+        return None, f"repeated column(s) in the header: {', '.join(repeated)}"
+    return list(fieldnames), None
+
+
+def _csv_rows(stream: IO[str]) -> Iterator[tuple[int, Row | str]]:
+    reader = csv.DictReader(stream)
+    fieldnames, problem = _csv_header(reader)
+    if fieldnames is None:
+        if problem:
+            yield 1, problem
+        return
+    header_unknown = sorted(set(fieldnames) - set(FIELDS))
+    try:
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                yield line, "more cells than header columns"
+            elif header_unknown:
+                yield line, f"unknown field(s): {', '.join(header_unknown)}"
+            else:
+                yield line, _normalise(dict(raw))
+    except UnicodeDecodeError:
+        yield reader.line_num + 1, UNDECODABLE
+    except csv.Error as exc:  # a NUL byte, an oversized field: the reader cannot go on
+        yield reader.line_num, f"unreadable CSV ({exc}); the rest of the file is skipped"
 
 
 def _json_line(line: int, text: str) -> Iterator[tuple[int, Row | str]]:

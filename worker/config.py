@@ -9,7 +9,7 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -192,31 +192,9 @@ class Settings:
 
     def _checked(self, name: str, knob: _Knob, value: object) -> object:
         label = f"{knob.env} ({name})" if knob.env != name else name
-        if knob.kind == "text":
-            if value is None and name not in REQUIRED_TEXT:
-                return None
-            if not isinstance(value, str) or not value or value != value.strip():
-                shown = "a value that is not shown" if name in SECRETS else repr(value)
-                raise ConfigError(f"{label} must be a non-empty string, got {shown}")
-            return value
-        if knob.kind == "api":
-            if value not in APIS:
-                raise ConfigError(f"{label} must be v1 or v2, got {value!r}")
-            return value
-        if knob.kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{label} must be True or False, got {value!r}")
-            return value
-        if knob.kind == "path":
-            if not isinstance(value, str | Path) or not str(value):
-                raise ConfigError(f"{label} must be a path, got {value!r}")
-            return Path(value)
-        if knob.kind == "durability":
-            if isinstance(value, Durability):
-                return value
-            if isinstance(value, str):
-                return Durability.parse(value)
-            raise ConfigError(f"{label} must be memory, fsync or replicas:N, got {value!r}")
+        check = _CHECKS.get(knob.kind)
+        if check is not None:
+            return check(label, name, value)
         if name == "lease_s" and value is None:
             value = max(60.0, 3 * float(self.stripe_timeout_s))
         return _number(label, knob, value)
@@ -305,3 +283,48 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"`settings = adjustments.Settings(...)`, found {type(settings).__name__}"
         )
     return settings
+
+
+def _check_text(label: str, name: str, value: object) -> object:
+    if value is None and name not in REQUIRED_TEXT:
+        return None
+    if not isinstance(value, str) or not value or value != value.strip():
+        shown = "a value that is not shown" if name in SECRETS else repr(value)
+        raise ConfigError(f"{label} must be a non-empty string, got {shown}")
+    return value
+
+
+def _check_api(label: str, name: str, value: object) -> object:
+    if value not in APIS:
+        raise ConfigError(f"{label} must be v1 or v2, got {value!r}")
+    return value
+
+
+def _check_bool(label: str, name: str, value: object) -> object:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label} must be True or False, got {value!r}")
+    return value
+
+
+def _check_path(label: str, name: str, value: object) -> object:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ConfigError(f"{label} must be a path, got {value!r}")
+    return Path(value)
+
+
+def _check_durability(label: str, name: str, value: object) -> object:
+    if isinstance(value, Durability):
+        return value
+    if isinstance(value, str):
+        return Durability.parse(value)
+    raise ConfigError(f"{label} must be memory, fsync or replicas:N, got {value!r}")
+
+
+# Each non-numeric kind of knob: (label, field name, value) -> the value to keep.
+_CHECKS: dict[str, Callable[[str, str, object], object]] = {
+    "text": _check_text,
+    "api": _check_api,
+    "bool": _check_bool,
+    "path": _check_path,
+    "durability": _check_durability,
+}

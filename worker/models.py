@@ -58,30 +58,35 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
-def parse_received_at(value: object, *, now: datetime) -> datetime | None:
-    """Validate ``event_received_at``: aware datetime, epoch seconds or ISO 8601 with offset."""
-    if value is None:
-        return None
+def _as_datetime(value: object) -> datetime:
+    """``event_received_at`` as given (epoch seconds, ISO 8601 text or a datetime), not yet
+    checked for a time zone or its window; InvalidInput for any other value."""
     if isinstance(value, bool):
         raise InvalidInput("event_received_at must be a datetime or epoch seconds, not a bool")
     if isinstance(value, int | float):
         if value <= 0:
             raise InvalidInput("event_received_at must be positive epoch seconds")
         try:
-            when = datetime.fromtimestamp(value, tz=UTC)
+            return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
-            when = datetime.fromisoformat(value)
+            return datetime.fromisoformat(value)
         except ValueError:
             raise InvalidInput(f"event_received_at is not an ISO 8601 time: {value!r}") from None
-    elif isinstance(value, datetime):
-        when = value
-    else:
-        raise InvalidInput(
-            f"event_received_at must be a datetime or epoch seconds, got {type(value).__name__}"
-        )
+    if isinstance(value, datetime):
+        return value
+    raise InvalidInput(
+        f"event_received_at must be a datetime or epoch seconds, got {type(value).__name__}"
+    )
+
+
+def parse_received_at(value: object, *, now: datetime) -> datetime | None:
+    """Validate ``event_received_at``: aware datetime, epoch seconds or ISO 8601 with offset."""
+    if value is None:
+        return None
+    when = _as_datetime(value)
     if when.tzinfo is None or when.utcoffset() is None:
         example = iso(now.replace(microsecond=0))  # a value accepted right now
         raise InvalidInput(f"event_received_at must be timezone-aware, e.g. {example}")

@@ -48,7 +48,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess, int]]:
 
     def synced() -> bool:
         with replica.client() as c:
-            return c.info("replication").get("master_link_status") == "up"
+            return bool(c.info("replication").get("master_link_status") == "up")
 
     wait_until(synced, timeout_s=20, what="the replica to sync")
     try:
@@ -89,7 +89,7 @@ def test_failover_under_a_busy_worker(
 
         def promoted() -> bool:
             with replica.client() as c:
-                return c.info("replication").get("role") == "master"
+                return bool(c.info("replication").get("role") == "master")
 
         wait_until(promoted, timeout_s=30, what="the sentinel to promote the replica")
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import redis
@@ -183,8 +184,14 @@ def producer(worker: WorkerProcess, clean: None, worker_env: dict[str, str]) -> 
         yield p
 
 
+class Settle(Protocol):
+    """``settle(record_id)``: wait for the record to reach a terminal status, return it."""
+
+    def __call__(self, record_id: str, timeout_s: float = 30.0) -> Record: ...
+
+
 @pytest.fixture
-def settle(producer: Producer) -> Callable[[str], Record]:
+def settle(producer: Producer) -> Settle:
     """Wait for a record to reach a terminal status and return it."""
 
     def wait(record_id: str, timeout_s: float = 30.0) -> Record:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,16 +16,14 @@ import pytest
 import redis
 
 from adjustments.config import Settings
-from adjustments.models import CancelRequest, Record, Status
+from adjustments.models import CancelRequest, Status
 from adjustments.producer import Producer
 from adjustments.reconcile import reconcile
 from adjustments.sandbox import SandboxServer
 from adjustments.store import RecordStore
 
-from .conftest import WorkerProcess, start_worker, stop_worker, wait_until
+from .conftest import Settle, WorkerProcess, start_worker, stop_worker, wait_until
 from .conftest import run_cli as cli
-
-Settle = Callable[[str], Record]
 
 
 def side_producer(worker_env: dict[str, str], queue: str) -> Producer:

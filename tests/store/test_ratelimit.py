@@ -94,7 +94,7 @@ class TestAttemptsUseTheLimiter:
         outcome: Outcome,
         slept: list[float],
         **kw: Any,
-    ):  # type: ignore[no-untyped-def]
+    ) -> Any:
         def wait(seconds: float) -> bool:
             slept.append(seconds)
             time.sleep(seconds)  # the limiter keeps time on the (fake) Redis server's clock

@@ -15,7 +15,7 @@ class TestSettings:
         assert s.redis_url is None and s.default_api == "v2"
         assert (s.max_attempts, s.backoff_base_s, s.backoff_cap_s) == (10, 2.0, 300.0)
         assert s.retention_s == 30 * 24 * 3600 and s.worker_concurrency == 64
-        assert s.visibility_timeout_s > s.backoff_cap_s + s.lease_s
+        assert s.visibility_timeout_s > s.backoff_cap_s + s.claim_lease_s
 
     def test_overrides(self) -> None:
         env = {

@@ -108,6 +108,6 @@ class TestImageAndLock:
                 name, version = line.split("==")
                 pins[canonicalize_name(name)] = version
         for requirement in declared:
-            version = pins.get(canonicalize_name(requirement.name))
-            assert version is not None, f"{requirement.name} is not in constraints.txt"
-            assert requirement.specifier.contains(version), f"{requirement} vs {version}"
+            pinned = pins.get(canonicalize_name(requirement.name))
+            assert pinned is not None, f"{requirement.name} is not in constraints.txt"
+            assert requirement.specifier.contains(pinned), f"{requirement} vs {pinned}"

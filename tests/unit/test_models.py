@@ -19,7 +19,7 @@ def build(**overrides: object) -> CancelRequest:
         args.pop("event_name"),
         args.pop("identifier"),
         now=NOW,
-        **args,  # type: ignore[arg-type]
+        **args,
     )
 
 

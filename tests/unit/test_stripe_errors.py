@@ -47,7 +47,8 @@ class TestToRejected:
         assert out.rate_limited and out.rate_limited_reason == "global-concurrency"
 
     def test_connection_error_has_no_status(self) -> None:
-        out = to_rejected(stripe.APIConnectionError("Network error: timed out\n\nmore"))
+        error = stripe.APIConnectionError("Network error: timed out\n\nmore")  # type: ignore[no-untyped-call]
+        out = to_rejected(error)
         assert out.http_status is None and out.connection_error
         assert out.error_type == "api_connection_error" and "\n" not in out.message
 
