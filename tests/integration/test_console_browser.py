@@ -20,7 +20,7 @@ import pytest
 from adjustments import Producer
 from adjustments.sandbox import SandboxServer
 
-from .test_http import TOKEN_SPEC, TOKENS, Server, start_server, stop_server
+from .conftest import TOKENS, Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".test-output" / "console"
@@ -54,16 +54,6 @@ def browser() -> Iterator[Any]:
         instance.close()
 
 
-@pytest.fixture(scope="module")
-def console_server(
-    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    env = {**worker_env, "ADJUSTMENTS_API_TOKENS": TOKEN_SPEC}
-    handle = start_server(env, tmp_path_factory.mktemp("console") / "server.log")
-    yield handle
-    stop_server(handle)
-
-
 def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -81,14 +71,14 @@ def log_in(browser: Any, server: Server, role: str) -> Any:
 
 def test_an_operator_replays_a_failed_cancellation_in_the_browser(
     browser: Any,
-    console_server: Server,
+    http_server: Server,
     producer: Producer,
     sandbox: SandboxServer,
     settle: Any,
 ) -> None:
     """Log in as an operator, see the failed cancellation on the overview and in the failed
     list, open it, preview its replay (one record), confirm, and watch it become pending."""
-    server = console_server
+    server = http_server
     sandbox.logic.script("br_1", ["400"])  # fails once; the replay's attempt is accepted
     record = producer.cancel("meter_api", "br_1", api="v1")
     for i in range(3):
@@ -128,17 +118,17 @@ def test_an_operator_replays_a_failed_cancellation_in_the_browser(
 
 
 def test_a_read_session_sees_everything_and_is_offered_no_change(
-    browser: Any, console_server: Server, producer: Producer, sandbox: SandboxServer, settle: Any
+    browser: Any, http_server: Server, producer: Producer, sandbox: SandboxServer, settle: Any
 ) -> None:
     """A read token's session shows the failed record but no replay button anywhere."""
     sandbox.logic.script("br_read", ["400"])
     record = producer.cancel("meter_api", "br_read", api="v1")
     assert settle(record.id).status.value == "failed"
-    page = log_in(browser, console_server, "read")
-    page.goto(f"{console_server.url}/console/records?status=failed")
+    page = log_in(browser, http_server, "read")
+    page.goto(f"{http_server.url}/console/records?status=failed")
     sync_api.expect(page.locator(f'a[href="/console/records/{record.id}"]')).to_be_visible()
     assert page.locator("#replay-filtered").count() == 0
-    page.goto(f"{console_server.url}/console/records/{record.id}")
+    page.goto(f"{http_server.url}/console/records/{record.id}")
     sync_api.expect(page.locator("#status")).to_have_text("failed")
     assert page.locator("#replay-one").count() == 0
     page.close()

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,91 +17,15 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
 from adjustments import InvalidInput, Producer, RecordNotFound, Settings
-from adjustments.embedded import free_port
 from adjustments.sandbox import SandboxServer
 
-from .conftest import run_cli, wait_until, written_keys
-
-TOKENS = {
-    "operate": "op_0123456789abcdef0123",
-    "read": "rd_0123456789abcdef0123",
-    "enqueue": "en_0123456789abcdef0123",
-}
-TOKEN_SPEC = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        *,
-        role: str | None = "operate",
-        headers: dict[str, str] | None = None,
-        raw: bytes | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        sent = dict(headers or {})
-        if role:
-            sent["Authorization"] = f"Bearer {TOKENS[role]}"
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        if data is not None:
-            sent.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=sent)
-        response = conn.getresponse()
-        payload = response.read()
-        conn.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
-
-    def json(self, method: str, path: str, body: object = None, **kw: Any) -> tuple[int, Any]:
-        status, _, payload = self.request(method, path, body, **kw)
-        return status, json.loads(payload)
-
-
-def start_server(env: dict[str, str], log_path: Path, *args: str) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "adjustments.cli", "serve", "--port", str(port), *args]
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return server.request("GET", "/healthz", role=None)[0] == 200
-        except OSError:
-            return False
-
-    wait_until(up, what="the HTTP server")
-    return server
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    server.process.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def server(
-    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    env = {**worker_env, "ADJUSTMENTS_API_TOKENS": TOKEN_SPEC}
-    handle = start_server(env, tmp_path_factory.mktemp("http") / "server.log")
-    yield handle
-    stop_server(handle)
+from .conftest import TOKENS, Server, run_cli, start_server, stop_server, written_keys
 
 
 @pytest.fixture
-def api(server: Server, producer: Producer) -> Server:
+def api(http_server: Server, producer: Producer) -> Server:
     """The server, with a clean store and the shared worker running."""
-    return server
+    return http_server
 
 
 def received(hours_ago: float) -> str:
