@@ -82,6 +82,20 @@ def _as_datetime(value: object) -> datetime:
     )
 
 
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time with an offset (a naive time is ambiguous across hosts)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
+    if when.tzinfo is None:
+        accepted = when.replace(tzinfo=UTC).isoformat()  # a value we accept, not a guess
+        raise InvalidInput(f"{name} must include a UTC offset, e.g. {accepted}")
+    return when
+
+
 def parse_received_at(value: object, *, now: datetime) -> datetime | None:
     """Validate ``event_received_at``: aware datetime, epoch seconds or ISO 8601 with offset."""
     if value is None:

@@ -111,3 +111,18 @@ class TestImageAndLock:
             pinned = pins.get(canonicalize_name(requirement.name))
             assert pinned is not None, f"{requirement.name} is not in constraints.txt"
             assert requirement.specifier.contains(pinned), f"{requirement} vs {pinned}"
+
+
+class TestReadmeLayout:
+    def test_the_layout_section_names_every_module_and_folder(self) -> None:
+        """Each module and sub-package of worker/ (and each Lua script) is in the README's
+        layout block, so the map cannot drift from the tree."""
+        text = (ROOT / "README.md").read_text()
+        block = text.split("### Layout", 1)[1].split("```", 2)[1]
+        worker = ROOT / "worker"
+        names = {p.stem for p in worker.glob("*.py") if p.stem != "__init__"}
+        names |= {f"{p.name}/" for p in worker.iterdir() if p.is_dir() and p.name != "__pycache__"}
+        names |= {p.stem for p in (worker / "lua").glob("*.lua")}
+        names |= {p.stem for p in (worker / "http").glob("*.py") if p.stem != "__init__"}
+        missing = sorted(n for n in names if n not in block)
+        assert missing == []

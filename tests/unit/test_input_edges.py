@@ -13,10 +13,10 @@ import fakeredis
 import pytest
 
 from adjustments.bulk import read_rows
-from adjustments.cli_common import parse_time, printable
+from adjustments.cli.common import printable
 from adjustments.config import Settings
 from adjustments.errors import InvalidInput
-from adjustments.models import CancelRequest
+from adjustments.models import CancelRequest, parse_time
 from adjustments.producer import Producer
 from adjustments.store import RecordStore
 

@@ -18,9 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..cli_common import parse_time
 from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
-from ..models import Record, Status
+from ..models import Record, Status, parse_time
 from ..producer import Producer
 from ..replay import ReplayFilter
 from .auth import Auth, allowed

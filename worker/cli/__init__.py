@@ -18,14 +18,14 @@ import click
 import redis
 from click.exceptions import NoArgsIsHelpError
 
-from .cli_common import emit, printable, producer_for, record_line, settings
-from .cli_recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
-from .config import APIS
-from .embedded import redis_url
-from .errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound, Unhealthy
-from .logging import configure as configure_logging
-from .models import CancelRequest, Status
-from .redact import redact
+from ..config import APIS
+from ..embedded import redis_url
+from ..errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound, Unhealthy
+from ..logging import configure as configure_logging
+from ..models import CancelRequest, Status
+from ..redact import redact
+from .common import emit, printable, producer_for, record_line, settings
+from .recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,8 +177,8 @@ def serve_cmd(host: str, port: int, insecure_local: bool) -> None:
     """Serve the HTTP API (/api/v1, /openapi.json), the operations console (/console),
     /healthz and /metrics. Tokens come from ADJUSTMENTS_API_TOKENS=role:token[,...] with
     the roles enqueue, read and operate; without any, it refuses to start."""
-    from .http.auth import Auth, parse_tokens
-    from .http.server import check_exposure, serve
+    from ..http.auth import Auth, parse_tokens
+    from ..http.server import check_exposure, serve
 
     cfg = settings()
     auth = Auth(parse_tokens(cfg.api_tokens))
@@ -219,7 +219,7 @@ def metrics_cmd(port: int, host: str, once: bool) -> None:
     ADJUSTMENTS_METRICS_PORT.)"""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from .metrics import DeploymentCollector, serve_deployment_metrics
+    from ..metrics import DeploymentCollector, serve_deployment_metrics
 
     with producer_for(settings(), read_only=True) as producer:
         if once:
@@ -234,7 +234,7 @@ def metrics_cmd(port: int, host: str, once: bool) -> None:
                 time.sleep(3600)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command(name="worker", context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1000), help="Threads (default 64).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
@@ -243,7 +243,7 @@ def metrics_cmd(port: int, host: str, once: bool) -> None:
     help="Node name (default adjustments-PID@HOST: unique for each worker on a host).",
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(
+def worker_cmd(
     concurrency: int | None, loglevel: str, hostname: str | None, celery_args: tuple[str, ...]
 ) -> None:
     """Run a Celery worker with our defaults (threads pool, acks late, prefetch 1).
@@ -253,13 +253,13 @@ def worker(
 
     Exits 2 at start when it could never finish a task (STRIPE_API_KEY, Redis's eviction
     policy); otherwise with Celery's exit code: 0 only for a requested shutdown."""
-    from .cli_run import check_redis, check_worker, exit_with, run_celery
+    from .run import check_redis, check_worker, exit_with, run_celery
 
     cfg = settings()
     check_worker(cfg)
     with redis_url(cfg.redis_url, cfg.data_dir) as url:
         check_redis(cfg, url)
-        from .celery_app import app
+        from ..celery_app import app
 
         argv = [
             "worker",
@@ -310,7 +310,7 @@ def default_node_name() -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 def sandbox(host: str, port: int, **knobs: Any) -> None:
     """Run the local Stripe-compatible server (v1 and v2 adjustments) in the foreground."""
-    from .sandbox import SandboxConfig, SandboxServer
+    from ..sandbox import SandboxConfig, SandboxServer
 
     server = SandboxServer(SandboxConfig().update(knobs), host=host, port=port)
     click.echo(f"sandbox listening on {server.url} (STRIPE_API_BASE={server.url})", err=True)
@@ -323,7 +323,7 @@ def sandbox(host: str, port: int, **knobs: Any) -> None:
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(count: int, seed: int) -> None:
     """Run everything locally: embedded Redis, a faulty sandbox, a worker, COUNT cancellations."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     sys.exit(run_demo(count=count, seed=seed))
 
@@ -360,7 +360,3 @@ def _fail(message: str, code: int) -> None:
     first = printable(redact(" ".join(message.split())))
     click.echo(f"adjustments: error: {first}", err=True)
     sys.exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

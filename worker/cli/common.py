@@ -7,18 +7,16 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import Settings, load_settings
-from .embedded import redis_url
-from .errors import InvalidInput
-from .models import Record
+from ..config import Settings, load_settings
+from ..embedded import redis_url
+from ..models import Record
 
 if TYPE_CHECKING:
-    from .producer import Producer
+    from ..producer import Producer
 
 
 def settings() -> Settings:
@@ -29,7 +27,7 @@ def settings() -> Settings:
 def producer_for(cfg: Settings, *, read_only: bool = False) -> Iterator[Producer]:
     """A producer on REDIS_URL (with ``REDIS_URL=embedded``, the bundled server for the
     duration of the command). ``read_only`` commands never create an embedded store."""
-    from .producer import Producer
+    from ..producer import Producer
 
     with (
         redis_url(cfg.redis_url, cfg.data_dir, read_only=read_only) as url,
@@ -66,20 +64,6 @@ def record_line(record: Record) -> str:
         f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
         f"{record.event_name}/{record.identifier}"
     )
-
-
-def parse_time(name: str, value: str | None) -> datetime | None:
-    """An ISO 8601 time with an offset (a naive time is ambiguous across hosts)."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
-    if when.tzinfo is None:
-        accepted = when.replace(tzinfo=UTC).isoformat()  # a value we accept, not a guess
-        raise InvalidInput(f"{name} must include a UTC offset, e.g. {accepted}")
-    return when
 
 
 def on_terminal() -> bool:

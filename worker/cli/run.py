@@ -15,10 +15,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from .config import Settings
-from .errors import ConfigError
-from .logging import get_logger
-from .server_checks import check_server
+from ..config import Settings
+from ..errors import ConfigError
+from ..logging import get_logger
+from ..server_checks import check_server
 
 log = get_logger("adjustments.cli")
 REDIS_WAIT_S = 60.0
@@ -58,7 +58,7 @@ def check_worker(cfg: Settings) -> None:
 def run_celery(app: Celery[Any], argv: Sequence[str]) -> int:
     """``celery ARGV`` on ``app``, returning its exit code (``app.start`` drops it). Our own
     worker and beat log through our structlog set-up."""
-    from .celery_app import use_our_logging
+    from ..celery_app import use_our_logging
 
     use_our_logging()
     from celery.bin.celery import celery as celery_cli

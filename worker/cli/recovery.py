@@ -10,20 +10,19 @@ from typing import IO, Any
 
 import click
 
-from .bulk import Row, detect_format, read_rows
-from .cli_common import (
+from ..bulk import Row, detect_format, read_rows
+from ..embedded import redis_url
+from ..errors import InvalidInput
+from ..models import Status, parse_time
+from ..replay import EXPIRED_WARNING, ReplayFilter, replay
+from .common import (
     emit,
     on_terminal,
-    parse_time,
     printable,
     producer_for,
     record_line,
     settings,
 )
-from .embedded import redis_url
-from .errors import InvalidInput
-from .models import Status
-from .replay import EXPIRED_WARNING, ReplayFilter, replay
 
 IMPORT_CHUNK = 1000
 
@@ -110,7 +109,7 @@ def replay_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
 def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
     """Run one reconciliation now (beat runs it on a schedule)."""
-    from .reconcile import reconcile
+    from ..reconcile import reconcile
 
     cfg = settings()
     with producer_for(cfg) as producer:
@@ -130,13 +129,13 @@ def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def beat_cmd(loglevel: str) -> None:
     """Run Celery beat: sends the reconciliation task every ADJUSTMENTS_RECONCILE_INTERVAL_S."""
-    from .cli_run import check_redis, exit_with, run_celery
+    from .run import check_redis, exit_with, run_celery
 
     cfg = settings()
     with redis_url(cfg.redis_url, cfg.data_dir) as url:
         check_redis(cfg, url)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
-        from .celery_app import app
+        from ..celery_app import app
 
         code = run_celery(app, ["beat", f"--loglevel={loglevel}"])
     exit_with(code, "beat")
