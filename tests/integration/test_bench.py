@@ -22,6 +22,7 @@ SCENARIOS = {
 
 class TestBenchQuick:
     def test_every_scenario_reports(self, tmp_path: Path) -> None:
+        """bench --quick runs every scenario and reports each figure in its table and JSON."""
         out_path = tmp_path / "bench.json"
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench", "--quick", "--json", str(out_path)],

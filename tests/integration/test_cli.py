@@ -41,6 +41,7 @@ class TestCliAgainstWorker:
         assert stats["records"]["pending"] == 1 and stats["queue_depth"] >= 0
 
     def test_unknown_request_id(self, worker_env: dict[str, str]) -> None:
+        """status of an unknown id is exit 1 with one line naming it."""
         out = run(["status", "adj_doesnotexist"], worker_env)
         assert (
             out.returncode == 1
@@ -69,6 +70,7 @@ class TestCliBadInput:
     def test_one_line_exit_2_nothing_written(
         self, args: list[str], worker_env: dict[str, str], redis_client: redis.Redis
     ) -> None:
+        """Each bad invocation is exit 2, one line on stderr, nothing on stdout or in Redis."""
         out = run(args, worker_env)
         assert out.returncode == 2, out
         lines = out.stderr.strip().splitlines()
@@ -77,6 +79,7 @@ class TestCliBadInput:
         assert written_keys(redis_client) == []
 
     def test_bad_setting_is_exit_2(self, worker_env: dict[str, str]) -> None:
+        """An invalid setting in the environment is exit 2 naming its variable."""
         out = run(["stats"], {**worker_env, "ADJUSTMENTS_MAX_ATTEMPTS": "many"})
         assert out.returncode == 2 and "ADJUSTMENTS_MAX_ATTEMPTS" in out.stderr
 

@@ -115,6 +115,8 @@ class TestLibraryCalls:
     def test_cancel_tells_new_from_duplicate_and_find_looks_it_up(
         self, producer: Producer, settle: Callable[[str], Record]
     ) -> None:
+        """record.created tells a new request from a duplicate; find() looks it up by what was
+        cancelled."""
         first = producer.cancel("ev", "lib_1", api="v2", stripe_account="acct_1A/acct_2B")
         again = producer.cancel("ev", "lib_1", api="v2", stripe_account="acct_1A/acct_2B")
         assert (first.created, again.created, again.id) == (True, False, first.id)

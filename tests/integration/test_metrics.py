@@ -111,6 +111,8 @@ class TestMetrics:
 
 class TestAlertRules:
     def test_rules_pass_promtool(self) -> None:
+        """The shipped alert rules pass promtool check rules (skipped, saying so, without
+        promtool)."""
         promtool = shutil.which("promtool")
         if promtool is None:
             pytest.skip("promtool is not installed (Debian: apt-get install prometheus; CI does)")

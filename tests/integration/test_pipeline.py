@@ -81,6 +81,8 @@ class TestRetries:
     def test_should_retry_true_429(
         self, producer: Producer, settle: Settle, sandbox: SandboxServer
     ) -> None:
+        """A 429 with Stripe-Should-Retry true, then a dropped connection, are retried to success.
+        A 429 with Stripe-Should-Retry true, then a dropped connection, are retried to success."""
         sandbox.logic.script("retry_true", ["429_retry", "drop"])
         done = settle(producer.cancel("ev", "retry_true", api="v2").id)
         assert done.status is Status.PENDING and done.attempts == 3
@@ -99,6 +101,7 @@ class TestPermanent:
     def test_400_fails_after_one_attempt(
         self, producer: Producer, settle: Settle, sandbox: SandboxServer
     ) -> None:
+        """A 400 fails the record at once: one request sent, the error kept."""
         sandbox.logic.script("bad_one", ["400"])
         done = settle(producer.cancel("ev", "bad_one", api="v2").id)
         assert done.status is Status.FAILED and done.attempts == 1
@@ -121,6 +124,7 @@ class TestExactlyOnce:
     def test_duplicate_enqueue_executes_once(
         self, producer: Producer, settle: Settle, sandbox: SandboxServer
     ) -> None:
+        """Cancelling the same request twice returns one record, executed once."""
         first = producer.cancel("ev", "twice", api="v1")
         second = producer.cancel("ev", "twice", api="v1")
         assert second.id == first.id
@@ -157,6 +161,7 @@ class TestInputAndSecrets:
     def test_bad_input_writes_nothing(
         self, producer: Producer, redis_client: redis.Redis, kwargs: dict[str, str]
     ) -> None:
+        """Invalid input raises InvalidInput and writes no key and no message."""
         with pytest.raises(InvalidInput):
             producer.cancel(**kwargs)  # type: ignore[arg-type]
         assert written_keys(redis_client) == []

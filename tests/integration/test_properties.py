@@ -103,6 +103,8 @@ class TestCancelProperties:
         account: Any,
         when: Any,
     ) -> None:
+        """Any input: cancel() either enqueues exactly what it returns or refuses and writes
+        nothing."""
         before = our_keys(producer)
         try:
             record = producer.cancel(
@@ -162,6 +164,7 @@ class TestCancelManyProperties:
     def test_each_item_is_enqueued_as_given_or_reported(
         self, producer: Producer, batch: list[Any]
     ) -> None:
+        """Any batch: each item is enqueued as given or reported invalid at its position."""
         result = producer.cancel_many(batch, now=NOW)
         assert len(result.ids) == len(batch)
         invalid = {position for position, _ in result.invalid}
@@ -185,6 +188,7 @@ class TestCancelManyProperties:
     def test_a_batch_that_is_not_a_list_is_an_input_error(
         self, producer: Producer, batch: Any
     ) -> None:
+        """cancel_many of anything but an iterable of mappings is InvalidInput."""
         with pytest.raises(InvalidInput):
             producer.cancel_many(batch, now=NOW)
 
@@ -220,6 +224,7 @@ class TestImportParserProperties:
     @EXAMPLES
     @given(text=st.text(st.characters(codec="utf-8"), max_size=400))
     def test_any_text_parses_as_json_lines(self, text: str) -> None:
+        """Any text gives rows or bad lines from the JSONL parser, never an exception."""
         check_parsed(list(read_rows(io.StringIO(text), "jsonl")))
 
     @EXAMPLES

@@ -127,6 +127,7 @@ class TestCliRecovery:
     def test_replay_dry_run_then_json(
         self, producer: Producer, settle: Settle, sandbox: SandboxServer, worker_env: dict[str, str]
     ) -> None:
+        """replay --dry-run selects by error code and changes nothing; replay --id re-drives it."""
         sandbox.logic.script("cli_replay", ["404"])
         record_id = producer.cancel("ev", "cli_replay").id
         assert settle(record_id).status is Status.FAILED
@@ -148,6 +149,7 @@ class TestCliRecovery:
         worker_env: dict[str, str],
         tmp_path: Path,
     ) -> None:
+        """import enqueues the good lines once each and reports every bad line by number."""
         lines = [
             {"event_name": "ev", "identifier": "imp_1"},
             {"event_name": "ev", "identifier": "imp_2", "api": "v1"},
@@ -171,6 +173,7 @@ class TestCliRecovery:
     def test_import_csv_from_stdin_all_good(
         self, producer: Producer, worker_env: dict[str, str]
     ) -> None:
+        """A CSV on stdin is imported whole and summarised."""
         out = cli(
             ["import", "-", "--format", "csv"],
             worker_env,

@@ -42,6 +42,7 @@ def attempt(store: RecordStore, record_id: str, send, at: datetime = T0):  # typ
 
 class TestRunAttempt:
     def test_success_logs_one_canonical_line(self, store: RecordStore) -> None:
+        """An accepted attempt writes one cancellation.attempt line with its fields."""
         record, _ = store.create(CancelRequest("v1", "ev", "id"), now=T0)
         send, _ = answering(Accepted("pending", 200, "req_ok"))
         with capture_logs() as logs:
@@ -93,6 +94,7 @@ class TestRunAttempt:
         assert store.get(record.id).attempts == 3
 
     def test_exhausted_attempts_fail(self, store: RecordStore) -> None:
+        """5xx answers up to the attempt budget end in failed, with the last error kept."""
         record, _ = store.create(CancelRequest("v2", "ev", "id"), now=T0)
         send, _ = answering(*[Rejected(503, "api_error", None, "down")] * 3)
         for n in range(3):
@@ -101,6 +103,7 @@ class TestRunAttempt:
         assert store.get(record.id).last_error is not None
 
     def test_duplicate_delivery_is_skipped_without_calling_stripe(self, store: RecordStore) -> None:
+        """A delivery of a record another worker holds is skipped without a Stripe call."""
         record, _ = store.create(CancelRequest("v2", "ev", "id"), now=T0)
         store.claim(record.id, now=T0, lease_s=30)  # another worker holds it
         send, seen = answering()
@@ -108,6 +111,7 @@ class TestRunAttempt:
         assert result.outcome == "leased" and seen == []
 
     def test_closed_window_expires_without_calling_stripe(self, store: RecordStore) -> None:
+        """A record past its 24 h window expires without a Stripe call."""
         old = CancelRequest("v2", "ev", "id", None, T0 - timedelta(hours=24, seconds=1))
         record, _ = store.create(old, now=T0)
         send, seen = answering()

@@ -36,6 +36,7 @@ class TestLimiter:
     def test_far_slots_are_reserved_then_denied_past_the_horizon(
         self, client: fakeredis.FakeRedis
     ) -> None:
+        """Near slots go, far ones are reserved, and beyond the horizon callers are denied."""
         lim = limiter(client, max_sleep_s=0.15, horizon_s=0.45)
         grants = [lim.acquire() for _ in range(7)]
         assert [g.verdict for g in grants] == [GO, GO, GO, RESERVED, RESERVED, RESERVED, DENIED]
@@ -43,6 +44,7 @@ class TestLimiter:
         assert grants[-1].slot is None
 
     def test_penalize_cuts_once_per_cooldown(self, client: fakeredis.FakeRedis) -> None:
+        """A burst of 429s cuts the shared rate once per cooldown."""
         lim = limiter(client, cut_factor=0.5, cooldown_s=60)
         assert lim.penalize() == 5.0
         assert lim.penalize() == 5.0  # same cooldown: a burst of 429s is one signal
@@ -52,6 +54,7 @@ class TestLimiter:
     def test_rate_recovers_linearly_never_above_the_limit(
         self, client: fakeredis.FakeRedis
     ) -> None:
+        """After a cut the rate climbs back linearly and stops at the limit."""
         lim = limiter(client, recovery_per_s=1.0)
         seconds, micros = client.time()
         now_us = seconds * 1_000_000 + micros
@@ -61,6 +64,7 @@ class TestLimiter:
         assert lim.current_rate() == 10.0
 
     def test_disabled_with_zero(self, client: fakeredis.FakeRedis) -> None:
+        """A limit of 0 disables the limiter: every call goes."""
         lim = limiter(client, limit_per_s=0)
         assert not lim.enabled and all(lim.acquire().go for _ in range(100))
 

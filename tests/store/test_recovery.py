@@ -90,6 +90,7 @@ class TestHistory:
 
 class TestReplay:
     def test_replay_requeues_with_next_generation(self, store: RecordStore) -> None:
+        """Replaying a failed record queues it with the next key generation and a fresh budget."""
         record = failed(store, "r1")
         published = Published()
         report = replay(store, published, ReplayFilter(ids=[record.id]), now=at(60))
@@ -109,6 +110,7 @@ class TestReplay:
         assert got.idempotency_key == record.idempotency_key and got.key_outcome == KEY_UNKNOWN
 
     def test_second_replay_in_a_row_enqueues_once(self, store: RecordStore) -> None:
+        """A second replay of the same record is skipped: it is enqueued once."""
         record = failed(store, "r2")
         published = Published()
         replay(store, published, ReplayFilter(ids=[record.id]), now=at(60))
@@ -135,12 +137,14 @@ class TestReplay:
         assert pick(limit=1) == [c.id]
 
     def test_dry_run_changes_nothing(self, store: RecordStore) -> None:
+        """A dry run selects records and changes none."""
         record = failed(store, "d")
         report = replay(store, Published(), ReplayFilter(), now=at(5), dry_run=True)
         assert [r.id for r in report.selected] == [record.id] and report.replayed == []
         assert store.get(record.id).status is Status.FAILED
 
     def test_expired_needs_force(self, store: RecordStore) -> None:
+        """Expired records are replayed only with force."""
         old = CancelRequest("v1", "ev", "old", None, T0 - timedelta(hours=25))
         record, _ = store.create(old, now=T0)
         lifecycle.expire_window(store, record, now=T0)
@@ -164,6 +168,8 @@ class TestReconcile:
         )
 
     def test_repairs_each_kind_of_stuck_record(self, store: RecordStore) -> None:
+        """Reconciliation republishes stale queued, lapsed processing and overdue retrying records
+        and expires closed windows."""
         queued, _ = store.create(CancelRequest("v2", "ev", "q"), now=T0)
         fresh, _ = store.create(CancelRequest("v2", "ev", "fresh"), now=at(3680))
         dead, _ = store.create(CancelRequest("v2", "ev", "p"), now=T0)
@@ -202,6 +208,7 @@ class TestReconcile:
         assert report.expired == 0 and store.get(record.id).status is Status.PROCESSING
 
     def test_only_one_run_at_a_time(self, store: RecordStore) -> None:
+        """A reconciliation run holding the lock keeps a second from running."""
         token = store.try_lock(LOCK_NAME, ttl_s=30)
         assert token is not None
         assert self.run(store, T0).ran is False
@@ -235,6 +242,7 @@ class TestReconcile:
 
 class TestCreateMany:
     def test_pipelined_creates_dedupe(self, store: RecordStore) -> None:
+        """Pipelined creates dedupe within one batch."""
         reqs = [CancelRequest("v1", "ev", f"m{n % 3}") for n in range(5)]
         out = store.create_many(reqs, now=T0)
         assert [created for _, created in out] == [True, True, True, False, False]

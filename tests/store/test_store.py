@@ -25,6 +25,7 @@ def later(seconds: float) -> datetime:
 
 class TestCreate:
     def test_new_record_is_queued_and_indexed(self, store: RecordStore) -> None:
+        """A new record is queued, indexed and readable back as written."""
         record, created = store.create(REQ, now=T0)
         assert created and record.status is Status.QUEUED and record.attempts == 0
         assert record.idempotency_key.endswith("-g0") and record.id.startswith("adj_")
@@ -39,6 +40,7 @@ class TestCreate:
         assert store.counts()["queued"] == 1
 
     def test_other_api_or_account_is_another_request(self, store: RecordStore) -> None:
+        """Another API version or account makes another request."""
         a, _ = store.create(REQ, now=T0)
         b, _ = store.create(CancelRequest("v1", "ai_search_api", "idmp_1"), now=T0)
         c, _ = store.create(CancelRequest("v2", "ai_search_api", "idmp_1", "acct_1"), now=T0)
@@ -47,16 +49,19 @@ class TestCreate:
     def test_identifier_not_in_key_names(
         self, store: RecordStore, client: fakeredis.FakeRedis
     ) -> None:
+        """No key name carries the identifier or event name."""
         store.create(REQ, now=T0)
         assert not [k for k in client.keys("*") if "idmp_1" in k or "ai_search_api" in k]
 
     def test_unknown_id(self, store: RecordStore) -> None:
+        """get() of an unknown id raises RecordNotFound."""
         with pytest.raises(RecordNotFound):
             store.get("adj_nope")
 
 
 class TestClaim:
     def test_claim_takes_lease_and_counts_attempt(self, store: RecordStore) -> None:
+        """A claim leases the record, counts the attempt and moves its index entry."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=later(1), lease_s=60)
         assert claim.kind == "claimed" and claim.token and claim.record is not None
@@ -93,6 +98,7 @@ class TestClaim:
         assert gone.reason == "missing"
 
     def test_retry_not_due_is_refused(self, store: RecordStore) -> None:
+        """A retrying record cannot be claimed before it is due."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         lifecycle.finish(
@@ -102,12 +108,14 @@ class TestClaim:
         assert store.claim(record.id, now=later(30), lease_s=60).kind == "claimed"
 
     def test_terminal_is_refused(self, store: RecordStore) -> None:
+        """A terminal record cannot be claimed."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         lifecycle.finish(store, record, Status.COMPLETE, token=claim.token, now=T0)
         assert store.claim(record.id, now=later(1), lease_s=60).kind == "terminal"
 
     def test_closed_window_is_reported(self, store: RecordStore) -> None:
+        """A claim on a record past its window reports the closed window."""
         old = CancelRequest("v1", "ev", "old", None, T0 - timedelta(hours=25))
         record, _ = store.create(old, now=T0)
         assert store.claim(record.id, now=T0, lease_s=60).kind == "window_closed"
@@ -115,11 +123,13 @@ class TestClaim:
         assert store.get(record.id).status is Status.EXPIRED
 
     def test_missing(self, store: RecordStore) -> None:
+        """A claim on an unknown record reports it missing."""
         assert store.claim("adj_missing", now=T0, lease_s=60).kind == "missing"
 
 
 class TestFinish:
     def test_accepted_fields_recorded(self, store: RecordStore) -> None:
+        """Stripe's accepted answer is kept on the record."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         accepted = Accepted(
@@ -144,6 +154,7 @@ class TestFinish:
         assert store.counts() == {**dict.fromkeys(store.counts(), 0), "pending": 1}
 
     def test_error_and_generation_bump(self, store: RecordStore) -> None:
+        """A retry keeps the error and moves to the next key generation when told."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         error = ErrorInfo("api_error", "api_error", "boom", 500)
@@ -172,6 +183,7 @@ class TestFinish:
     def test_terminal_records_expire_after_retention(
         self, store: RecordStore, client: fakeredis.FakeRedis
     ) -> None:
+        """Live records never expire; terminal ones expire after the retention."""
         record, _ = store.create(REQ, now=T0)
         assert client.ttl(store.record_key(record.id)) == -1  # live records never expire
         claim = store.claim(record.id, now=T0, lease_s=60)
@@ -182,6 +194,7 @@ class TestFinish:
 
 class TestListing:
     def test_list_by_status_newest_first(self, store: RecordStore) -> None:
+        """latest() lists newest first, per status or across all."""
         ids = [
             store.create(CancelRequest("v2", "ev", f"i{n}"), now=later(n))[0].id for n in range(3)
         ]

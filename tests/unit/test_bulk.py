@@ -11,6 +11,7 @@ from adjustments.bulk import detect_format, read_rows
 
 class TestReadRows:
     def test_jsonl_good_and_bad_lines(self) -> None:
+        """JSONL: good lines become rows, each bad one a reason at its line number."""
         text = (
             '{"event_name": "ev", "identifier": "a"}\n'
             "\n"
@@ -31,6 +32,7 @@ class TestReadRows:
         ]
 
     def test_csv_with_optional_columns(self) -> None:
+        """CSV: optional columns may be empty; a short or long row is a bad line."""
         text = (
             "event_name,identifier,api,event_received_at\n"
             "ev,a,v1,\n"
@@ -57,4 +59,5 @@ class TestReadRows:
         ],
     )
     def test_format_detection(self, name: str, explicit: str | None, fmt: str) -> None:
+        """The format comes from --format, else from the file name."""
         assert detect_format(name, explicit) == fmt

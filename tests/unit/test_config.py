@@ -18,6 +18,7 @@ class TestSettings:
         assert s.visibility_timeout_s > s.backoff_cap_s + s.claim_lease_s
 
     def test_overrides(self) -> None:
+        """Environment variables override the defaults, normalised."""
         env = {
             "REDIS_URL": "redis://h:1/2",
             "STRIPE_API_KEY": "sk_test_x",
@@ -48,6 +49,7 @@ class TestSettings:
         ],
     )
     def test_invalid_values_are_refused(self, env: dict[str, str], message: str) -> None:
+        """Each invalid value is a ConfigError naming its variable."""
         with pytest.raises(ConfigError, match=message):
             Settings.from_env(env)
 

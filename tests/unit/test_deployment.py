@@ -49,6 +49,7 @@ COMMANDS = procfile_commands() + compose_commands()
 
 class TestDeploymentFiles:
     def test_both_files_declare_worker_beat_and_web(self) -> None:
+        """Procfile and compose both run a worker, beat and the web server."""
         names = {where for where, _ in COMMANDS}
         assert {"Procfile:worker", "Procfile:beat", "compose:worker", "compose:beat"} <= names
         assert {"Procfile:web", "compose:web"} <= names  # adjustments serve
@@ -68,10 +69,12 @@ class TestDeploymentFiles:
         assert out.stdout.startswith("Usage: adjustments " + argv[1])
 
     def test_redis_is_persistent_and_never_evicts(self) -> None:
+        """compose's Redis is append-only and never evicts."""
         command = " ".join(compose()["services"]["redis"]["command"])
         assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
 
     def test_dockerfile_runs_the_worker(self) -> None:
+        """The image's command is adjustments worker."""
         assert 'CMD ["adjustments", "worker"]' in (ROOT / "Dockerfile").read_text()
 
 
@@ -89,6 +92,7 @@ class TestImageAndLock:
         assert re.fullmatch(r"FROM python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base)
 
     def test_dependencies_are_a_layer_of_their_own_and_the_user_is_not_root(self) -> None:
+        """The image installs pinned dependencies before the source and runs as a non-root user."""
         lines = self.dockerfile()
         deps = next(i for i, line in enumerate(lines) if "-r requirements.txt" in line)
         source = lines.index("COPY worker ./worker")
@@ -126,3 +130,19 @@ class TestReadmeLayout:
         names |= {p.stem for p in (worker / "http").glob("*.py") if p.stem != "__init__"}
         missing = sorted(n for n in names if n not in block)
         assert missing == []
+
+
+class TestTestsAsDocumentation:
+    def test_every_test_says_what_it_checks(self) -> None:
+        """Every test function has a behaviour docstring (pytest -v and the file read as a
+        list of facts)."""
+        import ast
+
+        bare = []
+        for path in sorted((ROOT / "tests").rglob("test_*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test"):
+                    continue
+                if not ast.get_docstring(node):
+                    bare.append(f"{path.relative_to(ROOT)}::{node.name}")
+        assert bare == []

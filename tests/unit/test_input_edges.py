@@ -51,11 +51,13 @@ class TestCancelMany:
 
     @pytest.mark.parametrize("items", [None, 5, "abc", {"event_name": "e"}])
     def test_items_that_are_not_a_list_of_mappings(self, producer: Producer, items: object) -> None:
+        """cancel_many of a string, a mapping or a number is InvalidInput."""
         with pytest.raises(InvalidInput, match="iterable of mappings"):
             producer.cancel_many(items)  # type: ignore[arg-type]
 
     @pytest.mark.parametrize("now", [datetime(2026, 11, 22, 12, 0), "2026-11-22", 5])
     def test_now_must_be_an_aware_datetime(self, producer: Producer, now: object) -> None:
+        """now= must be a timezone-aware datetime."""
         with pytest.raises(InvalidInput, match="timezone-aware"):
             producer.cancel("ev", "id", now=now)  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="timezone-aware"):
@@ -64,6 +66,7 @@ class TestCancelMany:
 
 class TestFiles:
     def test_a_repeated_header_column_is_one_bad_line(self) -> None:
+        """A CSV header that repeats a column is one bad line, and nothing is read."""
         rows = list(read_rows(io.StringIO("event_name,identifier,identifier\ne,a,b\n"), "csv"))
         assert rows == [(1, "repeated column(s) in the header: identifier")]
 
@@ -74,6 +77,7 @@ class TestFiles:
         assert list(read_rows(text, "csv")) == [(2, {"event_name": "e", "identifier": "a"})]
 
     def test_the_since_hint_is_a_value_that_is_accepted(self) -> None:
+        """The example a refused --since suggests is itself accepted."""
         with pytest.raises(InvalidInput) as info:
             parse_time("--since", "2026-11-22")
         hint = str(info.value).rsplit("e.g. ", 1)[1]
@@ -82,6 +86,7 @@ class TestFiles:
 
 class TestMoreEdges:
     def test_a_received_at_before_year_one_in_utc_is_out_of_range(self) -> None:
+        """A received-at before year 1 in UTC is out of range, not a crash."""
         with pytest.raises(InvalidInput, match="out of range"):
             CancelRequest.build(
                 "ev", "id", api="v2", event_received_at="0001-01-01T00:00:00+14:00", now=NOW
@@ -95,6 +100,7 @@ class TestMoreEdges:
         assert rows == [(1, "not UTF-8 text from here on (the rest of the file is skipped)")]
 
     def test_deeply_nested_json_is_a_bad_line(self) -> None:
+        """Deeply nested JSON is a bad line, not a RecursionError."""
         text = "[" * 100_000 + "]" * 100_000 + "\n"
         assert list(read_rows(io.StringIO(text), "jsonl")) == [(1, "JSON nested too deeply")]
 
@@ -109,6 +115,7 @@ class TestMoreEdges:
 
 class TestCliSurface:
     def test_no_arguments_prints_the_help_on_several_lines(self) -> None:
+        """adjustments with no arguments prints the whole help and exits 2."""
         result = subprocess.run(
             [sys.executable, "-m", "adjustments.cli"], capture_output=True, text=True, check=False
         )

@@ -40,6 +40,7 @@ class TestKeys:
         assert len(keys.idempotency_key(digest, 99)) <= 255
 
     def test_index_names(self) -> None:
+        """Status index keys are prefix:idx:status."""
         assert keys.index("adj", Status.FAILED) == "adj:idx:failed"
 
 
@@ -52,6 +53,7 @@ class TestRedaction:
         assert "sk_abcdEFGH1234" not in out and out.count("[REDACTED]") == 3
 
     def test_ordinary_text_is_untouched(self) -> None:
+        """Redaction leaves text that only looks like a key prefix alone."""
         assert redact("task_id=abc desk_top risk_score") == "task_id=abc desk_top risk_score"
 
     def test_processor_redacts_every_field(self) -> None:

@@ -32,6 +32,7 @@ class TestPublicApi:
         )
 
     def test_version_comes_from_package_metadata(self) -> None:
+        """__version__ is the installed distribution's version."""
         assert adjustments.__version__ == importlib.metadata.version("adjustments")
 
     def test_errors_a_caller_handles_are_ours(self) -> None:
@@ -107,16 +108,19 @@ class TestSettingsInCode:
             Settings(**given)  # type: ignore[arg-type]
 
     def test_valid_fields_are_normalised(self) -> None:
+        """Settings normalises valid values (durability, paths, floats, the derived lease)."""
         s = Settings(durability="replicas:2", data_dir="/tmp/x", backoff_base_s=1)  # type: ignore[arg-type]
         assert str(s.durability) == "replicas:2" and s.data_dir == Path("/tmp/x")
         assert isinstance(s.backoff_base_s, float) and s.claim_lease_s == 60.0
         assert Settings(stripe_timeout_s=30).claim_lease_s == 90.0
 
     def test_replace_validates_again(self) -> None:
+        """dataclasses.replace validates the new settings."""
         with pytest.raises(ConfigError, match="max_attempts"):
             dataclasses.replace(Settings(), max_attempts=0)
 
     def test_every_field_has_an_environment_variable(self) -> None:
+        """Every Settings field has its environment variable in KNOBS."""
         fields = {f.name for f in dataclasses.fields(Settings)}
         assert set(KNOBS) == fields
 
@@ -138,6 +142,7 @@ class TestSettingsInCode:
     def test_a_bad_settings_module_is_a_config_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str | None, message: str
     ) -> None:
+        """A settings module that is missing or has no Settings is a ConfigError."""
         name = f"bad_adj_settings_{'missing' if source is None else 'dict'}"
         if source is not None:
             (tmp_path / f"{name}.py").write_text(source)
@@ -160,6 +165,7 @@ class TestProducerConfiguration:
     def test_from_env_without_redis_url_is_a_clear_error_and_writes_nothing(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Producer.from_env() without REDIS_URL says so and creates no file."""
         monkeypatch.delenv("REDIS_URL", raising=False)
         monkeypatch.delenv(SETTINGS_MODULE_ENV, raising=False)
         monkeypatch.chdir(tmp_path)
@@ -169,6 +175,7 @@ class TestProducerConfiguration:
 
     @pytest.mark.parametrize("url", ["", "http://x", "redis://h:port/0", "redis://h/x"])
     def test_a_malformed_url_is_a_config_error(self, url: str) -> None:
+        """A malformed Redis URL is a ConfigError."""
         with pytest.raises(ConfigError):
             Producer(url)
 
@@ -206,6 +213,7 @@ class TestRefusedAtEnqueue:
                 CancelRequest.build("ev", "id", api=api, stripe_account=account, now=NOW)
 
     def test_the_hint_for_a_naive_time_is_a_value_that_is_accepted(self) -> None:
+        """The example a refused naive received-at suggests is itself accepted."""
         with pytest.raises(InvalidInput) as info:
             CancelRequest.build("ev", "id", api="v1", event_received_at="2026-11-22T11:00", now=NOW)
         example = str(info.value).rsplit("e.g. ", 1)[1]
@@ -213,6 +221,7 @@ class TestRefusedAtEnqueue:
         assert built.event_received_at == NOW
 
     def test_lone_surrogate(self) -> None:
+        """An identifier with a lone surrogate is InvalidInput."""
         with pytest.raises(InvalidInput, match="lone surrogate"):
             CancelRequest.build("ev", "id\udcff", api="v1", now=NOW)
 
@@ -241,6 +250,7 @@ class TestCliArguments:
         capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        """Bad CLI arguments are one line on stderr and exit 2."""
         from adjustments.cli import main
 
         for name, value in env.items():

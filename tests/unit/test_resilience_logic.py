@@ -44,6 +44,7 @@ class TestRedisTarget:
 
     @pytest.mark.parametrize("spelling", ["none", "CERT_NONE", "cert_none"])
     def test_cert_reqs_in_either_spelling(self, spelling: str) -> None:
+        """ssl_cert_reqs is read in redis-py's and kombu's spellings."""
         t = RedisTarget.parse(f"rediss://h/0?ssl_cert_reqs={spelling}&ssl_ca_certs=/ca.pem")
         assert t.ssl == {"ssl_cert_reqs": ssl.CERT_NONE, "ssl_ca_certs": "/ca.pem"}
 
@@ -69,6 +70,7 @@ class TestRedisTarget:
         ],
     )
     def test_bad_urls_are_refused_without_secrets(self, url: str, message: str) -> None:
+        """A bad REDIS_URL is refused with a message that carries no password."""
         with pytest.raises(ConfigError, match=message):
             RedisTarget.parse(url)
 
@@ -86,9 +88,11 @@ def facts(**kw: object) -> ServerFacts:
 
 class TestServerChecks:
     def test_a_safe_server_passes(self) -> None:
+        """A persistent, non-evicting server raises no fatal problem and no warning."""
         assert assess(facts(), durability=Durability("fsync"), allow_eviction=False) == ([], [])
 
     def test_eviction_is_fatal_unless_allowed(self) -> None:
+        """An evicting policy is fatal unless ADJUSTMENTS_ALLOW_EVICTION; volatile policies warn."""
         fatal, _ = assess(
             facts(maxmemory_policy="allkeys-lru"),
             durability=Durability("memory"),
@@ -133,6 +137,7 @@ class TestServerChecks:
         assert not unknown and "cannot be checked" in warnings[0]
 
     def test_missing_replicas_are_named(self) -> None:
+        """Asking for more replicas than are connected is a warning naming both."""
         _, warnings = assess(facts(), durability=Durability("replicas", 2), allow_eviction=False)
         assert "replicas:2" in warnings[0] and "0 connected" in warnings[0]
 
@@ -157,9 +162,11 @@ class TestEnvelope:
         ],
     )
     def test_what_kombu_cannot_deliver(self, item: str, problem: str) -> None:
+        """Each queue item kombu cannot deliver is named."""
         assert envelope_problem(item) == problem
 
     def test_a_real_message_passes(self) -> None:
+        """A well-formed message is not a dead letter."""
         item = json.dumps(
             {
                 "body": "e30=",
@@ -190,6 +197,7 @@ class TestKeyRule:
     def test_what_the_key_did(
         self, previous: str, outcome: Accepted | Rejected, after: str
     ) -> None:
+        """What an idempotency key has done follows from each outcome."""
         assert key_outcome_after(previous, outcome) == after
 
     def test_running_out_after_an_unknown_outcome_says_so(self) -> None:
@@ -216,10 +224,12 @@ class TestDurabilityAndKeys:
         [("memory", "memory", 0), ("FSYNC", "fsync", 0), ("replicas:2", "replicas", 2)],
     )
     def test_levels(self, raw: str, level: str, replicas: int) -> None:
+        """Durability levels parse from their text."""
         d = Durability.parse(raw)
         assert (d.level, d.replicas) == (level, replicas)
 
     def test_default_is_fsync(self) -> None:
+        """The default durability is fsync."""
         assert str(Settings.from_env({}).durability) == "fsync"
 
     @pytest.mark.parametrize(
@@ -232,11 +242,13 @@ class TestDurabilityAndKeys:
         ],
     )
     def test_worker_key_problems(self, env: dict[str, str], problem: str) -> None:
+        """Keys a worker cannot use are named without quoting them."""
         found = Settings.from_env(env).worker_key_problem()
         assert found is not None and problem in found
         assert "live_1" not in found
 
     def test_usable_keys(self) -> None:
+        """Secret and restricted keys are usable where their API allows."""
         assert Settings.from_env({"STRIPE_API_KEY": "sk_test_1"}).worker_key_problem() is None
         v1 = {"STRIPE_API_KEY": "rk_test_1", "ADJUSTMENTS_STRIPE_API": "v1"}
         assert Settings.from_env(v1).worker_key_problem() is None
@@ -258,4 +270,6 @@ class TestStoreErrors:
         ],
     )
     def test_whether_it_was_written(self, exc: redis.RedisError, kind: type[Exception]) -> None:
+        """A Redis error maps to NotAccepted or AcceptanceUnknown by whether the write may have
+        happened."""
         assert isinstance(store_error(exc), kind)

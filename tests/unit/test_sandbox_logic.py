@@ -21,12 +21,14 @@ def logic() -> StripeLogic:
 
 class TestSandboxRules:
     def test_v1_success_shape(self, logic: StripeLogic) -> None:
+        """The sandbox's v1 answer has Stripe's shape."""
         reply = logic.handle("v1", AUTH, None, "k1", V1)
         assert reply.status == 200 and reply.body["object"] == "billing.meter_event_adjustment"
         assert reply.body["cancel"] == {"identifier": "id1"} and "id" not in reply.body
         assert reply.headers["Request-Id"].startswith("req_")
 
     def test_v2_success_shape(self, logic: StripeLogic) -> None:
+        """The sandbox's v2 answer has Stripe's shape."""
         reply = logic.handle("v2", AUTH, None, "k1", V2)
         assert reply.body["object"] == "v2.billing.meter_event_adjustment"
         assert reply.body["id"].startswith("mtr_event_adj_") and reply.body["created"].endswith("Z")
@@ -52,10 +54,12 @@ class TestSandboxRules:
     def test_schema_violations_are_400(
         self, logic: StripeLogic, api: str, body: bytes, code: str
     ) -> None:
+        """Bodies that break Stripe's schema are 400 with its error code."""
         reply = logic.handle(api, AUTH, None, "k", body)
         assert reply.status == 400 and reply.body["error"]["code"] == code
 
     def test_auth_required(self, logic: StripeLogic) -> None:
+        """No key, or a key the endpoint refuses, is 401."""
         assert logic.handle("v1", None, None, "k", V1).status == 401
         assert logic.handle("v2", "Bearer rk_test_x", None, "k", V2).status == 401  # v2: sk_ only
 
@@ -70,11 +74,13 @@ class TestSandboxRules:
         assert logic.executions["id1"] == 1
 
     def test_same_key_other_params_is_an_idempotency_error(self, logic: StripeLogic) -> None:
+        """Reusing an idempotency key with other parameters is an idempotency_error."""
         logic.handle("v1", AUTH, None, "k1", V1)
         other = logic.handle("v1", AUTH, None, "k1", V1.replace(b"id1", b"id2"))
         assert other.status == 400 and other.body["error"]["type"] == "idempotency_error"
 
     def test_v2_second_cancellation_is_already_canceled(self, logic: StripeLogic) -> None:
+        """A second v2 cancellation of one event is already_canceled, executed once."""
         logic.handle("v2", AUTH, None, "k1", V2)
         reply = logic.handle("v2", AUTH, None, "k2", V2)
         assert reply.status == 400 and reply.body["error"]["type"] == "already_canceled"
@@ -98,6 +104,7 @@ class TestSandboxRules:
         assert "Stripe-Rate-Limited-Reason" not in reply.headers
 
     def test_unknown_scripted_outcome_refused(self, logic: StripeLogic) -> None:
+        """Scripting an unknown outcome is refused."""
         with pytest.raises(ValueError, match="unknown scripted"):
             logic.script("x", ["explode"])
 
@@ -122,6 +129,7 @@ class TestAccountHeaders:
     def test_each_version_takes_its_own_header(
         self, logic: StripeLogic, api: str, account: str | None, context: str | None, status: int
     ) -> None:
+        """v1 takes Stripe-Account, v2 Stripe-Context; the other version's header is refused."""
         body = V1 if api == "v1" else V2
         reply = logic.handle(api, AUTH, account, "k", body, context=context)
         assert reply.status == status

@@ -35,6 +35,7 @@ class TestToRejected:
         assert out.rate_limited_reason is None and not out.rate_limited  # no reason header
 
     def test_a_rate_limiters_429_carries_its_reason(self) -> None:
+        """A rate limiter's 429 keeps its Stripe-Rate-Limited-Reason."""
         exc = stripe.RateLimitError(
             "Too many requests",
             http_body="{}",
@@ -47,6 +48,7 @@ class TestToRejected:
         assert out.rate_limited and out.rate_limited_reason == "global-concurrency"
 
     def test_connection_error_has_no_status(self) -> None:
+        """A connection error has no HTTP status and a one-line message."""
         error = stripe.APIConnectionError("Network error: timed out\n\nmore")  # type: ignore[no-untyped-call]
         out = to_rejected(error)
         assert out.http_status is None and out.connection_error
