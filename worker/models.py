@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
@@ -278,30 +278,10 @@ class Record:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (what ``--json`` prints)."""
+        """JSON-ready view (what ``--json`` prints): every field of the dataclass but
+        ``created`` (not stored), times as ISO 8601, an empty ``key_outcome`` as null."""
         return {
-            "id": self.id,
-            "api": self.api,
-            "event_name": self.event_name,
-            "identifier": self.identifier,
-            "stripe_account": self.stripe_account,
-            "status": self.status.value,
-            "attempts": self.attempts,
-            "generation": self.generation,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "event_received_at": iso(self.event_received_at) or None,
-            "next_attempt_at": iso(self.next_attempt_at) or None,
-            "stripe_status": self.stripe_status,
-            "adjustment_id": self.adjustment_id,
-            "adjustment_created": self.adjustment_created,
-            "livemode": self.livemode,
-            "stripe_request_id": self.stripe_request_id,
-            "last_error": asdict(self.last_error) if self.last_error else None,
-            "idempotency_key": self.idempotency_key,
-            "replays": self.replays,
-            "key_outcome": self.key_outcome or None,
-            "history": list(self.history),
+            f.name: _json_value(getattr(self, f.name)) for f in fields(self) if f.name != "created"
         }
 
 
@@ -316,3 +296,16 @@ def _first_key(data: dict[str, str]) -> str:
         data.get("stripe_account") or None,
     )
     return keys.idempotency_key(keys.request_digest(request), 0)
+
+
+def _json_value(value: object) -> object:
+    """A record field's value as JSON gives it."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Status):
+        return value.value
+    if isinstance(value, ErrorInfo):
+        return asdict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return None if value == "" else value

@@ -23,10 +23,10 @@ from typing import Any, cast
 
 import redis
 
-from . import keys
+from . import keys, publishing
 from .batching import GroupCommit
 from .bulk import FIELDS
-from .celery_app import TASK_NAME, create_app
+from .celery_app import create_app
 from .config import Settings, load_settings
 from .embedded import EMBEDDED, missing_redis, start_announced
 from .errors import (
@@ -401,14 +401,9 @@ class Producer:
 
     def publish(self, record_id: str) -> bool:
         """Send the task message for ``record_id`` (an existing record's id). A failure is
-        logged and returns False, not raised: the record is already safe in Redis as
-        ``queued`` and reconciliation publishes it again."""
-        try:
-            self.app.send_task(TASK_NAME, args=(record_id,), queue=self.settings.queue)
-        except Exception as exc:
-            log.warning("cancellation.publish_failed", request_id=record_id, error=str(exc))
-            return False
-        return True
+        counted, logged and returns False, not raised: the record is already safe in Redis
+        as ``queued`` and reconciliation publishes it again (see ``publishing``)."""
+        return publishing.publish(self.app, record_id, queue=self.settings.queue)
 
     def get(self, record_id: str, *, with_history: bool = False) -> Record:
         """The record for ``record_id`` (the ``id`` that ``cancel()`` returned);
@@ -490,12 +485,11 @@ class Producer:
 
     def queue_depth(self) -> int:
         """Messages waiting in the queues, not yet taken by a worker."""
-        # kombu's Redis transport keeps one list per queue and priority step (name, name\x06\x163,
-        # ...); countdown messages held by workers until due are not counted.
+        # Countdown messages held by workers until due are not counted.
         names = [
-            f"{queue}{suffix}"
+            name
             for queue in (self.settings.queue, self.settings.later_queue)
-            for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")
+            for name in publishing.queue_lists(queue)
         ]
         with self._reading():
             pipe = self.client.pipeline(transaction=False)

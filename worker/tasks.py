@@ -7,7 +7,7 @@ import time
 from celery import Task
 from celery.exceptions import Reject
 
-from . import metrics
+from . import publishing
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .errors import CancellationFailed
@@ -61,26 +61,17 @@ def process_cancellation(
         error = runtime.store.get(record_id).last_error
         code = (error.code or error.type) if error else None
         raise CancellationFailed(f"{record_id} failed: {code or 'permanent error'}")
-    if result.retry_in_s is not None:
-        try:
-            self.apply_async(
-                (record_id,), countdown=result.retry_in_s, queue=runtime.settings.later_queue
-            )
-        except Exception as exc:  # the record says retrying; reconciliation re-publishes it
-            metrics.PUBLISH_FAILURES.inc()
-            log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
+    if result.retry_in_s is not None:  # the record says retrying: if this publish fails,
+        # reconciliation publishes it again once it is overdue
+        publishing.publish(
+            app, record_id, queue=runtime.settings.later_queue, countdown=result.retry_in_s
+        )
     return result.outcome
 
 
 def publish(record_id: str) -> bool:
-    """Publish one attempt message; False (logged) if the broker refused it."""
-    try:
-        process_cancellation.apply_async((record_id,))
-    except Exception as exc:
-        metrics.PUBLISH_FAILURES.inc()
-        log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
-        return False
-    return True
+    """Publish one attempt message on the main queue (reconciliation, orphan repair)."""
+    return publishing.publish(app, record_id, queue=str(app.conf.task_default_queue))
 
 
 @app.task(name=RECONCILE_TASK, ignore_result=True)

@@ -1,0 +1,41 @@
+"""The one way a task message goes onto the queue for a record that already exists, with one
+failure policy; and where kombu keeps a queue's messages in Redis.
+
+``cancel()`` writes a new record's first message itself, in its Lua script (the outbox, see
+``messages``). Every later message goes through ``publish``: a replay, a reconciliation or
+orphan repair, and a retry after its countdown. A publish that fails is counted
+(``adjustments_publish_failures_total``), logged at error level with the record id, and
+answered with False, never raised: the record is already safe in Redis in a live status, and
+reconciliation publishes it again.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.transport.redis import Channel
+
+from . import metrics
+from .celery_app import TASK_NAME
+from .logging import get_logger
+
+log = get_logger("adjustments.publishing")
+
+
+def publish(app: Celery, record_id: str, *, queue: str, countdown: float | None = None) -> bool:
+    """Send ``process_cancellation(record_id)`` to ``queue`` (after ``countdown`` seconds).
+    False, counted and logged, if the broker refused it."""
+    try:
+        app.send_task(TASK_NAME, args=(record_id,), queue=queue, countdown=countdown)
+    except Exception as exc:
+        metrics.PUBLISH_FAILURES.inc()
+        log.error("cancellation.publish_failed", request_id=record_id, error=str(exc))
+        return False
+    return True
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu's transport keeps for ``queue``: one per priority step, named as
+    its channel names them."""
+    return [
+        queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps
+    ]
