@@ -38,7 +38,7 @@ def utcnow() -> datetime:
 class AttemptResult:
     """What the task must do next: nothing, or publish a retry after ``retry_in_s``."""
 
-    outcome: str  # claimed-and-decided reason, or why nothing was done
+    reason: str  # the decision's reason (accepted, retry, exhausted, ...), or why nothing was done
     status: Status | None
     retry_in_s: float | None = None
     requeue: bool = False  # the worker is stopping: put the message back, untouched

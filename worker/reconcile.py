@@ -60,8 +60,8 @@ def reconcile(
     """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``queue``:
     the main queue's name, to tell a lost message from one still waiting its turn."""
     started = time.perf_counter()
-    token = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
-    if token is None:
+    lock = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
+    if lock is None:
         log.info("reconcile.run", ran=False, reason="another run holds the lock")
         return ReconcileReport(ran=False)
     try:
@@ -87,7 +87,7 @@ def reconcile(
             store.touch(status, sent, now_ms + grace_ms if status is Status.PROCESSING else now_ms)
             counts[status] = len(sent)
     finally:
-        store.unlock(LOCK_NAME, token)
+        store.unlock(lock)
     report = ReconcileReport(
         ran=True,
         republished_queued=counts[Status.QUEUED],
@@ -141,8 +141,8 @@ def republish_orphans(
     The queue is FIFO, so a queued record older than the oldest message still waiting has no
     message waiting. Only those are published again (a duplicate is refused by the claim), and
     one worker does it per outage (a short lock). Runs when a worker (re)connects."""
-    token = store.try_lock(ORPHANS_LOCK, ttl_s=10)
-    if token is None:
+    lock = store.try_lock(ORPHANS_LOCK, ttl_s=10)
+    if lock is None:
         return 0
     try:
         before = _lost_before(store, queue, to_ms(now) - int(ORPHAN_MIN_AGE_S * 1000))
@@ -151,7 +151,7 @@ def republish_orphans(
         ids = store.ids_by_score(Status.QUEUED, high_ms=before, limit=limit)
         sent = [record_id for record_id in ids if publish(record_id)]
     finally:
-        store.unlock(ORPHANS_LOCK, token)
+        store.unlock(lock)
     if ids:
         log.warning("queue.orphans_republished", count=len(sent), failures=len(ids) - len(sent))
     return len(sent)

@@ -14,10 +14,19 @@ from .store import RecordStore
 
 log = get_logger("adjustments.replay")
 REPLAYABLE = (Status.FAILED, Status.EXPIRED)
-EXPIRED_WARNING = (
-    "expired records are replayed only with force: Stripe refuses a cancellation more than "
-    "24 h after it received the event, so the replay will most likely fail again"
+EXPIRED_RISK = (
+    "Stripe refuses a cancellation more than 24 h after it received the event, so the replay "
+    "will most likely fail again"
 )
+
+
+def require_force(flt: ReplayFilter, force: bool, *, flag: str = "force") -> None:
+    """A filter for expired records needs ``force`` (ids name their records: each expired
+    one is skipped and reported instead). ``flag``: how the caller spells force."""
+    if flt.status is Status.EXPIRED and not force and not flt.ids:
+        raise InvalidInput(f"expired records are replayed only with {flag}: {EXPIRED_RISK}")
+
+
 PAGE = 500
 
 
@@ -63,8 +72,7 @@ def select(
     """Records matching ``flt`` (newest first) and the ids named but not replayable."""
     if flt.status not in REPLAYABLE:
         raise InvalidInput(f"only failed or expired records can be replayed, not {flt.status}")
-    if flt.status is Status.EXPIRED and not force and not flt.ids:
-        raise InvalidInput(EXPIRED_WARNING)
+    require_force(flt, force)
     if flt.ids:
         found = {r.id: r for r in store.get_many(list(flt.ids))}
         chosen, skipped = [], []

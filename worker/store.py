@@ -13,12 +13,14 @@ import json
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
+from redis.lock import Lock
 
 from . import keys
 from .config import Durability
@@ -120,7 +122,6 @@ class RecordStore:
         self._create = client.register_script(load_script("create.lua"))
         self._claim = client.register_script(load_script("claim.lua"))
         self._transition = client.register_script(load_script("transition.lua"))
-        self._unlock = client.register_script(load_script("unlock.lua"))
 
     # --- keys -----------------------------------------------------------------------------
     def record_key(self, record_id: str) -> str:
@@ -433,13 +434,13 @@ class RecordStore:
         return keys.idempotency_key(keys.request_digest(request_of(record)), generation)
 
     # --- locks ------------------------------------------------------------------------------
-    def try_lock(self, name: str, *, ttl_s: float) -> str | None:
-        """A Redis lock (SET NX PX); the token to release it, or None if another holds it."""
-        token = secrets.token_hex(8)
-        acquired = self.client.set(
-            keys.lock(self.prefix, name), token, nx=True, px=int(ttl_s * 1000)
-        )
-        return token if acquired else None
+    def try_lock(self, name: str, *, ttl_s: float) -> Lock | None:
+        """redis-py's lock on ``name`` for ``ttl_s`` (SET NX PX with a token), or None if
+        another holder has it. Release it with ``unlock``."""
+        lock = self.client.lock(keys.lock(self.prefix, name), timeout=ttl_s, blocking=False)
+        return lock if lock.acquire() else None
 
-    def unlock(self, name: str, token: str) -> None:
-        self._unlock(keys=[keys.lock(self.prefix, name)], args=[token])
+    def unlock(self, lock: Lock) -> None:
+        """Release ``lock`` if it is still ours (one that expired meanwhile is not)."""
+        with suppress(redis.exceptions.LockError):
+            lock.release()

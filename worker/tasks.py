@@ -66,7 +66,7 @@ def process_cancellation(
         publishing.publish(
             app, record_id, queue=runtime.settings.later_queue, countdown=result.retry_in_s
         )
-    return result.outcome
+    return result.reason
 
 
 def publish(record_id: str) -> bool:

@@ -99,7 +99,7 @@ class TestRunAttempt:
         send, _ = answering(*[Rejected(503, "api_error", None, "down")] * 3)
         for n in range(3):
             result = attempt(store, record.id, send, T0 + timedelta(seconds=30 * n))
-        assert result.status is Status.FAILED and result.outcome == "exhausted"
+        assert result.status is Status.FAILED and result.reason == "exhausted"
         assert store.get(record.id).last_error is not None
 
     def test_duplicate_delivery_is_skipped_without_calling_stripe(self, store: RecordStore) -> None:
@@ -108,7 +108,7 @@ class TestRunAttempt:
         store.claim(record.id, now=T0, lease_s=30)  # another worker holds it
         send, seen = answering()
         result = attempt(store, record.id, send)
-        assert result.outcome == "leased" and seen == []
+        assert result.reason == "leased" and seen == []
 
     def test_closed_window_expires_without_calling_stripe(self, store: RecordStore) -> None:
         """A record past its 24 h window expires without a Stripe call."""

@@ -209,10 +209,10 @@ class TestReconcile:
 
     def test_only_one_run_at_a_time(self, store: RecordStore) -> None:
         """A reconciliation run holding the lock keeps a second from running."""
-        token = store.try_lock(LOCK_NAME, ttl_s=30)
-        assert token is not None
+        lock = store.try_lock(LOCK_NAME, ttl_s=30)
+        assert lock is not None
         assert self.run(store, T0).ran is False
-        store.unlock(LOCK_NAME, token)
+        store.unlock(lock)
         assert self.run(store, T0).ran is True
 
     def test_concurrent_runs_one_wins(self, store: RecordStore) -> None:
@@ -281,6 +281,6 @@ class TestOrphans:
         """While another worker holds the lock, nothing is published twice."""
         store.create(CancelRequest("v2", "ev", "l0"), now=at(0), outbox=self.outbox())
         store.client.delete("q")
-        token = store.try_lock(ORPHANS_LOCK, ttl_s=10)
-        assert token is not None
+        lock = store.try_lock(ORPHANS_LOCK, ttl_s=10)
+        assert lock is not None
         assert republish_orphans(store=store, publish=Published(), queue="q", now=at(60)) == 0

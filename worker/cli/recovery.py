@@ -12,9 +12,8 @@ import click
 
 from ..bulk import Row, detect_format, read_rows
 from ..embedded import redis_url
-from ..errors import InvalidInput
 from ..models import Status, parse_time
-from ..replay import EXPIRED_WARNING, ReplayFilter, replay
+from ..replay import EXPIRED_RISK, ReplayFilter, replay, require_force
 from .common import (
     emit,
     on_terminal,
@@ -67,10 +66,9 @@ def replay_cmd(
         until=parse_time("--until", until),
         limit=limit,
     )
-    if flt.status is Status.EXPIRED and not force and not ids:
-        raise InvalidInput(EXPIRED_WARNING.replace("with force", "with --force"))
+    require_force(flt, force, flag="--force")
     if force and not as_json:
-        click.echo("warning: --force: " + EXPIRED_WARNING.split(": ", 1)[1], err=True)
+        click.echo(f"warning: --force: {EXPIRED_RISK}", err=True)
     with producer_for(cfg) as producer:
         now = datetime.now(UTC)
         if dry_run:
