@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 FIELDS = ("event_name", "identifier", "api", "stripe_account", "event_received_at")
 REQUIRED = ("event_name", "identifier")
@@ -114,3 +114,20 @@ def _json_line(line: int, text: str) -> Iterator[tuple[int, Row | str]]:
         yield line, "not a JSON object"
         return
     yield line, _normalise(data)
+
+
+T = TypeVar("T")
+BATCH_SIZE = 1000  # requests per Redis round trip in bulk enqueue (cancel_many, the import)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter): itertools.batched, which
+    Python 3.11 lacks. Bulk enqueue and the import both write in these batches."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

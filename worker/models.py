@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from .config import APIS, CANCEL_WINDOW_S, Api
 from .errors import InvalidInput
@@ -56,6 +56,18 @@ def _check_text(name: str, value: object) -> str:
     if value != value.strip():
         raise InvalidInput(f"{name} must not start or end with white space")
     return value
+
+
+@overload
+def window_closes(received_at: datetime) -> datetime: ...
+@overload
+def window_closes(received_at: None) -> None: ...
+def window_closes(received_at: datetime | None) -> datetime | None:
+    """When Stripe stops accepting a cancellation of an event it received at ``received_at``
+    (24 h later); None when that time is unknown."""
+    if received_at is None:
+        return None
+    return received_at + timedelta(seconds=CANCEL_WINDOW_S)
 
 
 def _as_datetime(value: object) -> datetime:
@@ -110,7 +122,7 @@ def parse_received_at(value: object, *, now: datetime) -> datetime | None:
         raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
     if when > now + MAX_FUTURE_SKEW:
         raise InvalidInput("event_received_at is in the future")
-    if when + timedelta(seconds=CANCEL_WINDOW_S) <= now:
+    if window_closes(when) <= now:
         # Stripe refuses a cancellation more than 24 h after it received the event: a record
         # for it could only ever expire, so it is refused here, before anything is written.
         raise InvalidInput(
@@ -161,9 +173,7 @@ class CancelRequest:
     @property
     def expires_at(self) -> datetime | None:
         """When Stripe stops accepting this cancellation, if the event's receipt time is known."""
-        if self.event_received_at is None:
-            return None
-        return self.event_received_at + timedelta(seconds=CANCEL_WINDOW_S)
+        return window_closes(self.event_received_at)
 
 
 @dataclass(frozen=True)
@@ -242,9 +252,7 @@ class Record:
     @property
     def expires_at(self) -> datetime | None:
         """When the 24 h cancellation window closes, if the event's receipt time is known."""
-        if self.event_received_at is None:
-            return None
-        return self.event_received_at + timedelta(seconds=CANCEL_WINDOW_S)
+        return window_closes(self.event_received_at)
 
     @classmethod
     def from_hash(cls, data: dict[str, str], history: Sequence[str] = ()) -> Record:

@@ -25,7 +25,7 @@ import redis
 
 from . import keys, publishing
 from .batching import GroupCommit
-from .bulk import FIELDS
+from .bulk import BATCH_SIZE, FIELDS, batched
 from .celery_app import create_app
 from .config import Settings, load_settings
 from .embedded import EMBEDDED, missing_redis, start_announced
@@ -48,7 +48,6 @@ from .server_checks import check_server
 from .store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
-BULK_CHUNK = 1000
 # kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
 # (one per Redis database, whatever the queue).
 UNACKED_KEY = "unacked"
@@ -306,21 +305,17 @@ class Producer:
         if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
             raise InvalidInput(f"items must be an iterable of mappings, got {type(items).__name__}")
         result = BulkResult()
-        chunk: list[CancelRequest] = []
-        slots: list[int] = []
-        for position, item in enumerate(items):
-            result.ids.append(None)
-            try:
-                chunk.append(self._request(item, now))
-            except InvalidInput as exc:
-                result.invalid.append((position, str(exc)))
-                continue
-            slots.append(position)
-            if len(chunk) >= BULK_CHUNK:
-                self._write_chunk(chunk, slots, result, now)
-                chunk, slots = [], []
-        if chunk:
-            self._write_chunk(chunk, slots, result, now)
+
+        def valid() -> Iterator[tuple[int, CancelRequest]]:
+            for position, item in enumerate(items):
+                result.ids.append(None)
+                try:
+                    yield position, self._request(item, now)
+                except InvalidInput as exc:
+                    result.invalid.append((position, str(exc)))
+
+        for batch in batched(valid(), BATCH_SIZE):
+            self._write_chunk([r for _, r in batch], [p for p, _ in batch], result, now)
         return result
 
     def _write_chunk(

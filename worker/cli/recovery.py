@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import click
 
-from ..bulk import Row, detect_format, read_rows
+from ..bulk import BATCH_SIZE, Row, batched, detect_format, read_rows
 from ..embedded import redis_url
 from ..models import Status, parse_time
 from ..replay import EXPIRED_RISK, ReplayFilter, replay, require_force
@@ -22,8 +22,6 @@ from .common import (
     record_line,
     settings,
 )
-
-IMPORT_CHUNK = 1000
 
 
 @click.command(name="replay")
@@ -175,21 +173,16 @@ class ImportProgress:
         click.echo(f"line {line}: {printable(reason)}", err=True)
 
 
-def _chunks(
+def _good_rows(
     rows: Iterator[tuple[int, Row | str]], bad: list[tuple[int, str]], progress: ImportProgress
-) -> Iterator[list[tuple[int, Row]]]:
-    chunk: list[tuple[int, Row]] = []
+) -> Iterator[tuple[int, Row]]:
+    """The parsed rows with their line numbers; each bad line is noted and reported."""
     for line, row in rows:
         if isinstance(row, str):
             bad.append((line, row))
             progress.bad_line(line, row)
             continue
-        chunk.append((line, row))
-        if len(chunk) >= IMPORT_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        yield line, row
 
 
 @click.command(name="import")
@@ -208,7 +201,7 @@ def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
     bad: list[tuple[int, str]] = []
     totals: dict[str, Any] = {"created": 0, "duplicates": 0}
     with producer_for(cfg) as producer, ImportProgress(file) as progress:
-        for chunk in _chunks(read_rows(file, fmt), bad, progress):
+        for chunk in batched(_good_rows(read_rows(file, fmt), bad, progress), BATCH_SIZE):
             result = producer.cancel_many([row for _, row in chunk])
             for position, reason in result.invalid:
                 line = chunk[position][0]
