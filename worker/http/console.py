@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -302,6 +301,3 @@ def routes(producer: Producer, auth: Auth) -> list[Route]:
         Route("/console/replay", c.page("operate", c.replay, post=True), methods=["POST"]),
     ]
 
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
