@@ -300,4 +300,3 @@ def routes(producer: Producer, auth: Auth) -> list[Route]:
         Route("/console/records/{record_id}", c.page("read", c.record)),
         Route("/console/replay", c.page("operate", c.replay, post=True), methods=["POST"]),
     ]
-
