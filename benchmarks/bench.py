@@ -207,7 +207,7 @@ def durability_cost(services: Services, n: int) -> list[Row]:
         with producer(services, ADJUSTMENTS_QUEUE="bench-durability") as p:
             stores = {
                 level: RecordStore(
-                    p.client, prefix=f"dur-{level}", retention_s=3600,
+                    p._client, prefix=f"dur-{level}", retention_s=3600,
                     durability=Durability.parse(level),
                 )
                 for level in ("memory", "fsync")
@@ -219,7 +219,7 @@ def durability_cost(services: Services, n: int) -> list[Row]:
                     for level, store in stores.items():
                         request = CancelRequest("v2", "ev", f"dur_{appendfsync}_{i}")
                         t0 = time.perf_counter()
-                        store.create(request, now=datetime.now(UTC), outbox=p.outbox)
+                        store.create(request, now=datetime.now(UTC), outbox=p._outbox)
                         samples[level].append((time.perf_counter() - t0) * 1000)
                 for q, name in ((0.5, "p50"), (0.99, "p99")):
                     value = percentile(samples["fsync"], q)
@@ -281,7 +281,7 @@ def end_to_end(services: Services, n: int, n_base: int, concurrency: int | None 
     with producer(services, ADJUSTMENTS_QUEUE=prefix, ADJUSTMENTS_KEY_PREFIX=prefix) as p:
         cpu0 = cpu_s(worker.pid)
         p.cancel_many([{"event_name": "ev", "identifier": f"e2e{label}_{i}"} for i in range(n)])
-        wait_until(lambda: p.store.counts()["pending"] >= n, 300, "our worker to finish")
+        wait_until(lambda: p.counts()["pending"] >= n, 300, "our worker to finish")
         cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / n
     ours = _rate_from_timeline(sandbox.timeline())
     memory = rss_mb(worker.pid)
@@ -360,7 +360,7 @@ def _limited_run(
         time.sleep(seconds)
         rows = services.sandbox.timeline()
         # The rest of this run's work must not spill into the next one's timeline.
-        p.client.delete(f"bench-{PREFIX_LIMITED}")
+        p._client.delete(f"bench-{PREFIX_LIMITED}")
     return rows
 
 
@@ -432,10 +432,10 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
     ):
         # No backlog: arrivals at 90 % of the limit; probe latency while idle.
         idle_latency = _pace(probe, 50, min(seconds, 10), "idle")
-        cpu0, done0 = cpu_s(worker.pid), p.store.counts()["pending"]
+        cpu0, done0 = cpu_s(worker.pid), p.counts()["pending"]
         steady = len(_pace(p, limit * 0.9, seconds, "steady"))
-        wait_until(lambda: p.store.counts()["pending"] - done0 >= steady, 60, "the steady arrivals")
-        steady_done = p.store.counts()["pending"] - done0
+        wait_until(lambda: p.counts()["pending"] - done0 >= steady, 60, "the steady arrivals")
+        steady_done = p.counts()["pending"] - done0
         steady_cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / max(1, steady_done)
         # The backlog.
         memory0 = int(admin.info("memory")["used_memory"])
@@ -446,20 +446,20 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
             )
         bytes_per_record = (int(admin.info("memory")["used_memory"]) - memory0) / queued
         services.sandbox.reset(latency_ms=50)  # the drain's timeline only
-        cpu0, done0 = cpu_s(worker.pid), p.store.counts()["pending"]
+        cpu0, done0 = cpu_s(worker.pid), p.counts()["pending"]
         rss: list[float] = []
         drain_latency: list[float] = []
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             rss.append(rss_mb(worker.pid))
             drain_latency += _pace(probe, 50, 1.0, f"drain{len(rss)}")
-        drained = p.store.counts()["pending"] - done0
+        drained = p.counts()["pending"] - done0
         backlog_cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / max(1, drained)
         timeline = services.sandbox.timeline()
         stats = services.sandbox.get("/_sandbox/stats")
         t0 = time.perf_counter()
         report = reconcile(
-            store=p.store, publish=p.publish, now=datetime.now(UTC), grace_s=60, queue=queue
+            store=p._store, publish=p.publish, now=datetime.now(UTC), grace_s=60, queue=queue
         )
         reconcile_ms = (time.perf_counter() - t0) * 1000
     services.stop_all()

@@ -25,6 +25,7 @@ from .errors import (
     StoreUnavailable,
     UnsafeRedis,
 )
+from .listing import Page, Query
 from .models import ErrorInfo, Record, Status
 from .producer import BulkResult, Producer
 from .replay import ReplayFilter, ReplayReport
@@ -44,7 +45,9 @@ __all__ = [
     "ErrorInfo",
     "InvalidInput",
     "NotAccepted",
+    "Page",
     "Producer",
+    "Query",
     "Record",
     "RecordNotFound",
     "ReplayFilter",

@@ -137,7 +137,7 @@ def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -
         stop_at = time.monotonic() + deadline_s
         with click.progressbar(length=count, label="cancelling", file=sys.stderr) as bar:
             while done < count and time.monotonic() < stop_at:
-                counts = producer.store.counts()
+                counts = producer.counts()
                 terminal = sum(counts[s.value] for s in TERMINAL)
                 bar.update(terminal - done)
                 done = terminal

@@ -13,17 +13,16 @@ Deployment metrics are read from Redis at scrape time with a handful of O(log n)
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from . import keys
-from .models import Status
+if TYPE_CHECKING:  # the producer imports this module (its counters): no cycle at run time
+    from .producer import Producer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -83,15 +82,13 @@ def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S10
 class DeploymentCollector(Collector):
     """The deployment's state in Redis, read at each scrape."""
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Producer) -> None:
         self.producer = producer  # an adjustments Producer (its client, store and settings)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         p = self.producer
-        client = p.client
-        prefix = p.settings.key_prefix
-        now = time.time()
         stats = p.stats()
+        windows = p.windows(within_s=(3600, 6 * 3600))
 
         records = GaugeMetricFamily(
             "adjustments_records",
@@ -117,10 +114,8 @@ class DeploymentCollector(Collector):
             "Live records whose 24 h cancellation window closes within the given time",
             labels=["within"],
         )
-        deadline = keys.deadline(prefix)
         for label, seconds in (("1h", 3600), ("6h", 6 * 3600)):
-            count = client.zcount(deadline, "-inf", int((now + seconds) * 1000))
-            closing.add_metric([label], int(count))
+            closing.add_metric([label], windows["closing"][seconds])
         yield closing
 
         yield GaugeMetricFamily(
@@ -129,12 +124,11 @@ class DeploymentCollector(Collector):
             value=float(cast(float, stats["oldest_live_age_s"])),
         )
 
-        stuck = client.zcount(p.store.index_key(Status.PROCESSING), "-inf", int(now * 1000))
         yield GaugeMetricFamily(
             "adjustments_processing_past_lease",
             "Records still processing after their lease ended (a worker died mid-call; "
             "reconciliation takes them over)",
-            value=int(stuck),
+            value=windows["past_lease"],
         )
 
         rate = cast(dict[str, float], stats["rate_limit"])
@@ -158,7 +152,7 @@ class DeploymentCollector(Collector):
             value=int(cast(int, stats["dead_letters"])),
         )
 
-        last = cast(dict[str, str], client.hgetall(keys.last_reconcile(prefix)))
+        last = p.last_reconcile()
         yield GaugeMetricFamily(
             "adjustments_last_reconcile_timestamp_seconds",
             "When the last reconciliation run finished (0: never)",
@@ -175,7 +169,7 @@ class DeploymentCollector(Collector):
         yield repaired
 
 
-def serve_deployment_metrics(producer: Any, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
+def serve_deployment_metrics(producer: Producer, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
     """Serve the deployment's metrics from Redis on ``port`` until interrupted."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(producer))

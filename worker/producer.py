@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import json
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -38,10 +39,12 @@ from .errors import (
     StoreUnavailable,
 )
 from .heartbeat import WorkerInfo, alive
+from .listing import Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages, record_id_of
 from .models import CancelRequest, Record, Status, parse_iso
 from .ratelimit import SharedRateLimiter
+from .reconcile import ReconcileReport
 from .replay import ReplayFilter, ReplayReport, replay
 from .runtime import rate_policy
 from .server_checks import check_server
@@ -119,9 +122,9 @@ class Producer:
             self._resources.callback(server.stop)
             redis_url = server.url
         self.redis_url = redis_url
-        self.client = self.settings.redis_target(redis_url).client()
-        self.store = RecordStore(
-            self.client,
+        self._client = self.settings.redis_target(redis_url).client()
+        self._store = RecordStore(
+            self._client,
             prefix=self.settings.key_prefix,
             retention_s=self.settings.retention_s,
             durability=self.settings.durability,
@@ -131,9 +134,9 @@ class Producer:
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[Any]]
         self._batchers = weakref.WeakKeyDictionary()
         self._check_lock = threading.Lock()
-        self.app = create_app(self.settings, redis_url, name="adjustments-producer")
-        messages = TaskMessages(self.app, self.settings.queue)
-        self.outbox = Outbox(self.settings.queue, messages.payload)
+        self._app = create_app(self.settings, redis_url, name="adjustments-producer")
+        messages = TaskMessages(self._app, self.settings.queue)
+        self._outbox = Outbox(self.settings.queue, messages.payload)
 
     @classmethod
     def from_env(cls) -> Producer:
@@ -177,7 +180,7 @@ class Producer:
             event_name, identifier, api, stripe_account, event_received_at, now=now
         )
         with self._writing():
-            record, created = self.store.create(request, now=now, outbox=self.outbox)
+            record, created = self._store.create(request, now=now, outbox=self._outbox)
         return replace(record, created=created)
 
     async def cancel_async(
@@ -200,7 +203,7 @@ class Producer:
         request = self._build(
             event_name, identifier, api, stripe_account, event_received_at, now=now
         )
-        script_keys, args, fields = self.store.create_args(request, now, self.outbox)
+        script_keys, args, fields = self._store.create_args(request, now, self._outbox)
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(loop)
         if batcher is None:
@@ -224,7 +227,7 @@ class Producer:
 
     def _create_batch(self, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Any]:
         with self._writing():
-            return self.store.create_replies(calls)
+            return self._store.create_replies(calls)
 
     def find(
         self,
@@ -246,7 +249,7 @@ class Producer:
             event_name, identifier, api, stripe_account, None, now=datetime.now().astimezone()
         )
         with self._reading():
-            record = self.store.find_request(request, with_history=with_history)
+            record = self._store.find_request(request, with_history=with_history)
         if record is None:
             raise RecordNotFound(f"{request.api} {event_name}/{identifier}")
         return record
@@ -261,7 +264,7 @@ class Producer:
             if self._checked:
                 return
             for warning in check_server(
-                self.client,
+                self._client,
                 durability=self.settings.durability,
                 allow_eviction=self.settings.allow_eviction,
             ):
@@ -322,7 +325,7 @@ class Producer:
         self, chunk: list[CancelRequest], slots: list[int], result: BulkResult, now: datetime
     ) -> None:
         with self._writing():
-            written = self.store.create_many(chunk, now=now, outbox=self.outbox)
+            written = self._store.create_many(chunk, now=now, outbox=self._outbox)
         for position, (record_id, created) in zip(slots, written, strict=True):
             result.ids[position] = record_id
             if created:
@@ -374,6 +377,7 @@ class Producer:
         force: bool = False,
         dry_run: bool = False,
         now: datetime | None = None,
+        progress: Callable[[int], None] | None = None,
         **filters: Any,
     ) -> ReplayReport:
         """Replay failed (or, with ``force``, expired) records: next key generation where the
@@ -382,59 +386,162 @@ class Producer:
         ``flt``: a ``ReplayFilter``; or the same as keyword ``filters``: ``ids``, ``status``,
         ``event_name``, ``error_code``, ``since``, ``until``, ``limit``. ``force``: also
         replay expired records (Stripe will likely refuse them). ``dry_run``: report what would
-        be replayed and change nothing. ``now``: the current time (for tests)."""
+        be replayed and change nothing. ``now``: the current time (for tests). ``progress``:
+        called with 1 for each record handled (a progress bar)."""
         flt = flt or ReplayFilter(**filters)
         with self._writing():
             return replay(
-                self.store,
+                self._store,
                 self.publish,
                 flt,
                 now=_aware_now(now),
                 force=force,
                 dry_run=dry_run,
+                progress=progress,
             )
+
+    def reconcile(self, *, grace_s: float | None = None) -> ReconcileReport:
+        """One reconciliation run now (``adjustments beat`` schedules them): publish again
+        what is stuck, expire closed windows. ``grace_s``: how long a record may sit before it
+        counts as stuck (default ``settings.reconcile_grace_s``)."""
+        from .reconcile import reconcile
+
+        grace = self.settings.reconcile_grace_s if grace_s is None else grace_s
+        with self._writing():
+            return reconcile(
+                store=self._store,
+                publish=self.publish,
+                now=_aware_now(None),
+                grace_s=grace,
+                queue=self.settings.queue,
+            )
+
+    def page(self, query: Query | None = None, cursor: str | None = None) -> Page:
+        """One page of records, newest first, and the cursor of the next (None at the end).
+
+        ``query``: statuses and filters (a ``listing.Query``; default all records, 50 a
+        page); ``cursor``: a ``next_cursor`` this returned. Raises InvalidInput for a bad
+        cursor or limit, StoreUnavailable when Redis cannot be read."""
+        with self._reading():
+            return page(self._store, query or Query(), cursor)
+
+    def ping(self) -> bool:
+        """Whether Redis answers now."""
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    def counts(self) -> dict[str, int]:
+        """Records per status. Raises StoreUnavailable when Redis cannot be read."""
+        with self._reading():
+            return self._store.counts()
+
+    def recent_outcomes(
+        self, series: Mapping[str, Sequence[Status]], *, minutes: int = 60
+    ) -> list[dict[str, int]]:
+        """For each of the last ``minutes`` minutes (oldest first), how many records reached
+        each group of statuses in ``series`` then (from the status indexes' scores; one round
+        trip)."""
+        now_ms = time.time() * 1000
+        start_ms = (now_ms // 60_000 - minutes + 1) * 60_000
+        with self._reading():
+            pipe = self._client.pipeline(transaction=False)
+            for minute in range(minutes):
+                low = start_ms + minute * 60_000
+                for statuses in series.values():
+                    for status in statuses:
+                        pipe.zcount(self._store.index_key(status), low, f"({low + 60_000}")
+            counts = iter(cast(builtins.list[int], pipe.execute()))
+        return [
+            {name: sum(next(counts) for _ in statuses) for name, statuses in series.items()}
+            for _minute in range(minutes)
+        ]
+
+    def windows(self, within_s: Sequence[float] = ()) -> dict[str, Any]:
+        """The 24 h windows of live records: ``next_closes_in_s`` (None when none is known),
+        ``closing`` (how many close within each of ``within_s``), and ``past_lease`` (records
+        still processing after their lease ended)."""
+        now = time.time()
+        deadline = keys.deadline(self.settings.key_prefix)
+        with self._reading():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zrange(deadline, 0, 0, withscores=True)
+            for seconds in within_s:
+                pipe.zcount(deadline, "-inf", int((now + seconds) * 1000))
+            pipe.zcount(self._store.index_key(Status.PROCESSING), "-inf", int(now * 1000))
+            first, *closing, past_lease = pipe.execute()
+        nearest = cast(builtins.list[tuple[str, float]], first)
+        return {
+            "next_closes_in_s": (nearest[0][1] / 1000 - now) if nearest else None,
+            "closing": {s: int(n) for s, n in zip(within_s, closing, strict=True)},
+            "past_lease": int(past_lease),
+        }
+
+    def last_reconcile(self) -> dict[str, str]:
+        """The last reconciliation run: ``finished_at`` (epoch s) and its counts; empty if
+        none has run."""
+        with self._reading():
+            return cast(
+                dict[str, str], self._client.hgetall(keys.last_reconcile(self.settings.key_prefix))
+            )
+
+    def remember(self, name: str, value: str, *, ttl_s: int) -> None:
+        """Keep ``value`` under ``name`` for ``ttl_s`` unless something is kept there already
+        (an HTTP Idempotency-Key's first answer, say). ``name`` is hashed into the key."""
+        with self._writing():
+            self._client.set(self._memo_key(name), value, nx=True, ex=ttl_s)
+
+    def recall(self, name: str) -> str | None:
+        """What ``remember`` kept under ``name``, if it has not expired."""
+        with self._reading():
+            return cast(str | None, self._client.get(self._memo_key(name)))
+
+    def _memo_key(self, name: str) -> str:
+        digest = hashlib.sha256(name.encode()).hexdigest()
+        return f"{self.settings.key_prefix}:memo:{digest}"
 
     def publish(self, record_id: str) -> bool:
         """Send the task message for ``record_id`` (an existing record's id). A failure is
         counted, logged and returns False, not raised: the record is already safe in Redis
         as ``queued`` and reconciliation publishes it again (see ``publishing``)."""
-        return publishing.publish(self.app, record_id, queue=self.settings.queue)
+        return publishing.publish(self._app, record_id, queue=self.settings.queue)
 
     def get(self, record_id: str, *, with_history: bool = False) -> Record:
         """The record for ``record_id`` (the ``id`` that ``cancel()`` returned);
         ``with_history`` adds the attempt history. Raises RecordNotFound if unknown or past
         retention, StoreError when Redis cannot be read."""
         with self._reading():
-            return self.store.get(record_id, with_history=with_history)
+            return self._store.get(record_id, with_history=with_history)
 
     def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
         """The newest records, newest first: all of them, or those in ``status``; at most
         ``limit``. Raises StoreError when Redis cannot be read."""
         with self._reading():
-            return self.store.latest(status, limit=limit)
+            return self._store.latest(status, limit=limit)
 
     def stats(self) -> dict[str, object]:
         """Records per status, the queue's depth (messages waiting, not yet taken), dead
         letters and the shared Stripe rate (configured ceiling, and current value after any
         429 cuts). Raises StoreError when Redis cannot be read."""
         limiter = SharedRateLimiter(
-            self.client, rate_policy(self.settings), prefix=self.settings.key_prefix
+            self._client, rate_policy(self.settings), prefix=self.settings.key_prefix
         )
         with self._reading():
-            dead_total = self.client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
+            dead_total = self._client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
             configured, current, from_workers = limiter.shared()
-            records = self.store.counts()
+            records = self._store.counts()
             return {
                 "records": records,
                 "queue_depth": self.queue_depth(),  # waiting (kept for compatibility)
                 "queue": {
                     "waiting": self.queue_depth(),  # in Redis, not yet taken by a worker
-                    "held_by_workers": int(self.client.hlen(UNACKED_KEY)),  # taken, not acked
+                    "held_by_workers": int(self._client.hlen(UNACKED_KEY)),  # taken, not acked
                     "scheduled_retries": records[Status.RETRYING.value],
                 },
                 "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
                 "oldest_live_age_s": round(self.oldest_live_age_s(), 3),
-                "workers_alive": len(alive(self.client, self.settings.key_prefix)),
+                "workers_alive": len(alive(self._client, self.settings.key_prefix)),
                 "rate_limit": {
                     # The shared limit as the workers use it (from Redis), not this process's
                     # settings; "source" says which.
@@ -449,7 +556,7 @@ class Producer:
         none is live. Read from a few candidates, each O(log n): the next message waiting in
         the queue (it is first in, first out), the longest-held unacknowledged one, and the
         first records of the processing and retrying indexes."""
-        client = self.client
+        client = self._client
         candidates: builtins.list[str | None] = []
         with self._reading():
             waiting = client.lindex(self.settings.queue, -1)
@@ -462,12 +569,12 @@ class Producer:
                     candidates.append(record_id_of(json.dumps(json.loads(str(entry))[0])))
             for status in (Status.PROCESSING, Status.RETRYING):
                 candidates += cast(
-                    builtins.list[str], client.zrange(self.store.index_key(status), 0, 0)
+                    builtins.list[str], client.zrange(self._store.index_key(status), 0, 0)
                 )
             pipe = client.pipeline(transaction=False)
             ids = [c for c in candidates if c]
             for record_id in ids:
-                pipe.hget(self.store.record_key(record_id), "created_at")
+                pipe.hget(self._store.record_key(record_id), "created_at")
             created = [parse_iso(str(c)) for c in pipe.execute() if c]
         times = [c.timestamp() for c in created if c is not None]
         return max(0.0, time.time() - min(times)) if times else 0.0
@@ -476,7 +583,7 @@ class Producer:
         """Workers alive now (their heartbeat has not expired), newest beat first. Raises
         StoreError when Redis cannot be read."""
         with self._reading():
-            return alive(self.client, self.settings.key_prefix)
+            return alive(self._client, self.settings.key_prefix)
 
     def queue_depth(self) -> int:
         """Messages waiting in the queues, not yet taken by a worker."""
@@ -487,15 +594,15 @@ class Producer:
             for name in publishing.queue_lists(queue)
         ]
         with self._reading():
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._client.pipeline(transaction=False)
             for name in names:
                 pipe.llen(name)
             return int(sum(pipe.execute()))
 
     def close(self) -> None:
         """Release the connections (and stop a bundled server this producer started)."""
-        self.app.close()
-        self.client.close()
+        self._app.close()
+        self._client.close()
         self._resources.close()
 
     def __enter__(self) -> Producer:

@@ -148,7 +148,7 @@ def assert_all_done_once(
 
     def done() -> bool:
         try:
-            records = producer.store.get_many(ids)
+            records = producer._store.get_many(ids)
         except redis.RedisError:
             return False
         return len(records) == len(ids) and all(r.status.terminal for r in records)
@@ -156,10 +156,10 @@ def assert_all_done_once(
     try:
         wait_until(done, timeout_s=timeout_s, what="every accepted request to end terminal")
     except AssertionError:
-        counts = producer.store.counts()
+        counts = producer.counts()
         log = worker.log_text()[-3000:] if worker else ""
         raise AssertionError(f"not all terminal: {counts}\n{log}") from None
-    records = producer.store.get_many(ids)
+    records = producer._store.get_many(ids)
     executions = sandbox.logic.executions
     twice = [r.identifier for r in records if executions[r.identifier] > 1]
     never = [

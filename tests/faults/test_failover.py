@@ -84,7 +84,7 @@ def test_failover_under_a_busy_worker(
     producer = producer_for(env)
     try:
         ids = [producer.cancel("ev", f"failover_{n}").id for n in range(60)]
-        wait_until(lambda: producer.store.counts()["processing"] >= 8, what="calls in flight")
+        wait_until(lambda: producer.counts()["processing"] >= 8, what="calls in flight")
         master.kill()
 
         def promoted() -> bool:
@@ -96,12 +96,12 @@ def test_failover_under_a_busy_worker(
         def repaired() -> bool:
             try:
                 reconcile(
-                    store=producer.store,
+                    store=producer._store,
                     publish=producer.publish,
                     now=datetime.now(UTC),
                     grace_s=5,
                 )
-                return all(r.status.terminal for r in producer.store.get_many(ids))
+                return all(r.status.terminal for r in producer._store.get_many(ids))
             except redis.RedisError:
                 return False
 

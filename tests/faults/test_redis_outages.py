@@ -44,7 +44,7 @@ def test_worker_rides_out_redis_outage(
             producer.cancel("ev", f"{how}_{n}", api="v1" if n % 2 else "v2").id
             for n in range(COUNT)
         ]
-        wait_until(lambda: producer.store.counts()["processing"] >= 32, what="calls in flight")
+        wait_until(lambda: producer.counts()["processing"] >= 32, what="calls in flight")
         if how == "kill":
             redis_proc.kill()
         elif how == "shutdown":

@@ -166,7 +166,7 @@ class TestCancellations:
                 [{"event_name": "a" if i % 2 else "b", "identifier": f"l{i}", "api": "v1"}
                  for i in range(7)]
             )  # fmt: skip
-            parked.client.delete("http_idle")
+            parked._client.delete("http_idle")
         seen: list[str] = []
         cursor = ""
         pages = 0
@@ -353,7 +353,7 @@ class TestConsoleForms:
 
         now = datetime.now(UTC)
         old = CancelRequest("v1", "ev", "exp_1", None, now - timedelta(hours=25))
-        record, _ = producer.store.create(old, now=now, outbox=producer.outbox)
+        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
         assert settle(record.id).status.value == "expired"
         cookie = self.login(api, "operate")
         page = api.request("GET", "/console", role=None, headers={"Cookie": cookie})[2].decode()

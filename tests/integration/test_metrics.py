@@ -143,8 +143,8 @@ class TestHonestStats:
                     "scheduled_retries": 0,
                 }
             finally:
-                for key in [*producer.client.scan_iter("oldest:*"), "oldest-q"]:
-                    producer.client.delete(key)
+                for key in [*producer._client.scan_iter("oldest:*"), "oldest-q"]:
+                    producer._client.delete(key)
 
 
 @pytest.mark.usefixtures("clean")

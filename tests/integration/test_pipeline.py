@@ -115,7 +115,7 @@ class TestPermanent:
         such a request; the store can still hold one that waited too long) is never sent."""
         now = datetime.now(UTC)
         old = CancelRequest("v1", "ev", "too_old", None, now - timedelta(hours=25))
-        record, _ = producer.store.create(old, now=now, outbox=producer.outbox)
+        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
         done = settle(record.id)
         assert done.status is Status.EXPIRED and sandbox_requests(sandbox, "too_old") == []
 

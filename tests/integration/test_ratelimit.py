@@ -42,8 +42,8 @@ def limited(
 @pytest.fixture
 def rl_producer(limited: dict[str, str], clean: None) -> Iterator[Producer]:
     with Producer(limited["REDIS_URL"], settings=Settings.from_env(limited)) as producer:
-        for key in producer.client.scan_iter("rl:*"):
-            producer.client.delete(key)
+        for key in producer._client.scan_iter("rl:*"):
+            producer._client.delete(key)
         yield producer
 
 

@@ -34,7 +34,7 @@ def side_producer(worker_env: dict[str, str], queue: str) -> Producer:
 
 def reconcile_now(producer: Producer, grace_s: float = 0.2) -> None:
     reconcile(
-        store=producer.store, publish=producer.publish, now=datetime.now(UTC), grace_s=grace_s
+        store=producer._store, publish=producer.publish, now=datetime.now(UTC), grace_s=grace_s
     )
 
 
@@ -54,10 +54,10 @@ class TestWorkerKilled:
                 producer.cancel("ev", f"kill_{n}", api="v2" if n % 2 else "v1").id
                 for n in range(16)
             ]
-            wait_until(lambda: producer.store.counts()["processing"] >= 3, what="calls in flight")
+            wait_until(lambda: producer.counts()["processing"] >= 3, what="calls in flight")
             victim.process.send_signal(signal.SIGKILL)
             victim.process.wait(timeout=10)
-            assert producer.store.counts()["processing"] >= 1  # killed mid-call
+            assert producer.counts()["processing"] >= 1  # killed mid-call
             successor = start_worker(env, tmp_path / "successor.log", concurrency=4)
             try:
 

@@ -27,7 +27,7 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 def producer() -> Iterator[Producer]:
     """A producer whose store is fakeredis (only the validation in front of it is tested)."""
     p = Producer("redis://127.0.0.1:1/0", settings=Settings.from_env({}))
-    p.store = RecordStore(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
+    p._store = RecordStore(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
     p._checked = True  # no server to check: these inputs never reach it
     yield p
     p.close()

@@ -13,7 +13,7 @@ import click
 from ..bulk import BATCH_SIZE, Row, batched, detect_format, read_rows
 from ..embedded import redis_url
 from ..models import Status, parse_time
-from ..replay import EXPIRED_RISK, ReplayFilter, replay, require_force
+from ..replay import EXPIRED_RISK, ReplayFilter, require_force
 from .common import (
     emit,
     on_terminal,
@@ -70,9 +70,7 @@ def replay_cmd(
     with producer_for(cfg) as producer:
         now = datetime.now(UTC)
         if dry_run:
-            report = replay(
-                producer.store, producer.publish, flt, now=now, force=force, dry_run=True
-            )
+            report = producer.replay(flt, now=now, force=force, dry_run=True)
         else:
             total = len(ids) or limit
             bar = (
@@ -82,9 +80,7 @@ def replay_cmd(
             )
             with bar as progress:
                 step = progress.update if progress is not None else None
-                report = replay(
-                    producer.store, producer.publish, flt, now=now, force=force, progress=step
-                )
+                report = producer.replay(flt, now=now, force=force, progress=step)
                 if progress is not None:  # fewer records than the limit: the bar still ends
                     progress.update(max(0, total - progress.pos))
     if as_json:
@@ -105,19 +101,8 @@ def replay_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
 def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
     """Run one reconciliation now (beat runs it on a schedule)."""
-    from ..reconcile import reconcile
-
-    cfg = settings()
-    with producer_for(cfg) as producer:
-        grace = cfg.reconcile_grace_s if grace_s is None else grace_s
-        now = datetime.now(UTC)
-        report = reconcile(
-            store=producer.store,
-            publish=producer.publish,
-            now=now,
-            grace_s=grace,
-            queue=cfg.queue,
-        )
+    with producer_for(settings()) as producer:
+        report = producer.reconcile(grace_s=grace_s)
     emit(report.to_dict(), as_json)
 
 

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
+from ..listing import Query
 from ..models import Record, Status, parse_time
 from ..producer import Producer
 from ..replay import ReplayFilter
 from .auth import Auth, allowed
-from .listing import Query, page
 
 MAX_BODY = 64 * 1024
 MAX_BATCH_BODY = 1024 * 1024
@@ -136,14 +136,13 @@ class Api:
     def _idempotency_key(self, key: str) -> str:
         if not 1 <= len(key) <= 255:
             raise HTTPProblem(422, "invalid_request", "Idempotency-Key must be 1-255 characters")
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"{self.producer.settings.key_prefix}:idem:{digest}"
+        return f"idempotency-key:{key}"
 
     def _idempotent_answer(self, key: str, fingerprint: str) -> Response | None:
-        stored = self.producer.store.client.get(self._idempotency_key(key))
+        stored = self.producer.recall(self._idempotency_key(key))
         if stored is None:
             return None
-        earlier = json.loads(cast(str, stored))
+        earlier = json.loads(stored)
         if earlier["fingerprint"] != fingerprint:
             raise HTTPProblem(
                 409, "idempotency_key_reused", "this Idempotency-Key was used with another body"
@@ -153,9 +152,7 @@ class Api:
 
     def _remember(self, key: str, fingerprint: str, record_id: str, status: int) -> None:
         value = json.dumps({"fingerprint": fingerprint, "id": record_id, "status": status})
-        self.producer.store.client.set(
-            self._idempotency_key(key), value, nx=True, ex=IDEMPOTENCY_TTL_S
-        )
+        self.producer.remember(self._idempotency_key(key), value, ttl_s=IDEMPOTENCY_TTL_S)
 
     async def create_batch(self, request: Request) -> Response:
         body = object_with(
@@ -189,7 +186,7 @@ class Api:
     async def list(self, request: Request) -> Response:
         query = list_query(dict(request.query_params))
         found = await run_in_threadpool(
-            page, self.producer.store, query, request.query_params.get("cursor") or None
+            self.producer.page, query, request.query_params.get("cursor") or None
         )
         return JSONResponse(
             {"data": [record_json(r) for r in found.records], "next_cursor": found.next_cursor}

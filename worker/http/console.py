@@ -8,11 +8,10 @@ then an explicit confirmation; expired records need a second confirmation.
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -20,14 +19,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .. import keys
 from ..errors import AdjustmentsError, RecordNotFound
 from ..models import Status
 from ..producer import Producer
 from ..replay import ReplayFilter
 from .api import HTTPProblem, list_query, replay_filter
 from .auth import Auth, allowed
-from .listing import page
 
 HERE = Path(__file__).parent
 COOKIE = "adjustments_session"
@@ -162,31 +159,12 @@ class Console:
 
     def overview_data(self) -> dict[str, Any]:
         p = self.producer
-        stats = p.stats()
-        now_ms = time.time() * 1000
-        client = p.store.client
-        nearest = cast(
-            list[tuple[str, float]],
-            client.zrange(keys.deadline(p.settings.key_prefix), 0, 0, withscores=True),
-        )
-        window_left_s = (nearest[0][1] - now_ms) / 1000 if nearest else None
-        start_ms = (now_ms // 60_000 - CHART_MINUTES + 1) * 60_000
-        pipe = client.pipeline(transaction=False)
-        for minute in range(CHART_MINUTES):
-            low = start_ms + minute * 60_000
-            for statuses in CHART_SERIES.values():
-                for status in statuses:
-                    pipe.zcount(p.store.index_key(status), low, f"({low + 60_000}")
-        counts = iter(cast(list[int], pipe.execute()))
-        bars = [
-            {name: sum(next(counts) for _ in sts) for name, sts in CHART_SERIES.items()}
-            for _minute in range(CHART_MINUTES)
-        ]
+        bars = p.recent_outcomes(CHART_SERIES, minutes=CHART_MINUTES)
         return {
-            "stats": stats,
+            "stats": p.stats(),
             "chart": chart(bars),
             "last_hour": {name: sum(b[name] for b in bars) for name in CHART_SERIES},
-            "window_left_s": window_left_s,
+            "window_left_s": p.windows()["next_closes_in_s"],
             "workers": p.workers(),
         }
 
@@ -194,7 +172,7 @@ class Console:
         params = {k: v for k, v in request.query_params.items() if v}
         cursor = params.pop("cursor", None)
         query = list_query(params)
-        found = await run_in_threadpool(page, self.producer.store, query, cursor)
+        found = await run_in_threadpool(self.producer.page, query, cursor)
         next_url = None
         if found.next_cursor:
             next_url = "/console/records?" + urllib.parse.urlencode(

@@ -42,9 +42,7 @@ def create_app(producer: Producer, auth: Auth) -> HotPath:
     spec = document()
 
     async def healthz(_: Request) -> Response:
-        try:
-            producer.store.client.ping()
-        except Exception:
+        if not producer.ping():
             return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
         return JSONResponse({"status": "ok"})
 

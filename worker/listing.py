@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from ..errors import InvalidInput
-from ..models import Record, Status
-from ..store import RecordStore
+from .errors import InvalidInput
+from .models import Record, Status
+from .store import RecordStore
 
 SCAN_LIMIT = 5000
 MAX_LIMIT = 500
