@@ -70,38 +70,33 @@ def window_closes(received_at: datetime | None) -> datetime | None:
     return received_at + timedelta(seconds=CANCEL_WINDOW_S)
 
 
-def _as_datetime(value: object) -> datetime:
-    """``event_received_at`` as given (epoch seconds, ISO 8601 text or a datetime), not yet
-    checked for a time zone or its window; InvalidInput for any other value."""
+def _as_datetime(value: object, name: str = "event_received_at") -> datetime:
+    """A time as given (epoch seconds, ISO 8601 text or a datetime), not yet checked for a
+    time zone or a window; InvalidInput naming ``name`` for any other value."""
     if isinstance(value, bool):
-        raise InvalidInput("event_received_at must be a datetime or epoch seconds, not a bool")
+        raise InvalidInput(f"{name} must be a datetime or epoch seconds, not a bool")
     if isinstance(value, int | float):
         if value <= 0:
-            raise InvalidInput("event_received_at must be positive epoch seconds")
+            raise InvalidInput(f"{name} must be positive epoch seconds")
         try:
             return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise InvalidInput(f"event_received_at is out of range: {value!r}") from None
+            raise InvalidInput(f"{name} is out of range: {value!r}") from None
     if isinstance(value, str):
         try:
             return datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidInput(f"event_received_at is not an ISO 8601 time: {value!r}") from None
+            raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
     if isinstance(value, datetime):
         return value
-    raise InvalidInput(
-        f"event_received_at must be a datetime or epoch seconds, got {type(value).__name__}"
-    )
+    raise InvalidInput(f"{name} must be a datetime or epoch seconds, got {type(value).__name__}")
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
     """An ISO 8601 time with an offset (a naive time is ambiguous across hosts)."""
     if value is None:
         return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"{name} is not an ISO 8601 time: {value!r}") from None
+    when = _as_datetime(value, name)
     if when.tzinfo is None:
         accepted = when.replace(tzinfo=UTC).isoformat()  # a value we accept, not a guess
         raise InvalidInput(f"{name} must include a UTC offset, e.g. {accepted}")

@@ -219,7 +219,7 @@ def metrics_cmd(port: int, host: str, once: bool) -> None:
     ADJUSTMENTS_METRICS_PORT.)"""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ..metrics import DeploymentCollector, serve_deployment_metrics
+    from ..metrics.deployment import DeploymentCollector, serve_deployment_metrics
 
     with producer_for(settings(), read_only=True) as producer:
         if once:

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import ConfigError
 from ..logging import get_logger
-from ..metrics import DeploymentCollector
+from ..metrics.deployment import DeploymentCollector
 from ..producer import Producer
 from . import console
 from .api import Api, problem

@@ -1,82 +1,18 @@
-"""Prometheus metrics: what each worker did (served by the worker on ADJUSTMENTS_METRICS_PORT),
-and what the whole deployment looks like in Redis (served by ``adjustments metrics``).
-
-Worker metrics live in a registry of our own, so importing the package registers nothing in a
-host process's default registry. With ``PROMETHEUS_MULTIPROC_DIR`` set (a forking pool),
-prometheus_client keeps the values in files and the worker's endpoint merges them.
-
-Deployment metrics are read from Redis at scrape time with a handful of O(log n) commands
-(index cardinalities, range counts, the ends of the queue), never a scan of the records, so a
-15 s scrape is cheap with a million records.
-"""
+"""The deployment's metrics, read from Redis at scrape time through the Producer with a
+handful of O(log n) commands (index cardinalities, range counts, the ends of the queue),
+never a scan of the records: a 15 s scrape is cheap with a million records."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:  # the producer imports this module (its counters): no cycle at run time
-    from .producer import Producer
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-
-ATTEMPTS = Counter(
-    "adjustments_attempts",
-    "Attempts by API, outcome (accepted, retry, failed, ...) and Stripe's HTTP status",
-    ["api", "outcome", "http_status"],
-    registry=REGISTRY,
-)
-STRIPE_SECONDS = Histogram(
-    "adjustments_stripe_call_seconds",
-    "Duration of one Stripe call, answered or not",
-    ["api"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
-    registry=REGISTRY,
-)
-RETRIES = Counter(
-    "adjustments_retries_scheduled",
-    "Attempts that ended in a retry scheduled with backoff",
-    ["api"],
-    registry=REGISTRY,
-)
-STRIPE_429 = Counter(
-    "adjustments_stripe_429",
-    "Stripe 429 answers by Stripe-Rate-Limited-Reason (none: not a rate limiter, such as "
-    "lock_timeout)",
-    ["reason"],
-    registry=REGISTRY,
-)
-LEASE_LOST = Counter(
-    "adjustments_lease_lost",
-    "Attempts whose lease lapsed before their outcome was written (another worker took over)",
-    registry=REGISTRY,
-)
-PUBLISH_FAILURES = Counter(
-    "adjustments_publish_failures",
-    "Task messages the broker refused (reconciliation publishes them again)",
-    registry=REGISTRY,
-)
-FIRST_CALL_SECONDS = Histogram(
-    "adjustments_enqueue_to_first_call_seconds",
-    "Time from cancel() to the request's first Stripe call",
-    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600),
-    registry=REGISTRY,
-)
-
-
-def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape port
-    """Serve this worker's metrics on ``port`` (a daemon thread)."""
-    registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=addr, registry=registry)
+if TYPE_CHECKING:
+    from ..producer import Producer
 
 
 class DeploymentCollector(Collector):
