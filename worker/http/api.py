@@ -119,8 +119,9 @@ class Api:
     async def create(self, request: Request) -> Response:
         body = object_with(await read_json(request, MAX_BODY), CANCEL_FIELDS, "the body")
         key = request.headers.get("idempotency-key")
-        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        if key is not None:
+        fingerprint = ""
+        if key is not None:  # the body's digest tells a retry from another request
+            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
             earlier = self._idempotent_answer(key, fingerprint)
             if earlier is not None:
                 return earlier

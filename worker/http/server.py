@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 
 from ..errors import ConfigError
 from ..logging import get_logger
@@ -34,7 +32,7 @@ log = get_logger("adjustments.http")
 STATIC = console.HERE / "static"
 
 
-def create_app(producer: Producer, auth: Auth) -> HotPath:
+def create_app(producer: Producer, auth: Auth) -> Starlette:
     """The whole server over ``producer``: API, console, health, metrics, OpenAPI."""
     api = Api(producer, auth)
     registry = CollectorRegistry(auto_describe=False)
@@ -73,33 +71,7 @@ def create_app(producer: Producer, auth: Auth) -> HotPath:
         Mount("/console/static", StaticFiles(directory=STATIC), name="static"),
         *console.routes(producer, auth),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
-    return HotPath(app, api.guarded("enqueue", api.create))
-
-
-class HotPath:
-    """``POST /api/v1/cancellations`` straight to its endpoint, ahead of Starlette's router
-    and middleware stack: they cost about a third of a request's CPU, and this route is the
-    one services call at their own request rate. Everything else goes through Starlette."""
-
-    def __init__(self, app: Starlette, create: Callable[[Request], Awaitable[Response]]) -> None:
-        self.app = app
-        self.create = create
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] == "/api/v1/cancellations"
-        ):
-            try:
-                response = await self.create(Request(scope, receive))
-            except Exception as exc:  # what Starlette's ServerErrorMiddleware would answer
-                log.error("http.error", path=scope["path"], error=f"{type(exc).__name__}: {exc}")
-                response = problem(500, "error", "internal error")
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
