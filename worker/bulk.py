@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, TypeVar
+
+from .errors import InvalidInput
 
 FIELDS = ("event_name", "identifier", "api", "stripe_account", "event_received_at")
 REQUIRED = ("event_name", "identifier")
@@ -39,21 +44,44 @@ def _normalise(raw: dict[str, Any]) -> Row | str:
     return row
 
 
+# Files are opened with errors="surrogateescape" (see ``open_input``): a byte that is not
+# UTF-8 becomes a lone surrogate in its own line's text, so that line alone is bad and every
+# other line is still read, with its true line number.
+NOT_UTF8 = "not UTF-8 text"
 UNDECODABLE = "not UTF-8 text from here on (the rest of the file is skipped)"
+_ESCAPED_BYTE = re.compile(r"[\udc80-\udcff]")
+CSV_HEADER_HINT = (
+    "the first line must name the columns, comma-separated, e.g. "
+    "event_name,identifier,api,stripe_account,event_received_at"
+)
+
+
+def open_input(path: str) -> IO[str]:
+    """``path`` (or ``-`` for stdin) as text for ``read_rows``: UTF-8, a leading byte-order
+    mark dropped (Excel writes one), undecodable bytes kept as escapes so that each bad line
+    can be reported on its own."""
+    if path == "-":
+        return io.TextIOWrapper(
+            sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, Row | str]]:
-    """Yield ``(line number, row)`` or ``(line number, reason)`` for a bad line."""
+    """Yield ``(line number, row)`` or ``(line number, reason)`` for a bad line, in file
+    order. Raises InvalidInput, before yielding anything, for a CSV whose header lacks a
+    required column (no header, or another separator)."""
     if fmt == "csv":
         yield from _csv_rows(stream)
         return
     line = 0
     try:
         for line, text in enumerate(stream, start=1):
+            if _ESCAPED_BYTE.search(text):
+                yield line, NOT_UTF8
+                continue
             yield from _json_line(line, text)
-    except UnicodeDecodeError:
-        # Text is decoded a block at a time, so the bad bytes are at or after this line; the
-        # rest of the file cannot be read as text: one bad line, and nothing after it.
+    except UnicodeDecodeError:  # a stream opened strictly: nothing after here can be read
         yield line + 1, UNDECODABLE
 
 
@@ -80,11 +108,20 @@ def _csv_rows(stream: IO[str]) -> Iterator[tuple[int, Row | str]]:
         if problem:
             yield 1, problem
         return
+    absent = [f for f in REQUIRED if f not in fieldnames]
+    if absent:
+        shown = ",".join(fieldnames)[:80]
+        raise InvalidInput(
+            f"the CSV header has no {' or '.join(absent)} column (it reads {shown!r}): "
+            + CSV_HEADER_HINT
+        )
     header_unknown = sorted(set(fieldnames) - set(FIELDS))
     try:
         for raw in reader:
             line = reader.line_num
-            if None in raw:
+            if any(_ESCAPED_BYTE.search(v) for v in raw.values() if isinstance(v, str)):
+                yield line, NOT_UTF8
+            elif None in raw:
                 yield line, "more cells than header columns"
             elif header_unknown:
                 yield line, f"unknown field(s): {', '.join(header_unknown)}"

@@ -67,6 +67,11 @@ def last_reconcile(prefix: str) -> str:
     return f"{prefix}:reconcile:last"
 
 
+def health_probe(prefix: str) -> str:
+    """A key /healthz writes (expiring in a minute) to learn whether Redis accepts writes."""
+    return f"{prefix}:health:probe"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

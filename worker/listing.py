@@ -17,6 +17,7 @@ import base64
 import binascii
 import heapq
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from .errors import InvalidInput
 from .models import Record, Status
 from .store import RecordStore
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
 SCAN_LIMIT = 5000
 MAX_LIMIT = 500
 
@@ -63,13 +65,27 @@ def encode_cursor(score_ms: float, skip: int) -> str:
     return base64.urlsafe_b64encode(f"{score_ms:.0f}:{skip}".encode()).decode().rstrip("=")
 
 
+MAX_SCORE_MS = 2**53  # scores are epoch milliseconds; past this a float loses whole numbers
+MAX_SKIP = 100_000  # records sharing one millisecond that a cursor may step over
+
+
 def decode_cursor(cursor: str) -> tuple[float, int]:
+    """``(score_ms, skip)`` of a cursor ``encode_cursor`` made; InvalidInput for anything
+    else, numbers out of range included (a negative skip would read a whole index)."""
+    refused = InvalidInput("cursor is not one this server returned")
+    if len(cursor) > 64 or not cursor.isascii():
+        raise refused
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, skip = text.split(":")
-        return float(int(score)), int(skip)
+        score_text, skip_text = text.split(":")
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this server returned") from None
+        raise refused from None
+    if not (_DIGITS.fullmatch(score_text) and _DIGITS.fullmatch(skip_text)):
+        raise refused
+    score, skip = int(score_text), int(skip_text)
+    if score > MAX_SCORE_MS or skip > MAX_SKIP:
+        raise refused
+    return float(score), skip
 
 
 def _candidates(

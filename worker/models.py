@@ -33,6 +33,20 @@ class Status(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
 
+    @classmethod
+    def parse(cls, value: object) -> Status:
+        """``value`` as a Status: a Status, or its name as a string ("failed");
+        InvalidInput naming the valid ones for anything else."""
+        if isinstance(value, Status):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(s.value for s in cls)
+        raise InvalidInput(f"status must be one of {names}, got {value!r}")
+
     @property
     def terminal(self) -> bool:
         """True for statuses a record never leaves on its own."""

@@ -364,7 +364,8 @@ class Producer:
         return CancelRequest.build(
             event_name,
             identifier,
-            api=api or self.settings.default_api,
+            # Only an absent api (None) takes the default: "", False, 0 are refused as invalid.
+            api=self.settings.default_api if api is None else api,
             stripe_account=stripe_account,
             event_received_at=event_received_at,
             now=now,
@@ -432,6 +433,15 @@ class Producer:
         except redis.RedisError:
             return False
 
+    def write_problem(self) -> str | None:
+        """None when Redis accepts a write now; else why not (unreachable, out of memory, a
+        read-only replica), in one line. Writes one small key that expires in a minute."""
+        try:
+            self._client.set(keys.health_probe(self.settings.key_prefix), "1", px=60_000)
+        except redis.RedisError as exc:
+            return str(store_error(exc))
+        return None
+
     def counts(self) -> dict[str, int]:
         """Records per status. Raises StoreUnavailable when Redis cannot be read."""
         with self._reading():
@@ -497,6 +507,11 @@ class Producer:
         with self._reading():
             return cast(str | None, self._client.get(self._memo_key(name)))
 
+    def forget(self, name: str) -> None:
+        """Remove what ``remember`` kept under ``name`` (a console session at logout)."""
+        with self._writing():
+            self._client.delete(self._memo_key(name))
+
     def _memo_key(self, name: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()
         return f"{self.settings.key_prefix}:memo:{digest}"
@@ -514,11 +529,13 @@ class Producer:
         with self._reading():
             return self._store.get(record_id, with_history=with_history)
 
-    def list(self, status: Status | None = None, *, limit: int = 50) -> list[Record]:
-        """The newest records, newest first: all of them, or those in ``status``; at most
-        ``limit``. Raises StoreError when Redis cannot be read."""
+    def list(self, status: Status | str | None = None, *, limit: int = 50) -> list[Record]:
+        """The newest records, newest first: all of them, or those in ``status`` (a Status or
+        its name, e.g. ``"failed"``); at most ``limit``. Raises InvalidInput for an unknown
+        status, StoreError when Redis cannot be read."""
+        chosen = None if status is None else Status.parse(status)
         with self._reading():
-            return self._store.latest(status, limit=limit)
+            return self._store.latest(chosen, limit=limit)
 
     def stats(self) -> dict[str, object]:
         """Records per status, the queue's depth (messages waiting, not yet taken), dead

@@ -42,6 +42,12 @@ class ReplayFilter:
     until: datetime | None = None
     limit: int = 1000
 
+    def __post_init__(self) -> None:
+        # A status may be given as its name ("failed"), as everywhere a status is taken.
+        object.__setattr__(self, "status", Status.parse(self.status))
+        if isinstance(self.ids, str):
+            raise InvalidInput("ids must be a list of request ids, not one string")
+
     def matches(self, record: Record) -> bool:
         if self.event_name is not None and record.event_name != self.event_name:
             return False
@@ -67,11 +73,15 @@ class ReplayReport:
 
 
 def select(
-    store: RecordStore, flt: ReplayFilter, *, force: bool
+    store: RecordStore, flt: ReplayFilter, *, force: bool, dry_run: bool = False
 ) -> tuple[list[Record], list[tuple[str, str]]]:
-    """Records matching ``flt`` (newest first) and the ids named but not replayable."""
+    """Records matching ``flt`` (newest first) and the ids named but not replayable. A dry
+    run never needs ``force``: it previews expired records as a forced replay would take
+    them."""
     if flt.status not in REPLAYABLE:
         raise InvalidInput(f"only failed or expired records can be replayed, not {flt.status}")
+    if dry_run:
+        force = True
     require_force(flt, force)
     if flt.ids:
         found = {r.id: r for r in store.get_many(list(flt.ids))}
@@ -120,7 +130,7 @@ def replay(
     progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Requeue the selected records with the next key generation and publish them."""
-    records, skipped = select(store, flt, force=force)
+    records, skipped = select(store, flt, force=force, dry_run=dry_run)
     report = ReplayReport(selected=records, skipped=skipped, dry_run=dry_run)
     if dry_run:
         return report

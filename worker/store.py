@@ -102,6 +102,22 @@ class Claim:
     status: str = ""
 
 
+def _exec_replies(replies: list[Any]) -> list[Any]:
+    """The replies of a MULTI/EXEC sent as plain commands (MULTI, the queued commands, EXEC):
+    the EXEC's list; a command refused while queued (out of memory, read-only) is raised, as
+    nothing of the transaction ran. A NoScriptError inside EXEC is returned (nothing ran that
+    needed the script: it is loaded and the whole transaction sent again)."""
+    executed = replies[-1]
+    if isinstance(executed, Exception):
+        refused = [r for r in replies[1:-1] if isinstance(r, Exception)]
+        raise refused[0] if refused else executed
+    results = cast(list[Any], executed)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed and not all(isinstance(r, redis.exceptions.NoScriptError) for r in failed):
+        raise failed[0]
+    return results
+
+
 class RecordStore:
     """Records in Redis. Pass a client made with ``decode_responses=True``."""
 
@@ -197,30 +213,44 @@ class RecordStore:
     def create_many(
         self, requests: Sequence[CancelRequest], *, now: datetime, outbox: Outbox | None = None
     ) -> list[tuple[str, bool]]:
-        """Pipelined ``create``: one round trip for the lot; ``(record id, created)`` each."""
+        """Pipelined ``create``, all or nothing: one round trip and one MULTI/EXEC for the
+        lot, so a Redis that refuses a write (full, read-only) refuses the whole batch and
+        nothing of it is written. ``(record id, created)`` each."""
         calls = []
         for req in requests:
             script_keys, args, _ = self.create_args(req, now, outbox)
             calls.append((script_keys, args))
-        replies = self._create_durably(calls)
+        replies = self._create_durably(calls, atomic=True)
         return [(str(found), bool(int(created))) for created, found in replies]
 
     def _create_durably(
-        self, calls: Sequence[tuple[Sequence[str], Sequence[str]]], *, raise_on_error: bool = True
+        self,
+        calls: Sequence[tuple[Sequence[str], Sequence[str]]],
+        *,
+        raise_on_error: bool = True,
+        atomic: bool = False,
     ) -> list[Any]:
         """Run the create script for each ``(keys, args)`` in one round trip (and its
         durability wait). The script goes as a plain EVALSHA: redis-py's pipelined Script
         would first ask SCRIPT EXISTS, a second round trip on every cancel(). A server that
         does not know the script yet (NOSCRIPT: nothing ran) gets it loaded, once. With
-        ``raise_on_error=False`` a command's own error is its reply (the others stand)."""
+        ``raise_on_error=False`` a command's own error is its reply (the others stand).
+        ``atomic``: inside MULTI/EXEC (the durability wait after EXEC, as WAIT and WAITAOF do
+        not block inside a transaction); a command refused while queued discards them all."""
         for attempt in range(2):
             pipe: Any = self.client.pipeline(transaction=False)
+            if atomic:
+                pipe.execute_command("MULTI")
             for script_keys, args in calls:
                 pipe.execute_command(
                     "EVALSHA", self._create.sha, len(script_keys), *script_keys, *args
                 )
+            if atomic:
+                pipe.execute_command("EXEC")
             try:
-                replies = self._execute_durably(pipe, raise_on_error=raise_on_error)
+                replies = self._execute_durably(pipe, raise_on_error=not atomic and raise_on_error)
+                if atomic:
+                    replies = _exec_replies(replies)
             except redis.exceptions.NoScriptError:
                 replies = [redis.exceptions.NoScriptError()]
             if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):

@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from adjustments.bulk import detect_format, read_rows
+from adjustments.bulk import NOT_UTF8, detect_format, read_rows
+from adjustments.errors import InvalidInput
 
 
 class TestReadRows:
@@ -61,3 +62,46 @@ class TestReadRows:
     def test_format_detection(self, name: str, explicit: str | None, fmt: str) -> None:
         """The format comes from --format, else from the file name."""
         assert detect_format(name, explicit) == fmt
+
+
+def _text(raw: bytes) -> io.TextIOWrapper:
+    """Bytes read as the import opens files (UTF-8, undecodable bytes kept as escapes)."""
+    return io.TextIOWrapper(
+        io.BytesIO(raw), encoding="utf-8-sig", errors="surrogateescape", newline=""
+    )
+
+
+class TestUndecodableBytes:
+    def test_a_latin1_byte_in_a_csv_is_one_bad_line_and_every_other_row_is_read(self) -> None:
+        """3,000 good rows, a Latin-1 byte on line 3,002, ten more rows: the bad line alone
+        is reported, with its real number, and all 3,010 good rows are read."""
+        lines = [b"event_name,identifier"]
+        lines += [f"ev,id{i}".encode() for i in range(3000)]
+        lines += ["ev,caf\u00e9".encode("latin-1")]
+        lines += [f"ev,tail{i}".encode() for i in range(10)]
+        rows = list(read_rows(_text(b"\n".join(lines) + b"\n"), "csv"))
+        bad = [(n, r) for n, r in rows if isinstance(r, str)]
+        assert bad == [(3002, NOT_UTF8)]
+        assert sum(1 for _, r in rows if not isinstance(r, str)) == 3010
+        assert rows[-1] == (3012, {"event_name": "ev", "identifier": "tail9"})
+
+    def test_a_bad_byte_in_json_lines_is_reported_on_its_own_line(self) -> None:
+        """JSONL: a bad byte on line 500 is reported as line 500; the lines after it are read."""
+        lines = [b'{"event_name": "ev", "identifier": "id%d"}' % i for i in range(1, 600)]
+        lines[499] = b'{"event_name": "ev", "identifier": "\xe9"}'
+        rows = list(read_rows(_text(b"\n".join(lines)), "jsonl"))
+        assert [(n, r) for n, r in rows if isinstance(r, str)] == [(500, NOT_UTF8)]
+        assert len(rows) == 599
+
+    @pytest.mark.parametrize(
+        "header",
+        ["ev,id1", "event_name;identifier", "event_name,ident", ""],
+        ids=["no-header", "semicolons", "misspelt", "blank-first-line"],
+    )
+    def test_a_csv_header_without_the_required_columns_is_an_input_error(
+        self, header: str
+    ) -> None:
+        """No header, or another separator: InvalidInput with a hint, before any row."""
+        text = io.StringIO(f"{header}\nev,id2\n")
+        with pytest.raises(InvalidInput, match="CSV header has no .*comma-separated"):
+            list(read_rows(text, "csv"))

@@ -232,7 +232,8 @@ class TestCliArguments:
     @pytest.mark.parametrize(
         ("argv", "env", "message"),
         [
-            (["cancel", "ev", "id\udcff"], {"REDIS_URL": "redis://127.0.0.1:1/0"}, "surrogate"),
+            (["cancel", "ev", "id\udcff"], {"REDIS_URL": "redis://127.0.0.1:1/0"}, "UTF-8"),
+            (["status", "adj_\udcff"], {"REDIS_URL": "redis://127.0.0.1:1/0"}, "UTF-8"),
             (["cancel", "ev", "x"], {"REDIS_URL": "redis://h:port/0"}, "REDIS_URL"),
             (["stats"], {"REDIS_URL": "memcached://h"}, "REDIS_URL must start"),
             (

@@ -6,6 +6,7 @@ Bad input prints one line on stderr and exits 2, before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -22,10 +23,13 @@ from ..config import APIS
 from ..embedded import redis_url
 from ..errors import AdjustmentsError, ConfigError, InvalidInput, RecordNotFound, Unhealthy
 from ..logging import configure as configure_logging
+from ..logging import get_logger
 from ..models import CancelRequest, Status
 from ..redact import redact
 from .common import emit, printable, producer_for, record_line, settings
 from .recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,10 +177,20 @@ def health(node: str | None) -> None:
     is_flag=True,
     help="Serve without tokens (only on a loopback address): everyone is an operator.",
 )
-def serve_cmd(host: str, port: int, insecure_local: bool) -> None:
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A Host name to answer besides the loopback names and --host (repeatable; the "
+    "name clients use, e.g. adjustments.internal; * answers any).",
+)
+def serve_cmd(host: str, port: int, insecure_local: bool, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the HTTP API (/api/v1, /openapi.json), the operations console (/console),
     /healthz and /metrics. Tokens come from ADJUSTMENTS_API_TOKENS=role:token[,...] with
-    the roles enqueue, read and operate; without any, it refuses to start."""
+    the roles enqueue, read and operate; without any, it refuses to start.
+
+    Starts while Redis is down and answers 503 until it is back; requests for a Host name
+    not allowed get 400 (DNS rebinding)."""
     from ..http.auth import Auth, parse_tokens
     from ..http.server import check_exposure, serve
 
@@ -184,8 +198,13 @@ def serve_cmd(host: str, port: int, insecure_local: bool) -> None:
     auth = Auth(parse_tokens(cfg.api_tokens))
     check_exposure(auth, host, insecure_local)
     with producer_for(cfg) as producer:
-        producer.check_server()
-        serve(producer, auth, host, port)
+        try:
+            producer.check_server()  # a server that can never keep our promises: exit 2
+        except redis.RedisError as exc:  # down for now: checked again at the first write
+            get_logger("adjustments.http").warning(
+                "redis.unavailable_at_start", error=" ".join(str(exc).split())
+            )
+        serve(producer, auth, host, port, extra_hosts=allowed_hosts)
 
 
 @cli.command(name="workers")
@@ -210,7 +229,13 @@ def workers_cmd(as_json: bool) -> None:
 
 @cli.command(name="metrics")
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
-@click.option("--host", default="0.0.0.0", show_default=True)  # noqa: S104 - a scrape port
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback by default, like serve; 0.0.0.0 for a scraper "
+    "on another host).",
+)
 @click.option("--once", is_flag=True, help="Print the metrics once on stdout and exit.")
 def metrics_cmd(port: int, host: str, once: bool) -> None:
     """Serve the deployment's Prometheus metrics, read from Redis at each scrape: records by
@@ -334,6 +359,9 @@ for command in (replay_cmd, reconcile_cmd, beat_cmd, import_cmd):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: click's errors and ours become one line on stderr."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if _SURROGATE.search(arg):  # bytes that are not UTF-8: no command could use them
+            _fail(f"argument {printable(arg)} is not valid UTF-8 text", 2)
     try:
         code = cli.main(args=argv, prog_name="adjustments", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # bare `adjustments`: the whole help, as click lays it out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import click
 from ..config import Settings, load_settings
 from ..embedded import redis_url
 from ..models import Record
+from ..text import printable as printable
 
 if TYPE_CHECKING:
     from ..producer import Producer
@@ -50,20 +50,16 @@ def emit(data: Any, as_json: bool) -> None:
         click.echo(printable(str(data)))
 
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]|[\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (C0, C1) and lone surrogates escaped, so stored data
-    cannot drive the terminal or break the output's encoding."""
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def record_line(record: Record) -> str:
     return printable(
         f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
         f"{record.event_name}/{record.identifier}"
     )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 bad line``, ``2 bad lines``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def on_terminal() -> bool:

@@ -6,17 +6,21 @@ import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
 from datetime import UTC, datetime
+from itertools import chain
 from typing import IO, Any
 
 import click
 
-from ..bulk import BATCH_SIZE, Row, batched, detect_format, read_rows
+from ..bulk import BATCH_SIZE, Row, batched, detect_format, open_input, read_rows
+from ..config import Settings
 from ..embedded import redis_url
+from ..errors import RecordNotFound
 from ..models import Status, parse_time
 from ..replay import EXPIRED_RISK, ReplayFilter, require_force
 from .common import (
     emit,
     on_terminal,
+    plural,
     printable,
     producer_for,
     record_line,
@@ -64,7 +68,8 @@ def replay_cmd(
         until=parse_time("--until", until),
         limit=limit,
     )
-    require_force(flt, force, flag="--force")
+    if not dry_run:  # a preview never needs --force
+        require_force(flt, force, flag="--force")
     if force and not as_json:
         click.echo(f"warning: --force: {EXPIRED_RISK}", err=True)
     with producer_for(cfg) as producer:
@@ -85,15 +90,26 @@ def replay_cmd(
                     progress.update(max(0, total - progress.pos))
     if as_json:
         emit(report.to_dict(), True)
+        _fail_on_unknown_ids(report.skipped)
         return
     if dry_run:
         for record in report.selected:
             click.echo(record_line(record))
     for record_id, reason in report.skipped:
-        click.echo(f"skipped {record_id}: {reason}", err=True)
+        click.echo(printable(f"skipped {record_id}: {reason}"), err=True)
     verb = "would replay" if dry_run else "replayed"
     count = len(report.selected) if dry_run else len(report.replayed)
     click.echo(f"{verb} {count}, skipped {len(report.skipped)}")
+    if dry_run and not force and any(r.status is Status.EXPIRED for r in report.selected):
+        click.echo(f"note: expired records are replayed only with --force: {EXPIRED_RISK}")
+    _fail_on_unknown_ids(report.skipped)
+
+
+def _fail_on_unknown_ids(skipped: list[tuple[str, str]]) -> None:
+    """Ids that name no record: exit 1 with one line (a typo must not look like success)."""
+    unknown = [record_id for record_id, reason in skipped if reason == "not found"]
+    if unknown:
+        raise RecordNotFound(", ".join(unknown))
 
 
 @click.command(name="reconcile")
@@ -158,56 +174,66 @@ class ImportProgress:
         click.echo(f"line {line}: {printable(reason)}", err=True)
 
 
-def _good_rows(
-    rows: Iterator[tuple[int, Row | str]], bad: list[tuple[int, str]], progress: ImportProgress
-) -> Iterator[tuple[int, Row]]:
-    """The parsed rows with their line numbers; each bad line is noted and reported."""
-    for line, row in rows:
-        if isinstance(row, str):
-            bad.append((line, row))
-            progress.bad_line(line, row)
-            continue
-        yield line, row
-
-
 @click.command(name="import")
-# utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which would spoil its header.
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("file", metavar="FILE")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Default: by extension.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
-def import_cmd(file: IO[str], fmt: str | None, as_json: bool) -> None:
+def import_cmd(file: str, fmt: str | None, as_json: bool) -> None:
     """Enqueue cancellations from JSON Lines or CSV (FILE, or - for stdin).
 
-    Bad lines are reported with their line number and skipped; every good line is enqueued.
-    Exit code 0 when every line was good, 1 when any was bad.
+    Bad lines (not UTF-8, not valid JSON or CSV, invalid fields) are reported in file order
+    with their line number and skipped; every good line is enqueued. Exit code 0 when every
+    line was good, 1 when any was bad, 2 when the file cannot be imported at all (e.g. a CSV
+    header without event_name and identifier).
     """
     cfg = settings()
-    fmt = detect_format(file.name, fmt)
+    fmt = detect_format(file, fmt)
+    try:
+        stream = open_input(file)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot open {file!r}: {exc.strerror}", param_hint="FILE"
+        ) from None
+    with stream:
+        rows = read_rows(stream, fmt)
+        first = next(rows, None)  # a CSV header without the required columns raises here
+        entries = chain([first] if first else [], rows)
+        summary = _import(cfg, stream, entries)
+    bad = summary["bad"]
+    if as_json:
+        emit(summary, True)
+    else:
+        click.echo(
+            f"enqueued {summary['enqueued']} ({summary['created']} new, "
+            f"{summary['duplicates']} already known), {plural(len(bad), 'bad line')}"
+        )
+    if bad:
+        sys.exit(1)
+
+
+def _import(
+    cfg: Settings, stream: IO[str], entries: Iterator[tuple[int, Row | str]]
+) -> dict[str, Any]:
+    """Enqueue the good rows a batch at a time; report each batch's bad lines (unreadable or
+    refused by validation) in file order as the batch is done."""
     bad: list[tuple[int, str]] = []
-    totals: dict[str, Any] = {"created": 0, "duplicates": 0}
-    with producer_for(cfg) as producer, ImportProgress(file) as progress:
-        for chunk in batched(_good_rows(read_rows(file, fmt), bad, progress), BATCH_SIZE):
-            result = producer.cancel_many([row for _, row in chunk])
-            for position, reason in result.invalid:
-                line = chunk[position][0]
-                bad.append((line, reason))
+    totals = {"created": 0, "duplicates": 0}
+    with producer_for(cfg) as producer, ImportProgress(stream) as progress:
+        for chunk in batched(entries, BATCH_SIZE):
+            good = [(line, row) for line, row in chunk if not isinstance(row, str)]
+            problems = [(line, row) for line, row in chunk if isinstance(row, str)]
+            if good:
+                result = producer.cancel_many([row for _, row in good])
+                problems += [(good[position][0], reason) for position, reason in result.invalid]
+                totals["created"] += result.created
+                totals["duplicates"] += result.duplicates
+            for line, reason in sorted(problems):
                 progress.bad_line(line, reason)
-            for name in totals:
-                totals[name] += getattr(result, name)
+            bad += sorted(problems)
             progress.reached(chunk[-1][0])
-    bad.sort()
-    summary = {
+    return {
         **totals,
         "enqueued": totals["created"] + totals["duplicates"],
         "bad_lines": len(bad),
         "bad": [{"line": n, "reason": r} for n, r in bad],
     }
-    if as_json:
-        emit(summary, True)
-    else:
-        click.echo(
-            f"enqueued {summary['enqueued']} ({totals['created']} new, "
-            f"{totals['duplicates']} already known), {len(bad)} bad lines"
-        )
-    if bad:
-        sys.exit(1)

@@ -69,6 +69,8 @@ async def read_json(request: Request, cap: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HTTPProblem(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:  # e.g. 2,000 "[": no body we take nests that deep
+        raise HTTPProblem(400, "invalid_json", "the body's JSON is nested too deeply") from None
 
 
 def object_with(data: Any, known: frozenset[str], what: str) -> dict[str, Any]:
@@ -244,9 +246,12 @@ def list_query(params: dict[str, str]) -> Query:
     unknown = sorted(set(params) - known)
     if unknown:
         raise HTTPProblem(422, "invalid_request", f"unknown parameter(s): {', '.join(unknown)}")
-    limit = params.get("limit") or "50"
-    if not limit.isdigit():
-        raise HTTPProblem(422, "invalid_request", "limit must be a whole number")
+    for name in ("status", "since", "until", "limit"):
+        if name in params and not params[name]:
+            raise HTTPProblem(422, "invalid_request", f"{name} must not be empty")
+    limit = params.get("limit", "50")
+    if not (limit.isascii() and limit.isdigit()) or len(limit) > 6:  # not "²", not 10**5000
+        raise HTTPProblem(422, "invalid_request", "limit must be a whole number, 1-500")
     return Query(
         statuses=[status_of(params["status"])] if params.get("status") else tuple(Status),
         event_name=params.get("event_name") or None,

@@ -4,17 +4,20 @@ Tokens come from ``ADJUSTMENTS_API_TOKENS=role:token[,role:token...]`` with the 
 ``enqueue`` (post cancellations), ``read`` (read everything) and ``operate`` (everything).
 Every comparison is constant-time and no token is ever logged or echoed.
 
-A console session is a signed cookie ``role.expiry.signature``: nothing is stored server-side,
-several server processes accept each other's sessions, and changing the tokens ends every
-session (the signing key is derived from them). Each form carries a CSRF token derived from
-the session cookie, checked on every POST, on top of ``SameSite=Strict``.
+A console session is a random id in an ``HttpOnly``, ``SameSite=Strict`` cookie; the session
+itself (its role and which token opened it) is kept in Redis, so several server processes
+share sessions, logout revokes one at once, and changing or removing its token ends it. Each
+form carries a CSRF token derived from the session id (and the login form one derived from a
+login cookie), checked on every POST on top of ``SameSite=Strict``. Without tokens
+(``--insecure-local``) the derivation key is random for each process: nothing a page can
+read or guess lets it forge one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
+import secrets
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -53,61 +56,98 @@ def parse_tokens(spec: str | None) -> list[Token]:
                 f"{MIN_TOKEN_CHARS} characters"
             )
         tokens.append(Token(role, secret))
+    roles: dict[str, str] = {}
+    for position, token in enumerate(tokens, start=1):
+        earlier = roles.setdefault(token.secret, token.role)
+        if earlier != token.role:  # which role would it be? Refused rather than guessed
+            raise ConfigError(
+                f"ADJUSTMENTS_API_TOKENS item {position}: the same token is given the roles "
+                f"{earlier} and {token.role}; give each role its own token"
+            )
     return tokens
 
 
+def fingerprint(secret: str) -> str:
+    """A short digest that names a token without revealing it (stored with a session)."""
+    return hashlib.sha256(b"adjustments-token\0" + secret.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A console session as stored: its role and the fingerprint of the token that opened
+    it ("" for an --insecure-local session)."""
+
+    role: str
+    token: str
+
+
 class Auth:
-    """Who a request is: from its bearer token or its session cookie."""
+    """Who a request is: from its bearer token or its session."""
 
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
-        material = "\0".join(f"{t.role}:{t.secret}" for t in tokens).encode()
-        self._key = hashlib.sha256(b"adjustments-session\0" + material).digest()
+        if tokens:  # several server processes must accept each other's CSRF tokens
+            material = "\0".join(f"{t.role}:{t.secret}" for t in tokens).encode()
+            self._key = hashlib.sha256(b"adjustments-session\0" + material).digest()
+        else:
+            self._key = secrets.token_bytes(32)
+        self._fingerprints = {fingerprint(t.secret): t.role for t in tokens}
 
     @property
     def enabled(self) -> bool:
         return bool(self.tokens)
 
-    def role_for_token(self, presented: str) -> str | None:
-        """The role of ``presented``, comparing with every token in constant time."""
+    def token_for(self, presented: str) -> Token | None:
+        """The configured token ``presented`` is, comparing with every one in constant time."""
         found = None
         given = presented.encode()
         for token in self.tokens:
             if hmac.compare_digest(given, token.secret.encode()):
-                found = found or token.role
+                found = found or token
         return found
 
-    def role_for_header(self, authorization: str | None) -> str | None:
+    def role_for_token(self, presented: str) -> str | None:
+        token = self.token_for(presented)
+        return token.role if token else None
+
+    def token_for_header(self, authorization: str | None) -> Token | None:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return None
-        return self.role_for_token(presented.strip())
+        return self.token_for(presented.strip())
+
+    def role_for_header(self, authorization: str | None) -> str | None:
+        token = self.token_for_header(authorization)
+        return token.role if token else None
+
+    def still_valid(self, session: Session) -> bool:
+        """A stored session holds only while its token is configured with the same role."""
+        if not self.enabled:
+            return session.token == "" and session.role == "operate"
+        return self._fingerprints.get(session.token) == session.role
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
-    def session_cookie(self, role: str, *, now: float | None = None) -> str:
-        expires = int((now or time.time()) + SESSION_S)
-        payload = f"{role}.{expires}"
-        return f"{payload}.{self._sign('session|' + payload)}"
+    def csrf_token(self, session_id: str) -> str:
+        return self._sign("csrf|" + session_id)
 
-    def role_for_session(self, cookie: str | None, *, now: float | None = None) -> str | None:
-        role, _, rest = (cookie or "").partition(".")
-        expires, _, signature = rest.partition(".")
-        if role not in ROLES or not expires.isdigit():
-            return None
-        expected = self._sign(f"session|{role}.{expires}")
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
-            return None
-        return role if int(expires) > (now or time.time()) else None
-
-    def csrf_token(self, cookie: str) -> str:
-        return self._sign("csrf|" + cookie)
-
-    def csrf_ok(self, cookie: str | None, presented: str | None) -> bool:
-        if not cookie or not presented:
+    def csrf_ok(self, session_id: str | None, presented: str | None) -> bool:
+        if not session_id or not presented:
             return False
-        return hmac.compare_digest(presented.encode(), self.csrf_token(cookie).encode())
+        return hmac.compare_digest(presented.encode(), self.csrf_token(session_id).encode())
+
+    def login_csrf(self, nonce: str) -> str:
+        return self._sign("login|" + nonce)
+
+    def login_csrf_ok(self, nonce: str | None, presented: str | None) -> bool:
+        if not nonce or not presented:
+            return False
+        return hmac.compare_digest(presented.encode(), self.login_csrf(nonce).encode())
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(32)
 
 
 def allowed(role: str | None, need: str) -> bool:

@@ -11,23 +11,26 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..errors import AdjustmentsError, RecordNotFound
+from ..errors import AdjustmentsError, RecordNotFound, StoreError
 from ..models import Status
 from ..producer import Producer
 from ..replay import ReplayFilter
+from ..text import printable
 from .api import HTTPProblem, list_query, replay_filter
-from .auth import Auth, allowed
+from .auth import ROLES, SESSION_S, Auth, Session, allowed, fingerprint, new_session_id
 
 HERE = Path(__file__).parent
 COOKIE = "adjustments_session"
+LOGIN_COOKIE = "adjustments_login"
 MAX_FORM = 16 * 1024
 CHART_MINUTES = 60
 CHART_SERIES = {  # what a record's status says of the attempt that put it there
@@ -35,9 +38,20 @@ CHART_SERIES = {  # what a record's status says of the attempt that put it there
     "failed": (Status.FAILED,),
     "expired": (Status.EXPIRED,),
 }
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page prints: stored text with its hidden characters escaped (an
+    identifier holding U+202E must not reverse what the operator reads)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value)
+    return value
+
+
 templates = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(["html"]),
+    finalize=_shown,
     trim_blocks=True,
     lstrip_blocks=True,
 )
@@ -63,41 +77,61 @@ class Console:
 
     # -- sessions ------------------------------------------------------------------------
 
-    def session(self, request: Request) -> tuple[str | None, str | None]:
-        """(role, cookie) of the request's session; without tokens (--insecure-local) every
-        visitor is an operator with a fresh session."""
-        cookie = request.cookies.get(COOKIE)
-        role = self.auth.role_for_session(cookie)
-        if role is None and not self.auth.enabled:
-            cookie = self.auth.session_cookie("operate")
-            role = "operate"
-        return role, cookie
+    def _session_name(self, session_id: str) -> str:
+        return f"console-session:{session_id}"
 
-    def render(
+    def load_session(self, request: Request) -> tuple[str | None, str | None]:
+        """(role, session id) of the request's session, from Redis; without tokens
+        (--insecure-local) a visitor without one gets a new operator session."""
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            stored = self.producer.recall(self._session_name(session_id))
+            if stored:
+                role, _, token = stored.partition(":")
+                if role in ROLES and self.auth.still_valid(Session(role, token)):
+                    return role, session_id
+        if not self.auth.enabled:
+            return "operate", self.open_session(Session("operate", ""))
+        return None, None
+
+    def open_session(self, session: Session) -> str:
+        session_id = new_session_id()
+        self.producer.remember(
+            self._session_name(session_id), f"{session.role}:{session.token}", ttl_s=SESSION_S
+        )
+        return session_id
+
+    async def session(self, request: Request) -> tuple[str | None, str | None]:
+        """The request's (role, session id), read once per request."""
+        if not hasattr(request.state, "session"):
+            request.state.session = await run_in_threadpool(self.load_session, request)
+        return cast(tuple[str | None, str | None], request.state.session)
+
+    async def render(
         self, request: Request, name: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
-        role, cookie = self.session(request)
+        role, session_id = await self.session(request)
         html = templates.get_template(name).render(
             role=role,
-            csrf=self.auth.csrf_token(cookie) if cookie else "",
+            csrf=self.auth.csrf_token(session_id) if session_id else "",
             can_operate=allowed(role, "operate"),
             auth_enabled=self.auth.enabled,
             **context,
         )
         response = HTMLResponse(html, status_code=status_code)
-        if cookie and cookie != request.cookies.get(COOKIE):
-            self.set_cookie(response, cookie, request)
+        if session_id and session_id != request.cookies.get(COOKIE):
+            self.set_cookie(response, COOKIE, session_id, path="/console")
         return response
 
-    def set_cookie(self, response: Response, cookie: str, request: Request) -> None:
+    def set_cookie(self, response: Response, name: str, value: str, *, path: str) -> None:
         response.set_cookie(
-            COOKIE,
-            cookie,
+            name,
+            value,
             httponly=True,
             samesite="strict",
             # Secure: the console belongs behind HTTPS (browsers also keep it on localhost).
             secure=True,
-            path="/console",
+            path=path,
         )
 
     def page(
@@ -107,46 +141,93 @@ class Console:
         token. Errors become a page that says what went wrong."""
 
         async def endpoint(request: Request) -> Response:
-            role, cookie = self.session(request)
-            if role is None:
-                return RedirectResponse("/console/login", status_code=303)
-            if not allowed(role, need):
-                return self.render(request, "error.html", 403, message="Your role may not do this.")
-            if post:
-                form = await read_form(request)
-                if not self.auth.csrf_ok(cookie, form.get("csrf")):
-                    return self.render(
-                        request, "error.html", 403, message="The form expired; reload and retry."
-                    )
-                request.state.form = form
             try:
+                role, session_id = await self.session(request)
+                if role is None:
+                    return RedirectResponse("/console/login", status_code=303)
+                if not allowed(role, need):
+                    return await self.render(
+                        request, "error.html", 403, message="Your role may not do this."
+                    )
+                if post:
+                    form = await read_form(request)
+                    if not self.auth.csrf_ok(session_id, form.get("csrf")):
+                        return await self.render(
+                            request,
+                            "error.html",
+                            403,
+                            message="The form expired; reload and retry.",
+                        )
+                    request.state.form = form
                 return await handler(request)
+            except StoreError as exc:
+                return self.bare_error(503, f"The store is unavailable: {exc}")
             except RecordNotFound as exc:
-                return self.render(request, "error.html", 404, message=f"No such record: {exc}")
+                return await self.render(
+                    request, "error.html", 404, message=f"No such record: {exc}"
+                )
             except HTTPProblem as exc:
-                return self.render(request, "error.html", exc.status, message=exc.message)
+                return await self.render(request, "error.html", exc.status, message=exc.message)
             except (AdjustmentsError, ValueError) as exc:
-                return self.render(request, "error.html", 400, message=str(exc))
+                return await self.render(request, "error.html", 400, message=str(exc))
 
         return endpoint
 
+    def bare_error(self, status: int, message: str) -> HTMLResponse:
+        """An error page that needs nothing from Redis (it may be what failed)."""
+        html = templates.get_template("error.html").render(
+            role=None, csrf="", can_operate=False, auth_enabled=self.auth.enabled, message=message
+        )
+        return HTMLResponse(html, status_code=status)
+
     # -- login ---------------------------------------------------------------------------
 
-    async def login_form(self, request: Request) -> Response:
-        return self.render(request, "login.html", error=None)
+    async def login_form(
+        self, request: Request, *, status_code: int = 200, error: str | None = None
+    ) -> Response:
+        """The login form, with a CSRF token bound to a login cookie: a cross-site form
+        cannot log a victim in as someone else (the Strict cookie is not sent with it)."""
+        nonce = new_session_id()
+        html = templates.get_template("login.html").render(
+            role=None, csrf=self.auth.login_csrf(nonce), auth_enabled=self.auth.enabled, error=error
+        )
+        response = HTMLResponse(html, status_code=status_code)
+        self.set_cookie(response, LOGIN_COOKIE, nonce, path="/console/login")
+        return response
+
+    async def login_page(self, request: Request) -> Response:
+        return await self.login_form(request)
 
     async def login(self, request: Request) -> Response:
-        form = await read_form(request)
-        role = self.auth.role_for_token(form.get("token", ""))
-        if role not in ("read", "operate"):
-            return self.render(
-                request, "login.html", 401, error="Unknown token, or not a read or operate one."
+        try:
+            form = await read_form(request)
+        except HTTPProblem as exc:
+            return await self.login_form(request, status_code=exc.status, error=exc.message)
+        if not self.auth.login_csrf_ok(request.cookies.get(LOGIN_COOKIE), form.get("csrf")):
+            return await self.login_form(
+                request, status_code=403, error="The login form expired; please try again."
             )
+        token = self.auth.token_for(form.get("token", ""))
+        if token is None or token.role not in ("read", "operate"):
+            return await self.login_form(
+                request, status_code=401, error="Unknown token, or not a read or operate one."
+            )
+        try:
+            session_id = await run_in_threadpool(
+                self.open_session, Session(token.role, fingerprint(token.secret))
+            )
+        except StoreError as exc:
+            return self.bare_error(503, f"The store is unavailable: {exc}")
         response = RedirectResponse("/console", status_code=303)
-        self.set_cookie(response, self.auth.session_cookie(role), request)
+        self.set_cookie(response, COOKIE, session_id, path="/console")
+        response.delete_cookie(LOGIN_COOKIE, path="/console/login")
         return response
 
     async def logout(self, request: Request) -> Response:
+        """End the session: removed from Redis, so the cookie is worthless from now on."""
+        _, session_id = await self.session(request)
+        if session_id:
+            await run_in_threadpool(self.producer.forget, self._session_name(session_id))
         response = RedirectResponse("/console/login", status_code=303)
         response.delete_cookie(COOKIE, path="/console")
         return response
@@ -155,7 +236,7 @@ class Console:
 
     async def overview(self, request: Request) -> Response:
         data = await run_in_threadpool(self.overview_data)
-        return self.render(request, "overview.html", **data)
+        return await self.render(request, "overview.html", **data)
 
     def overview_data(self) -> dict[str, Any]:
         p = self.producer
@@ -178,7 +259,7 @@ class Console:
             next_url = "/console/records?" + urllib.parse.urlencode(
                 {**params, "cursor": found.next_cursor}
             )
-        return self.render(
+        return await self.render(
             request,
             "records.html",
             records=found.records,
@@ -190,7 +271,7 @@ class Console:
     async def record(self, request: Request) -> Response:
         record_id = str(request.path_params["record_id"])
         record = await run_in_threadpool(self.producer.get, record_id, with_history=True)
-        return self.render(request, "record.html", record=record, data=record.to_dict())
+        return await self.render(request, "record.html", record=record, data=record.to_dict())
 
     async def replay(self, request: Request) -> Response:
         """Preview (a dry run) unless the form says confirm=1; expired records need
@@ -217,7 +298,7 @@ class Console:
         report = await run_in_threadpool(
             lambda: self.producer.replay(flt, force=force or expired, dry_run=not confirmed)
         )
-        return self.render(
+        return await self.render(
             request,
             "replay.html",
             report=report,
@@ -270,7 +351,7 @@ def routes(producer: Producer, auth: Auth) -> list[Route]:
 
     return [
         Route("/", root),
-        Route("/console/login", c.login_form, methods=["GET"]),
+        Route("/console/login", c.login_page, methods=["GET"]),
         Route("/console/login", c.login, methods=["POST"]),
         Route("/console/logout", c.page("read", c.logout, post=True), methods=["POST"]),
         Route("/console", c.page("read", c.overview)),

@@ -10,45 +10,57 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
-from ..errors import ConfigError
+from ..errors import AdjustmentsError, ConfigError
 from ..logging import get_logger
 from ..metrics.deployment import DeploymentCollector
 from ..producer import Producer
 from . import console
 from .api import Api, problem
 from .auth import Auth, allowed
+from .guard import LOOPBACK_HOSTS, Guard, allowed_hosts
+from .limits import GuardedHttpToolsProtocol
 from .openapi import document
 
 log = get_logger("adjustments.http")
 STATIC = console.HERE / "static"
 
 
-def create_app(producer: Producer, auth: Auth) -> Starlette:
-    """The whole server over ``producer``: API, console, health, metrics, OpenAPI."""
+def create_app(
+    producer: Producer, auth: Auth, *, hosts: frozenset[str] | None = LOOPBACK_HOSTS
+) -> ASGIApp:
+    """The whole server over ``producer``: API, console, health, metrics, OpenAPI; behind
+    the ``Guard`` (``hosts``: the Host names answered, None for any)."""
     api = Api(producer, auth)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(producer))
     spec = document()
 
     async def healthz(_: Request) -> Response:
-        if not producer.ping():
-            return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503)
+        problem_text = await run_in_threadpool(producer.write_problem)
+        if problem_text is not None:  # down, or up but refusing writes (full, read-only)
+            return JSONResponse({"status": "unavailable", "redis": problem_text}, 503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
         role = auth.role_for_header(request.headers.get("authorization"))
-        if auth.enabled and not allowed(role, "read"):
+        if auth.enabled and role is None:
             return problem(401, "unauthorized", "a read or operate token is required")
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        if auth.enabled and not allowed(role, "read"):
+            return problem(403, "forbidden", f"a {role} token may not read metrics")
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
@@ -71,15 +83,46 @@ def create_app(producer: Producer, auth: Auth) -> Starlette:
         Mount("/console/static", StaticFiles(directory=STATIC), name="static"),
         *console.routes(producer, auth),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    # Starlette's own slash redirect is an absolute URL built from the Host header; ours
+    # (in not_found) is relative.
+    app.router.redirect_slashes = False
+    return Guard(app, hosts)
+
+
+def _methods_for(request: Request) -> list[str]:
+    """The methods some route serves at this request's path (for 405's Allow)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
+def _slash_twin(request: Request) -> str | None:
+    """The path with its trailing slash added or removed, if a route serves that one."""
+    path = request.url.path
+    twin = path.rstrip("/") if path.endswith("/") and path != "/" else path + "/"
+    scope = {**request.scope, "path": twin}
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return twin
+    return None
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
+    twin = _slash_twin(request)
+    if twin is not None:
+        query = request.url.query
+        return RedirectResponse(twin + (f"?{query}" if query else ""), status_code=307)
     return problem(404, "not_found", f"no route {request.url.path}")
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
-    return problem(405, "method_not_allowed", f"{request.method} is not allowed here")
+    response = problem(405, "method_not_allowed", f"{request.method} is not allowed here")
+    response.headers["allow"] = ", ".join(_methods_for(request))
+    return response
 
 
 def is_loopback(host: str) -> bool:
@@ -104,18 +147,55 @@ def check_exposure(auth: Auth, host: str, insecure_local: bool) -> None:
         raise ConfigError(f"--insecure-local serves only on a loopback address, not {host}")
 
 
-def serve(producer: Producer, auth: Auth, host: str, port: int, **options: Any) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before anything says it is serving;
+    AdjustmentsError (one line, exit 1) when the port is taken or the address unusable."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AdjustmentsError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise AdjustmentsError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    producer: Producer,
+    auth: Auth,
+    host: str,
+    port: int,
+    *,
+    extra_hosts: Sequence[str] = (),
+    **options: Any,
+) -> None:
+    """Serve until interrupted. Starts whether or not Redis answers: requests then get 503
+    (and /healthz says why) until it does, as the workers ride an outage out."""
     import uvicorn
 
-    app = create_app(producer, auth)
-    log.info("http.serving", host=host, port=port, authentication=auth.enabled)
-    uvicorn.run(
+    sock = bind(host, port)
+    app = create_app(producer, auth, hosts=allowed_hosts(host, extra_hosts))
+    config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        http=GuardedHttpToolsProtocol,
         log_level="warning",
         access_log=False,
         server_header=False,
         proxy_headers=False,  # we read no client address
         **options,
     )
+    log.info(
+        "http.serving",
+        host=host,
+        port=sock.getsockname()[1],
+        authentication=auth.enabled,
+        redis_up=producer.ping(),
+    )
+    uvicorn.Server(config).run(sockets=[sock])

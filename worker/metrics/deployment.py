@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
+import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ..errors import StoreError
 
 if TYPE_CHECKING:
     from ..producer import Producer
@@ -22,9 +25,17 @@ class DeploymentCollector(Collector):
         self.producer = producer  # an adjustments Producer (its client, store and settings)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Every metric when Redis answers; during an outage only ``adjustments_redis_up 0``
+        (a scrape must not fail: the outage itself is what the alert needs to see)."""
         p = self.producer
-        stats = p.stats()
-        windows = p.windows(within_s=(3600, 6 * 3600))
+        try:
+            stats = p.stats()
+            windows = p.windows(within_s=(3600, 6 * 3600))
+            last = p.last_reconcile()
+        except (StoreError, redis.RedisError):
+            yield _redis_up(0)
+            return
+        yield _redis_up(1)
 
         records = GaugeMetricFamily(
             "adjustments_records",
@@ -88,7 +99,6 @@ class DeploymentCollector(Collector):
             value=int(cast(int, stats["dead_letters"])),
         )
 
-        last = p.last_reconcile()
         yield GaugeMetricFamily(
             "adjustments_last_reconcile_timestamp_seconds",
             "When the last reconciliation run finished (0: never)",
@@ -105,7 +115,13 @@ class DeploymentCollector(Collector):
         yield repaired
 
 
-def serve_deployment_metrics(producer: Producer, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
+def _redis_up(value: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "adjustments_redis_up", "Whether Redis answered this scrape (1) or not (0)", value=value
+    )
+
+
+def serve_deployment_metrics(producer: Producer, port: int, addr: str = "127.0.0.1") -> None:
     """Serve the deployment's metrics from Redis on ``port`` until interrupted."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(producer))
