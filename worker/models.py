@@ -294,6 +294,17 @@ class Record:
             history=tuple(json.loads(entry) for entry in history),
         )
 
+    @property
+    def error_is_current(self) -> bool:
+        """Whether ``last_error`` is why the record stands where it is (failed, retrying,
+        expired), rather than an earlier attempt's error that a later one (after a retry or
+        a replay) has moved on from."""
+        return self.last_error is not None and self.status in (
+            Status.FAILED,
+            Status.RETRYING,
+            Status.EXPIRED,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (what ``--json`` prints): every field of the dataclass but
         ``created`` (not stored), times as ISO 8601, an empty ``key_outcome`` as null."""

@@ -118,9 +118,7 @@ class Producer:
         if not redis_url:
             raise missing_redis()
         if redis_url == EMBEDDED:
-            server = start_announced(self.settings.data_dir)
-            self._resources.callback(server.stop)
-            redis_url = server.url
+            redis_url = start_announced(self.settings.data_dir).url  # shared: it runs on
         self.redis_url = redis_url
         self._client = self.settings.redis_target(redis_url).client()
         self._store = RecordStore(
@@ -496,11 +494,13 @@ class Producer:
                 dict[str, str], self._client.hgetall(keys.last_reconcile(self.settings.key_prefix))
             )
 
-    def remember(self, name: str, value: str, *, ttl_s: int) -> None:
+    def remember(self, name: str, value: str, *, ttl_s: int, replace: bool = False) -> bool:
         """Keep ``value`` under ``name`` for ``ttl_s`` unless something is kept there already
-        (an HTTP Idempotency-Key's first answer, say). ``name`` is hashed into the key."""
+        (``replace``: whatever is there), atomically; whether it was kept. ``name`` is hashed
+        into the key (an HTTP Idempotency-Key's answer, a console session)."""
         with self._writing():
-            self._client.set(self._memo_key(name), value, nx=True, ex=ttl_s)
+            kept = self._client.set(self._memo_key(name), value, nx=not replace, ex=ttl_s)
+        return bool(kept)
 
     def recall(self, name: str) -> str | None:
         """What ``remember`` kept under ``name``, if it has not expired."""

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,26 @@ class Server:
     def json(self, method: str, path: str, body: object = None, **kw: Any) -> tuple[int, Any]:
         status, _, payload = self.request(method, path, body, **kw)
         return status, json.loads(payload)
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def console_login(server: Server, token: str) -> tuple[int, str]:
+    """Log in to the console as a browser does: the login page (its CSRF field and login
+    cookie), then the form. (status, the session cookie "name=value" or "")."""
+    _, headers, page = server.request("GET", "/console/login", role=None)
+    csrf = page.decode().split('name="csrf" value="')[1].split('"')[0]
+    nonce = headers["set-cookie"].split(";")[0]
+    body = urllib.parse.urlencode({"token": token, "csrf": csrf}).encode()
+    status, answer, _ = server.request(
+        "POST", "/console/login", raw=body, role=None, headers={**FORM, "Cookie": nonce}
+    )
+    cookie = answer.get("set-cookie", "")
+    if cookie:
+        assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower(), cookie
+    session = cookie.split(";")[0] if cookie.startswith("adjustments_session=") else ""
+    return status, session
 
 
 def start_server(env: dict[str, str], log_path: Path, *args: str) -> Server:

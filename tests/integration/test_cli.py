@@ -88,17 +88,20 @@ class TestEmbeddedRedis:
     def test_records_persist_across_embedded_restarts(
         self, tmp_path: Path, worker_env: dict[str, str]
     ) -> None:
-        """With REDIS_URL=embedded each command starts the bundled server, says so in one line
-        on stderr, uses it and stops it; the append-only file keeps the record."""
+        """With REDIS_URL=embedded a command starts the bundled server and says so in one
+        line on stderr; `embedded stop` stops it and the append-only file keeps the record
+        for the next start."""
         env = {**worker_env, "REDIS_URL": "embedded", "ADJUSTMENTS_DATA_DIR": str(tmp_path)}
         out = run(["cancel", "ev", "embedded_1", "--json"], env)
         assert out.returncode == 0, out.stderr
         announced = [line for line in out.stderr.splitlines() if "REDIS_URL=embedded" in line]
         assert len(announced) == 1 and "bundled Redis" in announced[0]
         record_id = json.loads(out.stdout)["id"]
-        assert not (tmp_path / "redis.json").exists()  # stopped what it started
+        assert run(["embedded", "stop"], env).returncode == 0
+        assert not (tmp_path / "redis.json").exists()
         assert (tmp_path / "appendonly.aof").exists() or list(tmp_path.glob("appendonly*"))
         status = run(["status", record_id, "--json"], env)
+        run(["embedded", "stop"], env)
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["identifier"] == "embedded_1"
 

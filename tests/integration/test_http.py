@@ -19,7 +19,15 @@ from openapi_spec_validator import validate as validate_spec
 from adjustments import InvalidInput, Producer, RecordNotFound, Settings
 from adjustments.sandbox import SandboxServer
 
-from .conftest import TOKENS, Server, run_cli, start_server, stop_server, written_keys
+from .conftest import (
+    TOKENS,
+    Server,
+    console_login,
+    run_cli,
+    start_server,
+    stop_server,
+    written_keys,
+)
 
 
 @pytest.fixture
@@ -110,7 +118,10 @@ class TestCancellations:
             "POST",
             "/api/v1/cancellations",
             body=chunks,
-            headers={"Authorization": f"Bearer {TOKENS['enqueue']}"},
+            headers={
+                "Authorization": f"Bearer {TOKENS['enqueue']}",
+                "Content-Type": "application/json",
+            },
             encode_chunked=True,
         )
         response = conn.getresponse()
@@ -306,15 +317,9 @@ class TestDocument:
 
 class TestConsoleForms:
     def login(self, api: Server, role: str) -> str:
-        body = urllib.parse.urlencode({"token": TOKENS[role]}).encode()
-        status, headers, _ = api.request(
-            "POST", "/console/login", raw=body, role=None,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )  # fmt: skip
-        assert status == 303
-        cookie = headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-        return cookie.split(";")[0]
+        status, cookie = console_login(api, TOKENS[role])
+        assert status == 303 and cookie
+        return cookie
 
     def test_forms_without_csrf_or_from_a_read_session_change_nothing(
         self, api: Server, producer: Producer, sandbox: SandboxServer, settle: Any
@@ -335,12 +340,7 @@ class TestConsoleForms:
             )  # fmt: skip
             assert status == 403
         assert producer.get(record.id).status.value == "failed"
-        body = urllib.parse.urlencode({"token": TOKENS["enqueue"]}).encode()
-        status, _, _ = api.request(
-            "POST", "/console/login", raw=body, role=None,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )  # fmt: skip
-        assert status == 401
+        assert console_login(api, TOKENS["enqueue"])[0] == 401
         assert api.request("GET", "/console", role=None)[0] == 303  # no session: to the login
 
     def test_replaying_expired_records_needs_the_second_confirmation(

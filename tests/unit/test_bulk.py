@@ -98,10 +98,8 @@ class TestUndecodableBytes:
         ["ev,id1", "event_name;identifier", "event_name,ident", ""],
         ids=["no-header", "semicolons", "misspelt", "blank-first-line"],
     )
-    def test_a_csv_header_without_the_required_columns_is_an_input_error(
-        self, header: str
-    ) -> None:
+    def test_a_csv_header_without_the_required_columns_is_an_input_error(self, header: str) -> None:
         """No header, or another separator: InvalidInput with a hint, before any row."""
         text = io.StringIO(f"{header}\nev,id2\n")
-        with pytest.raises(InvalidInput, match="CSV header has no .*comma-separated"):
+        with pytest.raises(InvalidInput, match=r"CSV header has no .*comma-separated"):
             list(read_rows(text, "csv"))

@@ -106,7 +106,12 @@ class TestMoreEdges:
 
     @pytest.mark.parametrize(
         ("raw", "shown"),
-        [("a\x9bb", "a\\x9bb"), ("a\x1b[31mb", "a\\x1b[31mb"), ("a\ud800b", "a\\ud800b"), ("a\u202eb", "a\\u202eb")],
+        [
+            ("a\x9bb", "a\\x9bb"),
+            ("a\x1b[31mb", "a\\x1b[31mb"),
+            ("a\ud800b", "a\\ud800b"),
+            ("a\u202eb", "a\\u202eb"),
+        ],
     )
     def test_control_characters_are_escaped_when_printed(self, raw: str, shown: str) -> None:
         """A C1 CSI, an ANSI escape, a lone surrogate: shown escaped, never sent raw."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import click
 import redis
@@ -26,7 +26,7 @@ from ..logging import configure as configure_logging
 from ..logging import get_logger
 from ..models import CancelRequest, Status
 from ..redact import redact
-from .common import emit, printable, producer_for, record_line, settings
+from .common import emit, printable, producer_for, record_line, record_view, settings
 from .recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -99,7 +99,11 @@ def status(request_id: str, as_json: bool) -> None:
     """Show one request's record."""
     with producer_for(settings(), read_only=True) as producer:
         record = producer.get(request_id, with_history=True)
-    emit(record.to_dict(), as_json)
+    if as_json:
+        emit(record.to_dict(), True)
+        return
+    for line in record_view(record):
+        click.echo(line)
 
 
 @cli.command(name="list")
@@ -112,6 +116,8 @@ def list_(status_: str | None, limit: int, as_json: bool) -> None:
         records = producer.list(Status(status_) if status_ else None, limit=limit)
     if as_json:
         emit([r.to_dict() for r in records], True)
+    elif not records:
+        click.echo(f"no {status_} records" if status_ else "no records")
     else:
         for record in records:
             click.echo(record_line(record))
@@ -139,7 +145,9 @@ def stats(as_json: bool) -> None:
     )
     click.echo(f"{'dead letters':<11} {data['dead_letters']}")
     click.echo(f"{'workers':<11} {data['workers_alive']} alive")
-    click.echo(f"{'oldest live':<11} {data['oldest_live_age_s']} s")
+    oldest = float(cast(float, data["oldest_live_age_s"]))
+    live = sum(records[s] for s in ("queued", "processing", "retrying"))
+    click.echo(f"{'oldest live':<11} {f'{oldest:.1f} s' if live else 'none live'}")
     rate = data["rate_limit"]
     assert isinstance(rate, dict)
     click.echo(
@@ -215,6 +223,9 @@ def workers_cmd(as_json: bool) -> None:
         alive = producer.workers()
     if as_json:
         emit([w.to_dict() for w in alive], True)
+        return
+    if not alive:
+        click.echo("no workers alive (no heartbeat in Redis)")
         return
     now = time.time()
     for w in alive:
@@ -351,6 +362,25 @@ def demo(count: int, seed: int) -> None:
     from ..demo import run_demo
 
     sys.exit(run_demo(count=count, seed=seed))
+
+
+@cli.group(name="embedded")
+def embedded_group() -> None:
+    """The bundled Redis that REDIS_URL=embedded starts for trials (shared by every process
+    that chooses the same ADJUSTMENTS_DATA_DIR; it runs until stopped)."""
+
+
+@embedded_group.command(name="stop")
+def embedded_stop() -> None:
+    """Stop the bundled Redis of ADJUSTMENTS_DATA_DIR (its data stays on disk)."""
+    from ..embedded import stop_shared
+
+    cfg = settings()
+    url = stop_shared(cfg.data_dir)
+    if url is None:
+        click.echo(f"no bundled Redis is running for {cfg.data_dir.resolve()}")
+    else:
+        click.echo(f"stopped the bundled Redis at {url} (data kept in {cfg.data_dir.resolve()})")
 
 
 for command in (replay_cmd, reconcile_cmd, beat_cmd, import_cmd):

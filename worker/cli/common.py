@@ -51,10 +51,54 @@ def emit(data: Any, as_json: bool) -> None:
 
 
 def record_line(record: Record) -> str:
+    """One line for lists: id, status, API, attempts, event/identifier, and the error code
+    of a failed (or retrying, expired) record."""
+    e = record.last_error
+    label = (e.code or e.type) if e is not None and record.error_is_current else None
+    error = f"  error={label}" if label else ""
     return printable(
         f"{record.id}  {record.status.value:<10} {record.api}  attempts={record.attempts}  "
-        f"{record.event_name}/{record.identifier}"
+        f"{record.event_name}/{record.identifier}{error}"
     )
+
+
+HISTORY_COLUMNS = (
+    ("at", "at"),
+    ("attempt", "#"),
+    ("outcome", "outcome"),
+    ("status", "status"),
+    ("http_status", "http"),
+    ("error_code", "error code"),
+    ("generation", "key gen"),
+)
+
+
+def record_view(record: Record) -> list[str]:
+    """A record for people: its set fields, its last error (labelled when it belongs to an
+    earlier attempt), and its attempt history as a table."""
+    data = record.to_dict()
+    history = data.pop("history", [])
+    error = data.pop("last_error", None)
+    shown = {k: v for k, v in data.items() if v not in (None, "")}
+    width = max(len(k) for k in [*shown, "last_error"])
+    lines = [f"{key:<{width}}  {value}" for key, value in shown.items()]
+    if record.last_error is not None and error:
+        e = record.last_error
+        when = "" if record.error_is_current else "  (from an earlier attempt)"
+        what = " ".join(str(p) for p in (e.code or e.type, f"HTTP {e.http_status}") if p)
+        lines.append(f"{'last_error':<{width}}  {what}: {e.message or ''}{when}")
+    if history:
+        rows = [[_cell(entry.get(key)) for key, _ in HISTORY_COLUMNS] for entry in history]
+        heads = [title for _, title in HISTORY_COLUMNS]
+        widths = [max(len(c) for c in column) for column in zip(heads, *rows, strict=False)]
+        lines += ["", "attempts:"]
+        for row in (heads, *rows):
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return [printable(line.rstrip()) for line in lines]
+
+
+def _cell(value: object) -> str:
+    return "-" if value in (None, "") else str(value)
 
 
 def plural(count: int, noun: str) -> str:

@@ -195,10 +195,11 @@ def import_cmd(file: str, fmt: str | None, as_json: bool) -> None:
             f"cannot open {file!r}: {exc.strerror}", param_hint="FILE"
         ) from None
     with stream:
+        progress = ImportProgress(stream)  # counts the lines first (on a terminal)
         rows = read_rows(stream, fmt)
         first = next(rows, None)  # a CSV header without the required columns raises here
         entries = chain([first] if first else [], rows)
-        summary = _import(cfg, stream, entries)
+        summary = _import(cfg, progress, entries)
     bad = summary["bad"]
     if as_json:
         emit(summary, True)
@@ -212,13 +213,13 @@ def import_cmd(file: str, fmt: str | None, as_json: bool) -> None:
 
 
 def _import(
-    cfg: Settings, stream: IO[str], entries: Iterator[tuple[int, Row | str]]
+    cfg: Settings, progress: ImportProgress, entries: Iterator[tuple[int, Row | str]]
 ) -> dict[str, Any]:
     """Enqueue the good rows a batch at a time; report each batch's bad lines (unreadable or
     refused by validation) in file order as the batch is done."""
     bad: list[tuple[int, str]] = []
     totals = {"created": 0, "duplicates": 0}
-    with producer_for(cfg) as producer, ImportProgress(stream) as progress:
+    with producer_for(cfg) as producer, progress:
         for chunk in batched(entries, BATCH_SIZE):
             good = [(line, row) for line, row in chunk if not isinstance(row, str)]
             problems = [(line, row) for line, row in chunk if isinstance(row, str)]

@@ -23,12 +23,13 @@ from ..listing import Query
 from ..models import Record, Status, parse_time
 from ..producer import Producer
 from ..replay import ReplayFilter
-from .auth import Auth, allowed
+from .auth import Auth, allowed, article, fingerprint
 
 MAX_BODY = 64 * 1024
 MAX_BATCH_BODY = 1024 * 1024
 MAX_BATCH = 1000
 IDEMPOTENCY_TTL_S = 24 * 3600
+IN_FLIGHT_TTL_S = 60  # a claimed key whose request never finished (a crash) frees up
 CANCEL_FIELDS = frozenset(
     {"event_name", "identifier", "api", "stripe_account", "event_received_at"}
 )
@@ -56,7 +57,16 @@ def record_json(record: Record) -> dict[str, Any]:
 
 
 async def read_json(request: Request, cap: int) -> Any:
-    """The request body as JSON, refusing more than ``cap`` bytes before reading them."""
+    """The request body as JSON, refusing more than ``cap`` bytes before reading them.
+
+    Only ``application/json`` is read: a web page can send ``text/plain`` or a form to any
+    address without a CORS preflight, never JSON, so this keeps other sites' pages from
+    posting to a server (``--insecure-local`` above all) in a visitor's browser."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPProblem(
+            415, "unsupported_media_type", "the body must be sent as Content-Type: application/json"
+        )
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > cap):
         raise HTTPProblem(413, "body_too_large", f"the body may have at most {cap} bytes")
@@ -95,12 +105,16 @@ class Api:
         """``handler`` behind the bearer token check and with our error mapping."""
 
         async def endpoint(request: Request) -> Response:
-            role = self.auth.role_for_header(request.headers.get("authorization"))
+            token = self.auth.token_for_header(request.headers.get("authorization"))
+            role = token.role if token else None
+            request.state.token = fingerprint(token.secret) if token else ""
             if self.auth.enabled:
                 if role is None:
                     return problem(401, "unauthorized", "a valid bearer token is required")
                 if not allowed(role, need):
-                    return problem(403, "forbidden", f"a {role} token may not do this")
+                    return problem(
+                        403, "forbidden", f"{article(role)} {role} token may not do this"
+                    )
             try:
                 return await handler(request)
             except HTTPProblem as exc:
@@ -121,41 +135,65 @@ class Api:
     async def create(self, request: Request) -> Response:
         body = object_with(await read_json(request, MAX_BODY), CANCEL_FIELDS, "the body")
         key = request.headers.get("idempotency-key")
-        fingerprint = ""
-        if key is not None:  # the body's digest tells a retry from another request
-            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-            earlier = self._idempotent_answer(key, fingerprint)
-            if earlier is not None:
-                return earlier
+        if key is None:
+            return await self._create(body)
+        memo = self._idempotency_name(request, key)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        claim = json.dumps({"fingerprint": digest})
+        # The key is claimed before the record is written (SET NX): of two concurrent POSTs
+        # with one key, exactly one goes on; the other gets 409.
+        if not await run_in_threadpool(self.producer.remember, memo, claim, ttl_s=IN_FLIGHT_TTL_S):
+            return await self._earlier_answer(memo, digest)
+        try:
+            response = await self._create(body)
+        except BaseException:
+            # Nothing was written under this key (refused input, Redis down): as at Stripe, no
+            # answer is kept, and a retry with the same key runs afresh.
+            await run_in_threadpool(self.producer.forget, memo)
+            raise
+        first = {"fingerprint": digest, "status": response.status_code}
+        first["body"] = json.loads(bytes(response.body))
+        await run_in_threadpool(
+            self.producer.remember, memo, json.dumps(first), ttl_s=IDEMPOTENCY_TTL_S, replace=True
+        )
+        return response
+
+    async def _create(self, body: dict[str, Any]) -> JSONResponse:
         for name in ("event_name", "identifier"):
             if name not in body:
                 raise HTTPProblem(422, "invalid_request", f"{name} is required")
         record = await self.producer.cancel_async(**body)
-        status = 202 if record.created else 200
-        if key is not None:
-            self._remember(key, fingerprint, record.id, status)
-        return JSONResponse(record_json(record), status_code=status)
+        return JSONResponse(record_json(record), status_code=202 if record.created else 200)
 
-    def _idempotency_key(self, key: str) -> str:
+    def _idempotency_name(self, request: Request, key: str) -> str:
+        """Where a key's first answer is kept: per token (one client's keys never meet
+        another's), the key itself hashed into the Redis key name."""
         if not 1 <= len(key) <= 255:
             raise HTTPProblem(422, "invalid_request", "Idempotency-Key must be 1-255 characters")
-        return f"idempotency-key:{key}"
+        return f"idempotency-key:{getattr(request.state, 'token', '')}:{key}"
 
-    def _idempotent_answer(self, key: str, fingerprint: str) -> Response | None:
-        stored = self.producer.recall(self._idempotency_key(key))
-        if stored is None:
-            return None
+    async def _earlier_answer(self, memo: str, digest: str) -> Response:
+        """The first answer given under this key, exactly (status and body); 409 when the
+        key came with another body, or its first request is still being answered."""
+        stored = await run_in_threadpool(self.producer.recall, memo)
+        if stored is None:  # expired between the two calls: a rare race, safe to retry
+            raise HTTPProblem(409, "idempotency_key_in_use", "retry this request")
         earlier = json.loads(stored)
-        if earlier["fingerprint"] != fingerprint:
+        if earlier["fingerprint"] != digest:
             raise HTTPProblem(
                 409, "idempotency_key_reused", "this Idempotency-Key was used with another body"
             )
-        record = self.producer.get(earlier["id"])
-        return JSONResponse(record_json(record), status_code=int(earlier["status"]))
-
-    def _remember(self, key: str, fingerprint: str, record_id: str, status: int) -> None:
-        value = json.dumps({"fingerprint": fingerprint, "id": record_id, "status": status})
-        self.producer.remember(self._idempotency_key(key), value, ttl_s=IDEMPOTENCY_TTL_S)
+        if "status" not in earlier:
+            raise HTTPProblem(
+                409,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being answered; retry shortly",
+            )
+        return JSONResponse(
+            earlier["body"],
+            status_code=int(earlier["status"]),
+            headers={"idempotent-replayed": "true"},
+        )
 
     async def create_batch(self, request: Request) -> Response:
         body = object_with(

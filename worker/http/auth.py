@@ -150,5 +150,10 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
+def article(word: str | None) -> str:
+    """``an`` before a vowel (an enqueue token, an operate token), else ``a``."""
+    return "an" if (word or "x")[0] in "aeiou" else "a"
+
+
 def allowed(role: str | None, need: str) -> bool:
     return role is not None and need in ALLOWED[role]

@@ -219,8 +219,8 @@ class Console:
         except StoreError as exc:
             return self.bare_error(503, f"The store is unavailable: {exc}")
         response = RedirectResponse("/console", status_code=303)
-        self.set_cookie(response, COOKIE, session_id, path="/console")
         response.delete_cookie(LOGIN_COOKIE, path="/console/login")
+        self.set_cookie(response, COOKIE, session_id, path="/console")
         return response
 
     async def logout(self, request: Request) -> Response:

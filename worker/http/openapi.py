@@ -114,7 +114,9 @@ def document() -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                             "description": "A retried POST with the same key and body gets the "
-                            "first answer again for 24 h; another body is a 409.",
+                            "first answer again (its status and body, with Idempotent-Replayed: "
+                            "true) for 24 h; another body, or a retry while the first request "
+                            "is still being answered, is a 409. Keys are kept per token.",
                         }
                     ],
                     "requestBody": {
@@ -130,8 +132,12 @@ def document() -> dict[str, Any]:
                         "202": _json("Record", "Accepted: a new request, queued."),
                         "200": _json("Record", "The same request was already known: its record."),
                         "400": _error("The body is not a JSON object."),
-                        "409": _error("The Idempotency-Key was used with another body."),
+                        "409": _error(
+                            "The Idempotency-Key was used with another body, or its first "
+                            "request is still being answered."
+                        ),
                         "413": _error("The body is too large."),
+                        "415": _error("The body is not sent as application/json."),
                         "422": _error("A field is missing, unknown or invalid; nothing written."),
                         **ERRORS,
                     },
@@ -174,6 +180,7 @@ def document() -> dict[str, Any]:
                         "200": _json("BatchResult", "Each item enqueued, a duplicate, or invalid."),
                         "400": _error("The body is not a JSON object."),
                         "413": _error("The body is too large."),
+                        "415": _error("The body is not sent as application/json."),
                         "422": _error("items missing, empty or too many."),
                         **ERRORS,
                     },
@@ -209,6 +216,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("ReplayReport", "What was (or would be) replayed."),
                         "400": _error("The body is not a JSON object."),
+                        "415": _error("The body is not sent as application/json."),
                         "422": _error("An invalid filter."),
                         **ERRORS,
                     },
@@ -217,11 +225,14 @@ def document() -> dict[str, Any]:
             "/healthz": {
                 "get": {
                     "operationId": "health",
-                    "summary": "200 when Redis answers, 503 otherwise (no token needed).",
+                    "summary": "200 when Redis accepts writes, 503 otherwise (no token needed).",
                     "security": [],
                     "responses": {
                         "200": {"description": "Healthy."},
-                        "503": {"description": "Redis unreachable."},
+                        "503": {
+                            "description": "Redis unreachable, or refusing writes (out of "
+                            "memory, a read-only replica): the body says which."
+                        },
                     },
                 },
             },
@@ -234,7 +245,8 @@ def document() -> dict[str, Any]:
                             "description": "Prometheus text exposition.",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
-                        "401": _error("No read or operate token."),
+                        "401": _error("No valid token."),
+                        "403": _error("An enqueue token (metrics need read or operate)."),
                     },
                 },
             },

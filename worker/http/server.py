@@ -28,7 +28,7 @@ from ..metrics.deployment import DeploymentCollector
 from ..producer import Producer
 from . import console
 from .api import Api, problem
-from .auth import Auth, allowed
+from .auth import Auth, allowed, article
 from .guard import LOOPBACK_HOSTS, Guard, allowed_hosts
 from .limits import GuardedHttpToolsProtocol
 from .openapi import document
@@ -58,7 +58,7 @@ def create_app(
         if auth.enabled and role is None:
             return problem(401, "unauthorized", "a read or operate token is required")
         if auth.enabled and not allowed(role, "read"):
-            return problem(403, "forbidden", f"a {role} token may not read metrics")
+            return problem(403, "forbidden", f"{article(role)} {role} token may not read metrics")
         body = await run_in_threadpool(generate_latest, registry)
         return Response(body, media_type="text/plain; version=0.0.4")
 
