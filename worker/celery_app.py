@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 from kombu import Queue
 
 from . import keys
@@ -113,8 +115,33 @@ class LoggedTask(Task):  # type: ignore[type-arg]
         ACTIVITY.end()
 
 
+class UnbufferedEventDispatcher(EventDispatcher):
+    """Celery's event dispatcher without the task-event buffer, for a threads pool.
+
+    With an event loop, Celery's worker buffers task events and has the loop flush them, and
+    neither step is safe when pool threads send them: ``flush`` publishes a group's list and
+    then empties it, so an event a thread appends meanwhile is lost; and the thread asks for
+    the flush by adding to the hub's ``_ready`` set, which the loop swaps out and iterates
+    without a lock, so the request can be lost too (the event then waits for another task's
+    flush, for ever if none comes). Monitors (Flower, ``celery events``) under-counted. Here
+    every event is published at once, under the dispatcher's own lock, from the thread that
+    sends it: one Redis PUBLISH per event, only while events are enabled (they are off by
+    default)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["buffer_group"] = None
+        kwargs["on_send_buffered"] = None
+        super().__init__(*args, **kwargs)
+
+
+class AdjustmentsEvents(Events):
+    dispatcher_cls = UnbufferedEventDispatcher  # type: ignore[assignment]
+
+
 class AdjustmentsCelery(Celery):
     """Our app: configured from our settings when first used, never at import time."""
+
+    events_cls = AdjustmentsEvents  # type: ignore[assignment]
 
     def on_configure(self) -> None:  # type: ignore[override]
         # A method rather than Celery's on_configure signal: a signal handler's exception is

@@ -56,6 +56,7 @@ class Unhealthy(AdjustmentsError):
     """Raised by ``adjustments health`` when no live worker answers for this host."""
 
 
-class UnsafeRedis(ConfigError):
+class UnsafeRedis(StoreError, ConfigError):
     """Raised when the Redis server cannot keep the promises configured (an eviction policy,
-    no append-only file for ``fsync``, a server too old for WAITAOF)."""
+    no append-only file for ``fsync``, a server too old for WAITAOF). A StoreError (nothing
+    was written: ``except StoreError`` handles it) and a ConfigError (the CLI exits 2)."""

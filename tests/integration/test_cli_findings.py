@@ -5,6 +5,7 @@ server. Each test failed before its fix."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,22 @@ from adjustments.models import CancelRequest
 from adjustments.sandbox import SandboxServer
 
 from .conftest import run_cli as run
-from .conftest import written_keys
 
 
-@pytest.mark.usefixtures("clean")
+@pytest.fixture
+def import_env(worker_env: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, str]]:
+    """The CLI's environment with a key prefix and queue of its own: the shared worker does
+    not take these records, and no other process writes under the prefix."""
+    yield {**worker_env, "ADJUSTMENTS_KEY_PREFIX": "imptest", "ADJUSTMENTS_QUEUE": "impq"}
+    for key in redis_client.scan_iter("imptest:*"):
+        redis_client.delete(key)
+    for key in redis_client.scan_iter("impq*"):
+        redis_client.delete(key)
+
+
 class TestImport:
     def test_a_latin1_byte_costs_one_line_not_the_rest_of_the_file(
-        self, worker_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis
+        self, import_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis
     ) -> None:
         """3,000 good rows, a Latin-1 byte on line 3,002, ten more: exit 1, line 3002 named,
         all 3,010 good rows enqueued, "1 bad line"."""
@@ -31,14 +41,14 @@ class TestImport:
         lines += ["ev,caf\u00e9".encode("latin-1")] + [f"ev,tail{i}".encode() for i in range(10)]
         path = tmp_path / "rows.csv"
         path.write_bytes(b"\n".join(lines) + b"\n")
-        out = run(["import", str(path)], worker_env)
+        out = run(["import", str(path)], import_env)
         assert out.returncode == 1, out.stderr
         assert "line 3002: not UTF-8 text" in out.stderr
         assert "enqueued 3010 (3010 new, 0 already known), 1 bad line" in out.stdout
-        assert redis_client.zcard("adj:idx:queued") == 3010
+        assert redis_client.zcard("imptest:idx:queued") == 3010
 
     def test_bad_lines_are_reported_in_file_order(
-        self, worker_env: dict[str, str], tmp_path: Path
+        self, import_env: dict[str, str], tmp_path: Path
     ) -> None:
         """A line refused by validation (line 1) before an unparseable one (line 2): reported
         in that order, on stderr and in --json."""
@@ -48,25 +58,26 @@ class TestImport:
             "not json\n"
             '{"event_name": "ev", "identifier": "b"}\n'
         )
-        out = run(["import", str(path)], worker_env)
+        out = run(["import", str(path)], import_env)
         reported = [line.split(":")[0] for line in out.stderr.splitlines() if "line " in line]
         assert reported == ["line 1", "line 2"], out.stderr
-        summary = json.loads(run(["import", str(path), "--json"], worker_env).stdout)
+        summary = json.loads(run(["import", str(path), "--json"], import_env).stdout)
         assert [b["line"] for b in summary["bad"]] == [1, 2]
 
     @pytest.mark.parametrize(
         "text", ["ev,id1\nev,id2\n", "event_name;identifier\nev;id1\n"], ids=["none", "semicolon"]
     )
     def test_a_csv_without_the_required_header_is_an_input_error(
-        self, worker_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis, text: str
+        self, import_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis, text: str
     ) -> None:
         """No header, or `;` between columns: exit 2, one line with a hint, nothing written."""
         path = tmp_path / "rows.csv"
         path.write_text(text)
-        out = run(["import", str(path)], worker_env)
+        out = run(["import", str(path)], import_env)
         assert out.returncode == 2, out
         assert out.stderr.count("\n") == 1 and "comma-separated" in out.stderr
-        assert written_keys(redis_client) == []
+        assert list(redis_client.scan_iter("imptest:*")) == []
+        assert list(redis_client.scan_iter("impq*")) == []
 
 
 def _failed(producer: Producer, sandbox: SandboxServer, settle: Any, identifier: str) -> str:

@@ -146,3 +146,37 @@ class TestTestsAsDocumentation:
                 if not ast.get_docstring(node):
                     bare.append(f"{path.relative_to(ROOT)}::{node.name}")
         assert bare == []
+
+
+class TestComposeAndDashboard:
+    def test_every_service_of_ours_has_the_shared_environment(self) -> None:
+        """A service's own environment adds to the shared one (web keeps
+        ADJUSTMENTS_STRIPE_API and the rest), it never replaces it."""
+        services = compose()["services"]
+        shared = services["worker"]["environment"]
+        assert "ADJUSTMENTS_STRIPE_API" in shared
+        for name, service in services.items():
+            if "build" in service:
+                assert set(shared) <= set(service["environment"]), name
+        assert "ADJUSTMENTS_API_TOKENS" in services["web"]["environment"]
+
+    def test_images_are_pinned_and_the_deployment_metrics_run(self) -> None:
+        """No image is `latest`; the deployment metrics exporter is a service."""
+        services = compose()["services"]
+        for name, service in services.items():
+            if "image" in service:
+                assert not service["image"].endswith(":latest"), name
+                assert ":" in service["image"], name
+        assert services["metrics"]["command"][:2] == ["adjustments", "metrics"]
+
+    def test_every_panel_has_a_unit_and_named_series(self) -> None:
+        """Grafana: each panel has a unit, each query a legend; stats have thresholds."""
+        import json
+
+        dashboard = json.loads((ROOT / "deploy" / "grafana" / "adjustments.json").read_text())
+        for panel in dashboard["panels"]:
+            defaults = panel["fieldConfig"]["defaults"]
+            assert defaults.get("unit"), panel["title"]
+            assert all(t.get("legendFormat") for t in panel["targets"]), panel["title"]
+            if panel["type"] == "stat":
+                assert defaults["thresholds"]["steps"], panel["title"]

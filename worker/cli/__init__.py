@@ -93,12 +93,24 @@ def cancel(
 
 
 @cli.command()
-@click.argument("request_id")
+@click.argument("request", nargs=-1, required=True, metavar="REQUEST_ID | EVENT_NAME IDENTIFIER")
+@click.option("--api", type=click.Choice(APIS), help="With EVENT_NAME IDENTIFIER: the API.")
+@click.option("--account", "stripe_account", help="With EVENT_NAME IDENTIFIER: the account.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
-def status(request_id: str, as_json: bool) -> None:
-    """Show one request's record."""
+def status(
+    request: tuple[str, ...], api: str | None, stripe_account: str | None, as_json: bool
+) -> None:
+    """Show one request's record: by the id `cancel` printed, or by what was cancelled
+    (EVENT_NAME IDENTIFIER, with --api and --account as given to `cancel`)."""
+    if len(request) > 2:
+        raise click.UsageError("give a request id, or an event name and an identifier")
     with producer_for(settings(), read_only=True) as producer:
-        record = producer.get(request_id, with_history=True)
+        if len(request) == 1:
+            record = producer.get(request[0], with_history=True)
+        else:
+            record = producer.find(
+                request[0], request[1], api=api, stripe_account=stripe_account, with_history=True
+            )
     if as_json:
         emit(record.to_dict(), True)
         return

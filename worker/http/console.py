@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..errors import AdjustmentsError, RecordNotFound, StoreError
-from ..models import Status
+from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
+from ..models import Status, parse_iso
 from ..producer import Producer
 from ..replay import ReplayFilter
 from ..text import printable
@@ -55,10 +56,68 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+FIELD_LABELS = {  # a record's fields as the record page names them, in this order
+    "status": "Status",
+    "api": "Stripe API",
+    "event_name": "Event name",
+    "identifier": "Identifier",
+    "stripe_account": "Connected account",
+    "attempts": "Attempts",
+    "replays": "Replays",
+    "created_at": "Enqueued",
+    "updated_at": "Last change",
+    "event_received_at": "Event received by Stripe",
+    "next_attempt_at": "Next attempt",
+    "stripe_status": "Stripe's status",
+    "adjustment_id": "Adjustment id",
+    "adjustment_created": "Adjustment created",
+    "livemode": "Live mode",
+    "stripe_request_id": "Stripe request id",
+    "idempotency_key": "Idempotency key",
+    "generation": "Key generation",
+    "key_outcome": "Current key's outcome",
+}
+HISTORY_LABELS = {
+    "at": "When",
+    "attempt": "Attempt",
+    "outcome": "Outcome",
+    "status": "Status after",
+    "http_status": "HTTP",
+    "error_code": "Error code",
+    "generation": "Key generation",
+    "rate_limited_reason": "Rate-limit reason",
+}
+
+
+def _when(value: object) -> str:
+    """A time as the console shows every time: ``2026-12-07 06:21:33 UTC``."""
+    when = value if isinstance(value, datetime) else parse_iso(str(value or ""))
+    if when is None:
+        return str(value or "")
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 templates.filters["ago"] = lambda seconds: _duration(float(seconds))
-templates.globals["history_keys"] = lambda history: list(
-    dict.fromkeys(k for entry in history for k in entry)
-)
+templates.filters["when"] = lambda value: _when(value)
+templates.globals["history_keys"] = lambda history: [
+    k for k in HISTORY_LABELS if any(entry.get(k) not in (None, "") for entry in history)
+]
+
+
+def record_rows(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The record page's rows: (label, value, is a time), the set fields only, in the order
+    of FIELD_LABELS."""
+    rows = []
+    for name, label in FIELD_LABELS.items():
+        value = data.get(name)
+        if value in (None, "") or (name in ("replays", "generation") and not value):
+            continue
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        rows.append((label, str(value), name.endswith("_at") or name == "adjustment_created"))
+    return rows
 
 
 def _duration(seconds: float) -> str:
@@ -252,8 +311,26 @@ class Console:
     async def records(self, request: Request) -> Response:
         params = {k: v for k, v in request.query_params.items() if v}
         cursor = params.pop("cursor", None)
-        query = list_query(params)
-        found = await run_in_threadpool(self.producer.page, query, cursor)
+        try:
+            query = list_query(params)
+            found = await run_in_threadpool(self.producer.page, query, cursor)
+        except (HTTPProblem, InvalidInput) as exc:  # the form again, with what was wrong
+            message = exc.message if isinstance(exc, HTTPProblem) else str(exc)
+            return await self.render(
+                request,
+                "records.html",
+                422,
+                records=[],
+                params=params,
+                statuses=[s.value for s in Status],
+                next_url=None,
+                total=None,
+                error=message,
+            )
+        total = None
+        if set(params) <= {"status"}:  # no other filter: the index's size is the total
+            counts = await run_in_threadpool(self.producer.counts)
+            total = counts[params["status"]] if "status" in params else sum(counts.values())
         next_url = None
         if found.next_cursor:
             next_url = "/console/records?" + urllib.parse.urlencode(
@@ -266,12 +343,22 @@ class Console:
             params=params,
             statuses=[s.value for s in Status],
             next_url=next_url,
+            total=total,
+            error=None,
         )
 
     async def record(self, request: Request) -> Response:
         record_id = str(request.path_params["record_id"])
         record = await run_in_threadpool(self.producer.get, record_id, with_history=True)
-        return await self.render(request, "record.html", record=record, data=record.to_dict())
+        data = record.to_dict()
+        return await self.render(
+            request,
+            "record.html",
+            record=record,
+            rows=record_rows(data),
+            history=data["history"],
+            history_labels=HISTORY_LABELS,
+        )
 
     async def replay(self, request: Request) -> Response:
         """Preview (a dry run) unless the form says confirm=1; expired records need
@@ -291,20 +378,21 @@ class Console:
         expired = flt.status is Status.EXPIRED or any(
             r.status is Status.EXPIRED for r in self._selected(flt)
         )
-        if confirmed and expired and not force:
-            raise HTTPProblem(
-                400, "force_required", "Expired records need the second confirmation."
-            )
+        unconfirmed = confirmed and expired and not force
+        if unconfirmed:  # the preview again, saying what is missing; nothing is replayed
+            confirmed = False
         report = await run_in_threadpool(
             lambda: self.producer.replay(flt, force=force or expired, dry_run=not confirmed)
         )
         return await self.render(
             request,
             "replay.html",
+            400 if unconfirmed else 200,
             report=report,
             fields=fields,
             confirmed=confirmed,
             expired=expired,
+            force_missing=unconfirmed,
         )
 
     def _selected(self, flt: ReplayFilter) -> list[Any]:
