@@ -16,7 +16,7 @@ SCENARIOS = {
     "single enqueue", "bulk enqueue", "end to end, Stripe 100 ms", "worker CPU", "memory",
     "shared limit (3 procs, 50/s; sandbox 60/s)", "adaptive limit (50/s; sandbox 30/s)",
     "durability (appendfsync everysec)", "durability (appendfsync always)",
-    "backlog 1,000 at 20/s", "http enqueue",
+    "backlog 1,000 at 20/s", "http enqueue", "header guard",
 }  # fmt: skip
 
 
