@@ -10,6 +10,7 @@ with a line that says so; ``.ci/run`` installs it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,8 @@ def test_an_operator_replays_a_failed_cancellation_in_the_browser(
     assert settle(record.id).status.value == "pending"
     page.goto(f"{server.url}/console/records/{record.id}")
     sync_api.expect(page.locator("#status")).to_have_text("pending")
+    # The 400 is history now: labelled as an earlier attempt's, not shown as current.
+    sync_api.expect(page.locator("#last-error h2")).to_have_text("An earlier attempt's error")
     shot(page, "record-pending")
     page.close()
 
@@ -131,4 +134,66 @@ def test_a_read_session_sees_everything_and_is_offered_no_change(
     page.goto(f"{http_server.url}/console/records/{record.id}")
     sync_api.expect(page.locator("#status")).to_have_text("failed")
     assert page.locator("#replay-one").count() == 0
+    page.close()
+
+
+TIME = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$"
+
+
+def test_the_console_reads_well_for_an_operator_on_call(
+    browser: Any, http_server: Server, producer: Producer, settle: Any
+) -> None:
+    """What an operator found (issue 18): the record page names its fields in words, shows
+    no empty rows and one time format that does not wrap; lists say how many records they
+    show; a bad filter keeps the form and says what is wrong; the expired-replay box sits
+    beside its label and submitting it unticked says why nothing happened; the workers tile
+    says what busy threads are doing; nothing overflows a 420 px screen."""
+    from datetime import UTC, datetime, timedelta
+
+    from adjustments.models import CancelRequest
+
+    now = datetime.now(UTC)
+    old = CancelRequest("v1", "meter_api", "br_expired", None, now - timedelta(hours=25))
+    record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+    assert settle(record.id).status.value == "expired"
+    page = log_in(browser, http_server, "operate")
+    base = http_server.url
+
+    page.goto(f"{base}/console/records/{record.id}")
+    labels = page.locator("dl.fields dt").all_inner_texts()
+    assert "Event name" in labels and "event_name" not in labels
+    assert all(text.strip() for text in page.locator("dl.fields dd").all_inner_texts())
+    times = page.locator(".t").all_inner_texts()
+    assert times and all(re.match(TIME, t.strip()) for t in times), times
+    assert page.locator(".t").first.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
+
+    page.click("#replay-one")
+    box, label = page.locator("#force"), page.locator("label.check span")
+    box_at, label_at = box.bounding_box(), label.bounding_box()
+    assert box_at and label_at
+    assert abs((box_at["y"] + box_at["height"] / 2) - (label_at["y"] + label_at["height"] / 2)) < 8
+    assert box_at["x"] < label_at["x"]  # beside its label, on its left
+    shot(page, "replay-expired-preview")
+    page.click("#confirm")  # unticked
+    sync_api.expect(page.locator("#force-missing")).to_contain_text("Nothing was replayed")
+    assert producer.get(record.id).status.value == "expired"
+    shot(page, "replay-expired-unticked")
+
+    page.goto(f"{base}/console/records?status=expired")
+    sync_api.expect(page.locator("#result-count")).to_contain_text("shown of")
+    page.goto(f"{base}/console/records?since=yesterday")
+    sync_api.expect(page.locator("#filter-error")).to_contain_text("since")
+    assert page.locator("input[name=since]").input_value() == "yesterday"
+    shot(page, "records-bad-filter")
+
+    page.goto(f"{base}/console")
+    sync_api.expect(page.locator("text=threads holding a task").first).to_be_visible()
+    narrow = browser.new_page(viewport={"width": 420, "height": 800})
+    narrow.context.add_cookies(page.context.cookies())
+    for path in ("/console", "/console/records", f"/console/records/{record.id}"):
+        narrow.goto(base + path)
+        width = narrow.evaluate("document.documentElement.scrollWidth")
+        assert width <= 420, (path, width)
+    shot(narrow, "overview-420px")
+    narrow.close()
     page.close()
