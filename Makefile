@@ -56,4 +56,5 @@ lock:
 	rm -rf .lock-venv build
 
 clean:
+	-[ -x $(BIN)/adjustments ] && $(BIN)/adjustments embedded stop  # the trial's shared Redis
 	rm -rf $(VENV) .adjustments .pytest_cache .mypy_cache .ruff_cache
