@@ -10,14 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 from . import lifecycle, metrics
 from .logging import get_logger
-from .models import Record, Status, to_ms
+from .models import Record, Status
 from .outcomes import Accepted, Outcome, Rejected
 from .ratelimit import SharedRateLimiter, Slot
 from .retry import Decision, Policy, decide, key_outcome_after
-from .store import RecordStore
+from .store import Claim, RecordStore
 
 log = get_logger("adjustments.attempt")
-LIVE_MARGIN_MS = 5_000  # a held record's index score is its send time plus this
 
 Sender = Callable[[Record], Outcome]
 Clock = Callable[[], datetime]
@@ -57,33 +56,35 @@ def run_attempt(
     wait: Waiter = plain_wait,
     rng: random.Random | None = None,
 ) -> AttemptResult:
-    """Carry out one attempt for ``record_id`` and emit one ``cancellation.attempt`` line.
+    """Carry out one attempt and emit one ``cancellation.attempt`` line.
+
+    A task message is a permit for one attempt, not an order for one record: the attempt
+    sends the record that is ready and whose window closes first (``store.claim_next``),
+    which is ``record_id`` only when nothing more urgent waits. Every ready record has a
+    message of its own, so none waits for ever; a message with nothing left to send (its
+    record went with another's message) ends without a slot or a call.
 
     With a ``limiter``, the attempt first waits for a slot of the shared Stripe rate, holding
-    its one message (``slot``: a reservation an older message carries). ``wait`` returning
+    its one message (``slot``: a reservation an older message carries); the record is chosen
+    when the slot comes, so one that became urgent meanwhile goes first. ``wait`` returning
     False (the worker is stopping) ends the wait: the message goes back to the queue.
     """
+    if not store.has_ready(clock()):
+        log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
+        return AttemptResult("nothing_ready", None)
     if limiter is not None and limiter.enabled:
-        ready = _wait_for_slot(record_id, store, limiter, slot, clock, wait)
+        ready = _wait_for_slot(record_id, limiter, slot, wait)
         if not ready:
             return AttemptResult("shutting_down", None, requeue=True)
-    now = clock()
-    claim = store.claim(record_id, now=now, lease_s=lease_s)
-    if claim.kind == "window_closed":
-        record = store.get(record_id)
-        lifecycle.expire_window(store, record, now=now)
-        _log_line(record, "window_closed", Status.EXPIRED, None, 0.0, attempt=record.attempts)
-        return AttemptResult("window_closed", Status.EXPIRED)
+    claim = _claim_next(store, lease_s=lease_s, clock=clock)
     if claim.kind != "claimed" or claim.record is None:
-        # A duplicate or stale delivery: another worker holds it, it is done, or not yet due.
-        log.info(
-            "cancellation.skipped", request_id=record_id, reason=claim.kind, status=claim.status
-        )
-        return AttemptResult(claim.kind, None)
+        log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
+        return AttemptResult("nothing_ready", None)
 
     record = claim.record
     if record.attempts == 1 and record.replays == 0:  # this request's first Stripe call
-        metrics.FIRST_CALL_SECONDS.observe(max(0.0, (now - record.created_at).total_seconds()))
+        waited = clock() - record.created_at
+        metrics.FIRST_CALL_SECONDS.observe(max(0.0, waited.total_seconds()))
     started = time.perf_counter()
     outcome = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
@@ -100,7 +101,7 @@ def run_attempt(
         outcome,
         attempt=record.attempts,
         now=now,
-        expires_at=record.expires_at,
+        expires_at=record.deadline,
         policy=policy,
         rng=rng,
         key_outcome=key_outcome,
@@ -141,12 +142,27 @@ def run_attempt(
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
 
 
+MAX_EXPIRED_PER_CLAIM = 1000  # lost causes expired on the way to one record to send
+
+
+def _claim_next(store: RecordStore, *, lease_s: float, clock: Clock) -> Claim:
+    """The next ready record, claimed; each record whose window closed while it waited is
+    expired on the way (never sent, and the slot goes to the next one)."""
+    for _ in range(MAX_EXPIRED_PER_CLAIM):
+        now = clock()
+        claim = store.claim_next(now=now, lease_s=lease_s)
+        if claim.kind != "window_closed":
+            return claim
+        record = store.find(claim.record_id)
+        if record is not None and lifecycle.expire_window(store, record, now=now):
+            _log_line(record, "window_closed", Status.EXPIRED, None, 0.0, attempt=record.attempts)
+    return Claim("empty")
+
+
 def _wait_for_slot(
     record_id: str,
-    store: RecordStore,
     limiter: SharedRateLimiter,
     reserved: Slot | None,
-    clock: Clock,
     wait: Waiter,
 ) -> bool:
     """Wait until the shared limit lets this attempt go; False if the worker is stopping.
@@ -157,17 +173,12 @@ def _wait_for_slot(
     bottleneck the slot is at most ``max_sleep_s`` away and nothing is held for long. A
     reservation made void by a rate cut, or none free within the horizon, is asked for again.
     """
-    marked_until_ms = 0
     while True:
         grant = limiter.acquire(reserved)
         if grant.go:
             return grant.wait_s <= 0 or wait(grant.wait_s)
         reserved = grant.slot
         pause_s = grant.wait_s if reserved else min(grant.wait_s, limiter.policy.horizon_s / 2)
-        until_ms = to_ms(clock() + timedelta(seconds=pause_s))
-        if until_ms > marked_until_ms:  # reconciliation: this record is held, not lost
-            store.touch_live(record_id, until_ms + LIVE_MARGIN_MS)
-            marked_until_ms = until_ms
         log.debug(
             "cancellation.waiting_for_slot",
             request_id=record_id,

@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 Api = Literal["v1", "v2"]
 APIS: tuple[Api, ...] = ("v1", "v2")
+Order = Literal["deadline", "fifo"]
+ORDERS: tuple[Order, ...] = ("deadline", "fifo")
 
 CANCEL_WINDOW_S = 24 * 3600  # Stripe accepts a cancellation within 24 h of receiving the event
 
@@ -59,7 +61,7 @@ class _Knob:
     """How one field is read from the environment and checked, wherever it came from."""
 
     env: str
-    kind: Literal["text", "int", "float", "bool", "api", "path", "durability"]
+    kind: Literal["text", "int", "float", "bool", "api", "path", "durability", "order"]
     minimum: float | None = None
 
 
@@ -72,6 +74,7 @@ KNOBS: dict[str, _Knob] = {
     "stripe_api_base": _Knob("STRIPE_API_BASE", "text"),
     "stripe_api_version": _Knob("STRIPE_API_VERSION", "text"),
     "default_api": _Knob("ADJUSTMENTS_STRIPE_API", "api"),
+    "order": _Knob("ADJUSTMENTS_ORDER", "order"),
     "max_attempts": _Knob("ADJUSTMENTS_MAX_ATTEMPTS", "int", 1),
     "backoff_base_s": _Knob("ADJUSTMENTS_BACKOFF_BASE_S", "float", 0),
     "backoff_cap_s": _Knob("ADJUSTMENTS_BACKOFF_CAP_S", "float", 0),
@@ -118,7 +121,7 @@ def _from_text(knob: _Knob, raw: str) -> object:
         if lowered not in ("0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"{knob.env} must be 1 or 0, got {raw!r}")
         return lowered in ("1", "true", "yes")
-    if knob.kind == "api":
+    if knob.kind in ("api", "order"):
         return raw.lower()
     return raw  # text, path and durability are checked (and converted) by __post_init__
 
@@ -152,6 +155,9 @@ class Settings:
     stripe_api_base: str | None = None
     stripe_api_version: str | None = None
     default_api: Api = "v2"
+    # Which waiting record a worker sends next: the one whose 24 h window closes first
+    # ("deadline"), or the oldest ("fifo", the order of a plain queue; for comparison).
+    order: Order = "deadline"
     max_attempts: int = 10
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
@@ -300,6 +306,12 @@ def _check_api(label: str, name: str, value: object) -> object:
     return value
 
 
+def _check_order(label: str, name: str, value: object) -> object:
+    if value not in ORDERS:
+        raise ConfigError(f"{label} must be deadline or fifo, got {value!r}")
+    return value
+
+
 def _check_bool(label: str, name: str, value: object) -> object:
     if not isinstance(value, bool):
         raise ConfigError(f"{label} must be True or False, got {value!r}")
@@ -324,6 +336,7 @@ def _check_durability(label: str, name: str, value: object) -> object:
 _CHECKS: dict[str, Callable[[str, str, object], object]] = {
     "text": _check_text,
     "api": _check_api,
+    "order": _check_order,
     "bool": _check_bool,
     "path": _check_path,
     "durability": _check_durability,

@@ -38,8 +38,15 @@ def history(prefix: str, record_id: str) -> str:
 
 
 def deadline(prefix: str) -> str:
-    """Live records with a known 24 h window, scored by when it closes (ms)."""
+    """Live records scored by when their window closes (ms): 24 h after Stripe received the
+    event, or (not given) 24 h after the cancellation was enqueued."""
     return f"{prefix}:{DEADLINE}"
+
+
+def ready(prefix: str) -> str:
+    """Records ready to be sent, scored by the order they go in: their deadline (ms), or
+    with ``ADJUSTMENTS_ORDER=fifo`` the time they became ready. Workers take the lowest."""
+    return f"{prefix}:ready"
 
 
 def rate_limiter(prefix: str) -> str:

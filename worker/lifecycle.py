@@ -119,4 +119,5 @@ def requeue_for_replay(
         allowed_from=allowed,
         fields=fields,
         history={"outcome": "replayed", "status": "queued", "generation": generation},
+        ready_score=store.ready_score(record, now),
     )

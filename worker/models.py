@@ -263,6 +263,13 @@ class Record:
         """When the 24 h cancellation window closes, if the event's receipt time is known."""
         return window_closes(self.event_received_at)
 
+    @property
+    def deadline(self) -> datetime:
+        """The latest time this cancellation can still be accepted: 24 h after Stripe
+        received the event, or, when the caller did not say, 24 h after it was enqueued (the
+        event was received before that, so its window closes no later)."""
+        return self.expires_at or self.created_at + timedelta(seconds=CANCEL_WINDOW_S)
+
     @classmethod
     def from_hash(cls, data: dict[str, str], history: Sequence[str] = ()) -> Record:
         """A record from its Redis hash. A fresh record does not store its zero counters,

@@ -127,6 +127,7 @@ class Producer:
             retention_s=self.settings.retention_s,
             durability=self.settings.durability,
             durability_timeout_ms=self.settings.durability_timeout_ms,
+            order=self.settings.order,
         )
         self._checked = False
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[Any]]
@@ -406,13 +407,14 @@ class Producer:
         from .reconcile import reconcile
 
         grace = self.settings.reconcile_grace_s if grace_s is None else grace_s
+        queue, prefix = self.settings.queue, self.settings.key_prefix
         with self._writing():
             return reconcile(
                 store=self._store,
                 publish=self.publish,
                 now=_aware_now(None),
                 grace_s=grace,
-                queue=self.settings.queue,
+                tickets=lambda: publishing.outstanding(self._client, queue=queue, prefix=prefix),
             )
 
     def page(self, query: Query | None = None, cursor: str | None = None) -> Page:

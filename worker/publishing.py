@@ -11,11 +11,13 @@ reconciliation publishes it again.
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
 from . import metrics
 from .celery_app import TASK_NAME
+from .heartbeat import alive
 from .logging import get_logger
 
 log = get_logger("adjustments.publishing")
@@ -39,3 +41,14 @@ def queue_lists(queue: str) -> list[str]:
     return [
         queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps
     ]
+
+
+def outstanding(client: redis.Redis, *, queue: str, prefix: str) -> int:
+    """Task messages on their way to an attempt: waiting in ``queue``'s lists, or held by
+    the threads of live workers (their heartbeats' ``in_flight``). Messages held by a worker
+    that died are not counted: their records need new ones (see ``reconcile``)."""
+    pipe = client.pipeline(transaction=False)
+    for name in queue_lists(queue):
+        pipe.llen(name)
+    waiting = sum(int(n) for n in pipe.execute())
+    return waiting + sum(worker.in_flight for worker in alive(client, prefix))

@@ -1,14 +1,19 @@
 """The scheduled repair job: re-drive stuck records from their state, never from the broker.
 
-- ``queued`` for longer than the grace period, and (given the queue) older than the oldest
-  message still waiting in it: the message is lost → publish again. The queue is FIFO, so a
-  record of a deep backlog, whose message is simply waiting its turn, is left alone;
-- ``processing`` with a lapsed lease: the worker died mid-call → publish again;
+A task message is a permit for one attempt: the attempt sends whichever ready record's window
+closes first (see ``attempt``), so what must hold is a count, not a pairing: every live record
+needs a message on its way. Each run checks it and repairs what is off:
+
+- fewer messages than ``queued`` and ``processing`` records (messages waiting in the queue,
+  plus those held by live workers' threads): messages were lost (a broker that lost writes, a
+  BRPOP whose reply never arrived, a worker killed while it held them) → publish the
+  difference. A surplus is harmless: a message that finds nothing ready ends at once;
+- ``processing`` with a lapsed lease: the worker died mid-call → ready again, and published;
 - ``retrying`` past ``next_attempt_at`` by more than the grace period → publish again;
 - any live record whose 24 h window has closed → ``expired``.
 
-Publishing again is safe: a claim refuses a record that is leased, done or not yet due, and
-the idempotency key makes a repeated Stripe call replay the first answer.
+Publishing again is safe: a claim takes only a ready record (never a leased, finished or not
+yet due one), and the idempotency key makes a repeated Stripe call replay the first answer.
 Only one run at a time, across every process and host: a Redis lock.
 """
 
@@ -29,6 +34,10 @@ LOCK_NAME = "reconcile"
 BATCH = 1000
 
 Publish = Callable[[str], bool]
+# How many task messages are on their way to an attempt: waiting in the queue, or held by the
+# threads of live workers (see ``publishing.outstanding``).
+Tickets = Callable[[], int]
+SETTLE_S = 0.3  # between the two looks at the count: a message moving is not a lost one
 
 
 @dataclass(frozen=True)
@@ -53,12 +62,12 @@ def reconcile(
     publish: Publish,
     now: datetime,
     grace_s: float,
-    queue: str | None = None,
+    tickets: Tickets | None = None,
     lock_ttl_s: float = 300.0,
     batch: int = BATCH,
 ) -> ReconcileReport:
-    """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``queue``:
-    the main queue's name, to tell a lost message from one still waiting its turn."""
+    """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``tickets``:
+    how many messages are on their way (without it, lost messages are not looked for)."""
     started = time.perf_counter()
     lock = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
     if lock is None:
@@ -68,29 +77,25 @@ def reconcile(
         expired = _expire_closed_windows(store, now, batch)
         grace_ms = int(grace_s * 1000)
         now_ms = to_ms(now)
-        counts: dict[Status, int] = {}
         failures = 0
-        queued_before = now_ms - grace_ms  # score: created, last republished, or held until
-        lost_before = queued_before if queue is None else _lost_before(store, queue, queued_before)
-        for status, stuck_before in (
-            (Status.QUEUED, lost_before),
-            (Status.PROCESSING, now_ms),  # score: lease end
-            (Status.RETRYING, now_ms - grace_ms),  # score: next_attempt_at
-        ):
-            if stuck_before is None:
-                counts[status] = 0
-                continue
-            ids = store.ids_by_score(status, high_ms=stuck_before, limit=batch)
+        lapsed = store.ids_by_score(Status.PROCESSING, high_ms=now_ms, limit=batch)
+        store.make_ready(lapsed, now)  # the next claim takes them over
+        overdue = store.ids_by_score(Status.RETRYING, high_ms=now_ms - grace_ms, limit=batch)
+        counts: dict[Status, int] = {}
+        for status, ids in ((Status.PROCESSING, lapsed), (Status.RETRYING, overdue)):
             sent = [record_id for record_id in ids if publish(record_id)]
             failures += len(ids) - len(sent)
             # Look again only after another grace period, not on the very next run.
             store.touch(status, sent, now_ms + grace_ms if status is Status.PROCESSING else now_ms)
             counts[status] = len(sent)
+        missing = missing_tickets(store, tickets) if tickets is not None else 0
+        sent_missing = _publish_permits(store, publish, min(missing, batch))
+        failures += min(missing, batch) - sent_missing
     finally:
         store.unlock(lock)
     report = ReconcileReport(
         ran=True,
-        republished_queued=counts[Status.QUEUED],
+        republished_queued=sent_missing,
         republished_processing=counts[Status.PROCESSING],
         republished_retrying=counts[Status.RETRYING],
         expired=expired,
@@ -102,23 +107,38 @@ def reconcile(
     return report
 
 
+def missing_tickets(store: RecordStore, tickets: Tickets, settle_s: float = SETTLE_S) -> int:
+    """How many more messages the ``queued`` and ``processing`` records need than are on their
+    way: the smaller of two looks ``settle_s`` apart (a message between the queue and a
+    worker's count at the first look is not a lost one)."""
+
+    def short() -> int:
+        counts = store.counts()
+        return counts[Status.QUEUED.value] + counts[Status.PROCESSING.value] - tickets()
+
+    first = short()
+    if first <= 0:
+        return 0
+    time.sleep(settle_s)
+    return max(0, min(first, short()))
+
+
+def _publish_permits(store: RecordStore, publish: Publish, count: int) -> int:
+    """Publish ``count`` messages, named for the most urgent ready records (a message sends
+    whichever is most urgent when its turn comes; the name is for the logs)."""
+    if count <= 0:
+        return 0
+    names = store.ready_ids(count) or store.ids_by_score(Status.QUEUED, limit=count)
+    if not names:
+        return 0
+    return sum(bool(publish(names[i % len(names)])) for i in range(count))
+
+
 def _remember(store: RecordStore, report: ReconcileReport) -> None:
     """Keep the last run's time and counts for the metrics (an alert if runs stop)."""
     fields: dict[str | bytes, str | float] = {"finished_at": time.time()}
     fields.update({k: float(v) for k, v in report.to_dict().items() if isinstance(v, int | float)})
     store.client.hset(keys.last_reconcile(store.prefix), mapping=fields)  # type: ignore[arg-type]
-
-
-def _lost_before(store: RecordStore, queue: str, before_ms: int) -> int | str | None:
-    """The queued-index score below which a record has no message waiting in ``queue``: the
-    oldest waiting message's (exclusive), at most ``before_ms``. None when the queue's oldest
-    messages are not ours to read, so nothing can be told lost."""
-    waiting = store.oldest_waiting(queue, PEEK)
-    if waiting is not None:
-        return f"({min(before_ms, waiting)}"
-    if store.queue_length(queue):
-        return None
-    return before_ms
 
 
 def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
@@ -128,30 +148,23 @@ def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int
 
 
 ORPHANS_LOCK = "orphans"
-ORPHAN_MIN_AGE_S = 2.0  # a younger record's message may be on its way to a worker right now
-PEEK = 16  # messages looked at from the old end of the queue
 
 
 def republish_orphans(
-    *, store: RecordStore, publish: Publish, queue: str, now: datetime, limit: int = BATCH
+    *, store: RecordStore, publish: Publish, tickets: Tickets, limit: int = BATCH
 ) -> int:
-    """After a lost connection to Redis: publish again the ``queued`` records whose message
-    vanished with it (Redis executed a worker's BRPOP, then died before the reply arrived).
-
-    The queue is FIFO, so a queued record older than the oldest message still waiting has no
-    message waiting. Only those are published again (a duplicate is refused by the claim), and
-    one worker does it per outage (a short lock). Runs when a worker (re)connects."""
+    """After a lost connection to Redis: publish the messages that vanished with it (Redis
+    executed a worker's BRPOP, then died before the reply arrived), found by count as in
+    ``reconcile``; one worker does it per outage (a short lock). Runs when a worker
+    (re)connects."""
     lock = store.try_lock(ORPHANS_LOCK, ttl_s=10)
     if lock is None:
         return 0
     try:
-        before = _lost_before(store, queue, to_ms(now) - int(ORPHAN_MIN_AGE_S * 1000))
-        if before is None:
-            return 0  # the oldest messages are not ours to read: leave it to reconciliation
-        ids = store.ids_by_score(Status.QUEUED, high_ms=before, limit=limit)
-        sent = [record_id for record_id in ids if publish(record_id)]
+        missing = min(missing_tickets(store, tickets), limit)
+        sent = _publish_permits(store, publish, missing)
     finally:
         store.unlock(lock)
-    if ids:
-        log.warning("queue.orphans_republished", count=len(sent), failures=len(ids) - len(sent))
-    return len(sent)
+    if missing:
+        log.warning("queue.orphans_republished", count=sent, failures=missing - sent)
+    return sent

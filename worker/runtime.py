@@ -61,7 +61,12 @@ class Runtime:
             retry_for_s=min(WORKER_REDIS_RETRY_S, settings.claim_lease_s / 3),
             retry_on=RIDE_OUT,
         )
-        store = RecordStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s)
+        store = RecordStore(
+            client,
+            prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+            order=settings.order,
+        )
         stripe_client = stripe_api.shared_client(settings)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         limiter = SharedRateLimiter(client, rate_policy(settings), prefix=settings.key_prefix)

@@ -23,11 +23,11 @@ import redis
 from redis.lock import Lock
 
 from . import keys
-from .config import Durability
+from .config import CANCEL_WINDOW_S, Durability, Order
 from .errors import AcceptanceUnknown, RecordNotFound
 from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
-ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed"]
+ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed", "empty"]
 EARLY_RETRY_TOLERANCE_MS = 1000
 HISTORY_CAP = 20
 # Fields a fresh record does not store: Record.from_hash reads them as 0, created_at and the
@@ -100,6 +100,7 @@ class Claim:
     record: Record | None = None
     token: str = ""
     status: str = ""
+    record_id: str = ""  # a "window_closed" answer of claim_next: the record to expire
 
 
 def _exec_replies(replies: list[Any]) -> list[Any]:
@@ -129,14 +130,17 @@ class RecordStore:
         retention_s: int,
         durability: Durability | None = None,
         durability_timeout_ms: int = 2000,
+        order: Order = "deadline",
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.order = order
         self.retention_s = retention_s
         self.durability = durability or Durability("memory")
         self.durability_timeout_ms = durability_timeout_ms
         self._create = client.register_script(load_script("create.lua"))
         self._claim = client.register_script(load_script("claim.lua"))
+        self._claim_next = client.register_script(load_script("claim_next.lua"))
         self._transition = client.register_script(load_script("transition.lua"))
 
     # --- keys -----------------------------------------------------------------------------
@@ -154,7 +158,9 @@ class RecordStore:
     def new_fields(self, req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
         """The hash of a fresh ``queued`` record."""
         digest = keys.request_digest(req)
-        expires = req.expires_at
+        # Without the event's receipt time, the latest its window can close: 24 h after the
+        # cancellation was requested (the event was received before that).
+        expires = req.expires_at or now + timedelta(seconds=CANCEL_WINDOW_S)
         return {
             "id": record_id,
             "api": req.api,
@@ -168,7 +174,7 @@ class RecordStore:
             "created_at": iso(now),
             "updated_at": iso(now),
             "event_received_at": iso(req.event_received_at),
-            "expires_at_ms": to_ms(expires) if expires else "",
+            "expires_at_ms": to_ms(expires),
             "next_attempt_at": "",
             "idempotency_key": keys.idempotency_key(digest, 0),
         }
@@ -185,12 +191,15 @@ class RecordStore:
             self.index_key(Status.QUEUED),
             keys.deadline(self.prefix),
             outbox.queue_key if outbox else keys.deadline(self.prefix),  # unused without outbox
+            keys.ready(self.prefix),
         ]
         message = outbox.message_for(record_id) if outbox else ""
         # Absent reads as empty, and as the creation-time value for the fields Record.from_hash
         # derives: a queued record is a third smaller in Redis (see the README's backlog row).
         stored = {k: v for k, v in fields.items() if v != "" and k not in DERIVED_AT_CREATION}
-        args = [record_id, str(to_ms(now)), str(fields["expires_at_ms"]), message, *_pairs(stored)]
+        deadline_ms = str(fields["expires_at_ms"])
+        ready_score = deadline_ms if self.order == "deadline" else str(to_ms(now))
+        args = [record_id, str(to_ms(now)), deadline_ms, message, ready_score, *_pairs(stored)]
         return script_keys, args, fields
 
     def create(
@@ -382,13 +391,6 @@ class RecordStore:
         if record_ids:
             self.client.zadd(self.index_key(status), dict.fromkeys(record_ids, score_ms), xx=True)
 
-    def touch_live(self, record_id: str, score_ms: int) -> None:
-        """Re-score a waiting (queued or retrying) record so reconciliation leaves it alone."""
-        pipe = self.client.pipeline(transaction=False)
-        for status in (Status.QUEUED, Status.RETRYING):
-            pipe.zadd(self.index_key(status), {record_id: score_ms}, xx=True)
-        pipe.execute()
-
     # --- the attempt cycle ------------------------------------------------------------------
     def claim(self, record_id: str, *, now: datetime, lease_s: float) -> Claim:
         """Take the record for one attempt under a lease; a duplicate delivery gets refused."""
@@ -397,7 +399,7 @@ class RecordStore:
         reply = cast(
             list[Any],
             self._claim(
-                keys=[self.record_key(record_id)],
+                keys=[self.record_key(record_id), keys.ready(self.prefix)],
                 args=[
                     keys.index_prefix(self.prefix),
                     to_ms(now),
@@ -413,6 +415,75 @@ class RecordStore:
             return Claim(kind, status=str(reply[1]) if len(reply) > 1 else "")
         return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
 
+    def claim_next(self, *, now: datetime, lease_s: float) -> Claim:
+        """Take the next ready record (deadline first, or oldest first with order=fifo) for
+        one attempt under a lease, making due retries ready first. ``Claim("empty")`` when
+        none is ready; ``Claim("window_closed", record_id=...)`` for a record whose window
+        closed while it waited (the caller expires it and asks again)."""
+        token = secrets.token_hex(8)
+        lease_until = to_ms(now + timedelta(seconds=lease_s))
+        reply = cast(
+            list[Any],
+            self._claim_next(
+                keys=[
+                    keys.ready(self.prefix),
+                    self.index_key(Status.QUEUED),
+                    self.index_key(Status.RETRYING),
+                    self.index_key(Status.PROCESSING),
+                ],
+                args=[
+                    keys.record(self.prefix, ""),
+                    to_ms(now),
+                    lease_until,
+                    token,
+                    iso(now),
+                    EARLY_RETRY_TOLERANCE_MS,
+                    self.order,
+                ],
+            ),
+        )
+        kind = cast(ClaimKind, str(reply[0]))
+        if kind == "window_closed":
+            return Claim(kind, record_id=str(reply[1]))
+        if kind != "claimed":
+            return Claim(kind)
+        return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
+
+    def ready_score(self, record: Record, now: datetime) -> int:
+        """Where ``record`` goes among the ready when it becomes ready at ``now``."""
+        return to_ms(now) if self.order == "fifo" else to_ms(record.deadline)
+
+    def ready_ids(self, count: int) -> list[str]:
+        """The ``count`` ready records that go first."""
+        return cast(list[str], self.client.zrange(keys.ready(self.prefix), 0, count - 1))
+
+    def has_ready(self, now: datetime) -> bool:
+        """Whether a record is ready to send (or a retry due): one round trip, no claim."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(keys.ready(self.prefix))
+        pipe.zcount(self.index_key(Status.RETRYING), "-inf", to_ms(now) + EARLY_RETRY_TOLERANCE_MS)
+        ready, due = cast(list[int], pipe.execute())
+        return bool(ready or due)
+
+    def make_ready(self, record_ids: Sequence[str], now: datetime) -> None:
+        """Put live records back among the ready (reconciliation, after a worker died)."""
+        if not record_ids:
+            return
+        if self.order == "fifo":
+            self.client.zadd(keys.ready(self.prefix), dict.fromkeys(record_ids, to_ms(now)))
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in record_ids:
+            pipe.zscore(keys.deadline(self.prefix), record_id)
+        scores = cast(list[float | None], pipe.execute())
+        self.client.zadd(
+            keys.ready(self.prefix),
+            {
+                rid: (s if s is not None else to_ms(now))
+                for rid, s in zip(record_ids, scores, strict=True)
+            },
+        )
+
     def transition(
         self,
         record: Record,
@@ -425,11 +496,13 @@ class RecordStore:
         score_ms: int | None = None,
         history: Mapping[str, Any] | None = None,
         unless_leased: bool = False,
+        ready_score: int | None = None,
     ) -> Moved:
         """Move ``record`` to ``to`` if it is in ``allowed_from`` (and the lease is ours).
 
-        ``unless_leased`` refuses a ``processing`` record whose lease still runs. The answer
-        says why when nothing moved.
+        ``unless_leased`` refuses a ``processing`` record whose lease still runs;
+        ``ready_score``: the record's place among the ready (a record moving to ``queued``),
+        None to take it out of them. The answer says why when nothing moved.
         """
         now_ms = to_ms(now)
         entry = json.dumps({"at": iso(now), **history}, separators=(",", ":")) if history else ""
@@ -441,6 +514,7 @@ class RecordStore:
                     self.dedupe_key(record),
                     keys.history(self.prefix, record.id),
                     keys.deadline(self.prefix),
+                    keys.ready(self.prefix),
                 ],
                 args=[
                     keys.index_prefix(self.prefix),
@@ -453,6 +527,7 @@ class RecordStore:
                     now_ms if unless_leased else "",
                     entry,
                     HISTORY_CAP,
+                    "" if ready_score is None else ready_score,
                     *_pairs({"updated_at": iso(now), **(fields or {})}),
                 ],
             ),

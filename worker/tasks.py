@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from celery import Task
 from celery.exceptions import Reject
@@ -13,11 +14,13 @@ from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .errors import CancellationFailed
 from .logging import get_logger
 from .models import Status
-from .reconcile import ORPHAN_MIN_AGE_S, reconcile, republish_orphans
+from .reconcile import reconcile, republish_orphans
 from .runtime import RIDE_OUT, get_runtime, wait_unless_stopping
+from .store import RecordStore
 
 log = get_logger("adjustments.tasks")
 REDIS_RETRY_S = 5
+ORPHAN_MIN_AGE_S = 2.0
 
 
 @app.task(
@@ -83,22 +86,25 @@ def reconcile_task() -> dict[str, object]:
         publish=publish,
         now=utcnow(),
         grace_s=runtime.settings.reconcile_grace_s,
-        queue=runtime.settings.queue,
+        tickets=_tickets(runtime.store),
     )
     return report.to_dict()
+
+
+def _tickets(store: RecordStore) -> Callable[[], int]:
+    queue = str(app.conf.task_default_queue)
+    return lambda: publishing.outstanding(store.client, queue=queue, prefix=store.prefix)
 
 
 def repair_after_connect() -> None:
     """Publish again what a lost connection may have swallowed (see ``republish_orphans``);
     run by the consumer in a thread of its own each time it (re)connects to Redis.
 
-    It waits ORPHAN_MIN_AGE_S first: a request written just before the connection died is
-    then old enough to count, and nothing written since is mistaken for one."""
+    It waits ORPHAN_MIN_AGE_S first: the workers' heartbeats then count the messages they
+    took since they reconnected."""
     time.sleep(ORPHAN_MIN_AGE_S)
     try:
         runtime = get_runtime(str(app.conf.adjustments_redis_url))
-        republish_orphans(
-            store=runtime.store, publish=publish, queue=runtime.settings.queue, now=utcnow()
-        )
+        republish_orphans(store=runtime.store, publish=publish, tickets=_tickets(runtime.store))
     except Exception as exc:  # reconciliation still covers it after the grace period
         log.warning("queue.orphan_check_failed", error=str(exc))

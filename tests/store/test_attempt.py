@@ -103,18 +103,20 @@ class TestRunAttempt:
         assert store.get(record.id).last_error is not None
 
     def test_duplicate_delivery_is_skipped_without_calling_stripe(self, store: RecordStore) -> None:
-        """A delivery of a record another worker holds is skipped without a Stripe call."""
+        """A delivery of a record another worker holds finds nothing ready: no Stripe call."""
         record, _ = store.create(CancelRequest("v2", "ev", "id"), now=T0)
         store.claim(record.id, now=T0, lease_s=30)  # another worker holds it
         send, seen = answering()
         result = attempt(store, record.id, send)
-        assert result.reason == "leased" and seen == []
+        assert result.reason == "nothing_ready" and seen == []
 
     def test_closed_window_expires_without_calling_stripe(self, store: RecordStore) -> None:
         """A record past its 24 h window expires without a Stripe call."""
         old = CancelRequest("v2", "ev", "id", None, T0 - timedelta(hours=24, seconds=1))
         record, _ = store.create(old, now=T0)
         send, seen = answering()
-        result = attempt(store, record.id, send)
-        assert result.status is Status.EXPIRED and seen == []
-        assert store.get(record.id).status is Status.EXPIRED
+        with capture_logs() as logs:
+            attempt(store, record.id, send)
+        assert seen == [] and store.get(record.id).status is Status.EXPIRED
+        lines = [e for e in logs if e["event"] == "cancellation.attempt"]
+        assert [(e["outcome"], e["status"]) for e in lines] == [("window_closed", "expired")]

@@ -9,15 +9,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from adjustments import keys, lifecycle
-from adjustments.celery_app import create_app
-from adjustments.config import Settings
 from adjustments.errors import InvalidInput
-from adjustments.messages import TaskMessages
 from adjustments.models import CancelRequest, ErrorInfo, Record, Status
 from adjustments.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
 from adjustments.replay import ReplayFilter, replay
 from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN
-from adjustments.store import HISTORY_CAP, Outbox, RecordStore
+from adjustments.store import HISTORY_CAP, RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -159,18 +156,18 @@ class TestReplay:
 
 
 class TestReconcile:
-    def run(self, store: RecordStore, now: datetime, published: Published | None = None):  # type: ignore[no-untyped-def]
-        return reconcile(
-            store=store,
-            publish=published if published is not None else Published(),
-            now=now,
-            grace_s=60,
-        )
+    def run(  # type: ignore[no-untyped-def]
+        self, store: RecordStore, now: datetime, published: Published | None = None
+    ):
+        sent = published if published is not None else Published()
+        # The messages on their way: here, exactly those the run itself published.
+        return reconcile(store=store, publish=sent, now=now, grace_s=60, tickets=lambda: len(sent))
 
     def test_repairs_each_kind_of_stuck_record(self, store: RecordStore) -> None:
-        """Reconciliation republishes stale queued, lapsed processing and overdue retrying records
-        and expires closed windows."""
-        queued, _ = store.create(CancelRequest("v2", "ev", "q"), now=T0)
+        """Reconciliation republishes lapsed processing and overdue retrying records, makes
+        the lapsed one ready again, publishes the messages the live records lack (counted,
+        not paired), and expires closed windows."""
+        store.create(CancelRequest("v2", "ev", "q"), now=T0)
         fresh, _ = store.create(CancelRequest("v2", "ev", "fresh"), now=at(3680))
         dead, _ = store.create(CancelRequest("v2", "ev", "p"), now=T0)
         store.claim(dead.id, now=T0, lease_s=30)  # the worker died holding the lease
@@ -183,19 +180,22 @@ class TestReconcile:
         published = Published()
         with capture_logs() as logs:
             report = self.run(store, at(3700), published)
-        assert set(published) == {queued.id, dead.id, late.id}  # not fresh, not the expired one
+        # queued (2) + processing (1) records, 2 messages published for dead and late: 1 more
         assert (
             report.republished_queued,
             report.republished_processing,
             report.republished_retrying,
             report.expired,
         ) == (1, 1, 1, 1)
+        assert published[:2] == [dead.id, late.id] and len(published) == 3
         assert store.get(old.id).status is Status.EXPIRED
         assert store.get(fresh.id).status is Status.QUEUED
+        assert dead.id in store.ready_ids(10)  # the next claim takes it over
         lines = [e for e in logs if e["event"] == "reconcile.run"]
         assert len(lines) == 1 and lines[0]["expired"] == 1
         # the same records are not republished again on the very next run
-        assert self.run(store, at(3701)).republished_queued == 0
+        again = self.run(store, at(3701), published)
+        assert (again.republished_queued, again.republished_processing) == (0, 0)
 
     def test_live_lease_is_left_alone_even_past_the_window(self, store: RecordStore) -> None:
         """A worker mid-call past the deadline finishes with Stripe's answer; we don't expire it."""
@@ -228,7 +228,9 @@ class TestReconcile:
 
         thread = threading.Thread(
             target=lambda: first.append(
-                reconcile(store=store, publish=slow_publish, now=at(3600), grace_s=60).ran
+                reconcile(
+                    store=store, publish=slow_publish, now=at(3600), grace_s=60, tickets=lambda: 0
+                ).ran
             )
         )
         thread.start()
@@ -250,37 +252,28 @@ class TestCreateMany:
 
 
 class TestOrphans:
-    """After a lost connection: queued records whose message vanished are published again."""
+    """After a lost connection: the messages that vanished with it are published again."""
 
-    def outbox(self) -> Outbox:
-        app = create_app(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}), "redis://x/0")
-        return Outbox("q", TaskMessages(app, "q").payload)
-
-    def test_only_records_older_than_the_oldest_waiting_message(self, store: RecordStore) -> None:
-        """Three records queued in order; the oldest message was popped and lost: that record
-        (and no other) is published again."""
-        outbox = self.outbox()
-        ids = [store.create(CancelRequest("v2", "ev", f"o{n}"), now=at(n), outbox=outbox)[0].id
-               for n in range(3)]  # fmt: skip
-        store.client.rpop("q")  # a BRPOP whose reply never arrived
+    def test_the_missing_messages_are_published_for_the_most_urgent(
+        self, store: RecordStore
+    ) -> None:
+        """Three queued records and two messages on their way: one more is published,
+        named for the record whose window closes first."""
+        ids = [store.create(CancelRequest("v2", "ev", f"o{n}"), now=at(n))[0].id for n in range(3)]
         published = Published()
-        sent = republish_orphans(store=store, publish=published, queue="q", now=at(60))
+        sent = republish_orphans(store=store, publish=published, tickets=lambda: 2)
         assert (sent, published) == (1, [ids[0]])
 
-    def test_an_empty_queue_means_every_settled_queued_record(self, store: RecordStore) -> None:
-        """No message waits at all: every queued record older than a moment is published."""
-        outbox = self.outbox()
-        old = store.create(CancelRequest("v2", "ev", "e0"), now=at(0), outbox=outbox)[0]
-        store.create(CancelRequest("v2", "ev", "e1"), now=at(59.5), outbox=outbox)  # too young
-        store.client.delete("q")
+    def test_enough_messages_means_nothing_is_published(self, store: RecordStore) -> None:
+        """As many messages on their way as live records: nothing to repair."""
+        store.create(CancelRequest("v2", "ev", "e0"), now=at(0))
         published = Published()
-        assert republish_orphans(store=store, publish=published, queue="q", now=at(60)) == 1
-        assert published == [old.id]
+        assert republish_orphans(store=store, publish=published, tickets=lambda: 1) == 0
+        assert published == []
 
     def test_one_worker_at_a_time(self, store: RecordStore) -> None:
         """While another worker holds the lock, nothing is published twice."""
-        store.create(CancelRequest("v2", "ev", "l0"), now=at(0), outbox=self.outbox())
-        store.client.delete("q")
+        store.create(CancelRequest("v2", "ev", "l0"), now=at(0))
         lock = store.try_lock(ORPHANS_LOCK, ttl_s=10)
         assert lock is not None
-        assert republish_orphans(store=store, publish=Published(), queue="q", now=at(60)) == 0
+        assert republish_orphans(store=store, publish=Published(), tickets=lambda: 0) == 0

@@ -6,11 +6,13 @@ local dedupe_key = KEYS[2]
 local queued_index = KEYS[3]
 local deadline_index = KEYS[4]
 local queue_list = KEYS[5]       -- the Celery queue's Redis list
+local ready = KEYS[6]            -- ready records, by the order they are sent in
 local record_id = ARGV[1]
 local index_score = ARGV[2]
-local window_end_ms = ARGV[3]    -- '' if unknown
+local window_end_ms = ARGV[3]    -- the deadline: received + 24 h, or created + 24 h
 local task_message = ARGV[4]     -- '' to publish separately
-local FIELDS_FROM = 5            -- ARGV[5..]: field/value pairs of the record hash
+local ready_score = ARGV[5]      -- its place among the ready: the deadline, or (fifo) now
+local FIELDS_FROM = 6            -- ARGV[6..]: field/value pairs of the record hash
 local fields = {}
 for i = FIELDS_FROM, #ARGV do
   fields[#fields + 1] = ARGV[i]
@@ -23,9 +25,8 @@ end
 redis.call('HSET', record_key, unpack(fields))
 redis.call('SET', dedupe_key, record_id)
 redis.call('ZADD', queued_index, index_score, record_id)
-if window_end_ms ~= '' then
-  redis.call('ZADD', deadline_index, window_end_ms, record_id)
-end
+redis.call('ZADD', deadline_index, window_end_ms, record_id)
+redis.call('ZADD', ready, ready_score, record_id)
 if task_message ~= '' then
   redis.call('LPUSH', queue_list, task_message)
 end

@@ -6,6 +6,7 @@ local rec = KEYS[1]                 -- the record hash
 local dedupe_key = KEYS[2]
 local history_key = KEYS[3]
 local deadline_index = KEYS[4]
+local ready = KEYS[5]               -- ready records, by the order they are sent in
 local index_prefix = ARGV[1]        -- status index keys are this plus the status
 local allowed_from = ARGV[2]        -- comma-separated statuses
 local new_status = ARGV[3]
@@ -16,7 +17,8 @@ local drop_below = ARGV[7]          -- drop index entries scored below this (ter
 local unless_leased_at = ARGV[8]    -- now in ms: refuse a running lease ('' to skip)
 local history_entry = ARGV[9]       -- '' for none
 local history_cap = tonumber(ARGV[10])
-local FIELDS_FROM = 11              -- ARGV[11..]: field/value pairs to set
+local ready_score = ARGV[11]        -- the record's place among the ready ('' : not ready)
+local FIELDS_FROM = 12              -- ARGV[12..]: field/value pairs to set
 local fields = {'status', new_status}
 for i = FIELDS_FROM, #ARGV do
   fields[#fields + 1] = ARGV[i]
@@ -51,6 +53,11 @@ if new_status ~= 'processing' then
 end
 redis.call('ZREM', index_prefix .. status, id)
 redis.call('ZADD', index_prefix .. new_status, index_score, id)
+if ready_score ~= '' then
+  redis.call('ZADD', ready, ready_score, id)
+else
+  redis.call('ZREM', ready, id)
+end
 if history_entry ~= '' then
   redis.call('RPUSH', history_key, history_entry)
   redis.call('LTRIM', history_key, -history_cap, -1)
