@@ -477,8 +477,6 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
     records waiting. The costs must not grow with the backlog."""
     from redis import Redis
 
-    from adjustments.reconcile import reconcile
-
     name = f"backlog {queued:,} at {limit:g}/s"
     queue, prefix = "bench-backlog", "backlog"
     env = services.env(
@@ -522,9 +520,7 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
         timeline = services.sandbox.timeline()
         stats = services.sandbox.get("/_sandbox/stats")
         t0 = time.perf_counter()
-        report = reconcile(
-            store=p._store, publish=p.publish, now=datetime.now(UTC), grace_s=60, queue=queue
-        )
+        report = p.reconcile(grace_s=60)
         reconcile_ms = (time.perf_counter() - t0) * 1000
     services.stop_all()
     admin.flushdb()  # the rest of the backlog: later scenarios start from an empty server

@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
+
+import redis
 
 EXACT = 20_000
 
@@ -65,3 +68,31 @@ def walk(
             if first_miss is None:
                 first_miss = upper_ms  # within this bucket: its upper bound, at the latest
     return Forecast(missed, first_miss, rate_per_s, waiting)
+
+
+def read(client: redis.Redis, key: str, *, now_ms: float, rate_per_s: float) -> Forecast:
+    """The forecast for the deadlines (ms) scored in the sorted set ``key`` (the ready set
+    in deadline order), at ``rate_per_s`` (0: nothing is sent; below 0: no limit, nothing
+    expires): the first EXACT deadlines one by one, the rest by bucket. A few round trips."""
+    exact = cast(list[tuple[str, float]], client.zrange(key, 0, EXACT - 1, withscores=True))
+    deadlines = [score for _, score in exact]
+    buckets: list[tuple[float, int]] = []
+    if len(exact) == EXACT:  # a deeper backlog: count the rest between growing bounds
+        low = deadlines[-1]
+        bounds = [now_ms + 1000 * 2**k for k in range(0, 18)] + [math.inf]
+        bounds = [b for b in bounds if b > low]
+        pipe = client.pipeline(transaction=False)
+        previous = low
+        for bound in bounds:
+            pipe.zcount(key, f"({previous}", "+inf" if math.isinf(bound) else bound)
+            previous = bound
+        counts = cast(list[int], pipe.execute())
+        buckets = [(b, int(c)) for b, c in zip(bounds, counts, strict=True) if c]
+        # the last bucket's bound is the last deadline itself, at the latest
+        if buckets and math.isinf(buckets[-1][0]):
+            last = cast(list[tuple[str, float]], client.zrange(key, -1, -1, withscores=True))
+            buckets[-1] = (last[0][1] if last else now_ms, buckets[-1][1])
+    if rate_per_s < 0:
+        waiting = len(deadlines) + sum(c for _, c in buckets)
+        return Forecast(0, None, math.inf, waiting)
+    return walk(deadlines, now_ms=now_ms, rate_per_s=rate_per_s, buckets=buckets)

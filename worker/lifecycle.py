@@ -32,6 +32,8 @@ def finish(
     fields: dict[str, str | int] = {
         "next_attempt_at": iso(retry_at),
         "next_attempt_ms": to_ms(retry_at) if retry_at else "",
+        # A retry takes its place among the ready by its deadline (see claim_next.lua).
+        "deadline_ms": to_ms(record.deadline) if retry_at else "",
     }
     if key_outcome is not None:
         fields["key_outcome"] = key_outcome

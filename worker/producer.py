@@ -18,13 +18,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, cast
 
 import redis
 
-from . import keys, publishing
+from . import forecast, keys, publishing
 from .batching import GroupCommit
 from .bulk import BATCH_SIZE, FIELDS, batched
 from .celery_app import create_app
@@ -38,11 +38,12 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .forecast import Forecast
 from .heartbeat import WorkerInfo, alive
 from .listing import Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages, record_id_of
-from .models import CancelRequest, Record, Status, parse_iso
+from .models import CancelRequest, Record, Status, iso, parse_iso
 from .ratelimit import SharedRateLimiter
 from .reconcile import ReconcileReport
 from .replay import ReplayFilter, ReplayReport, replay
@@ -550,6 +551,10 @@ class Producer:
             dead_total = self._client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
             configured, current, from_workers = limiter.shared()
             records = self._store.counts()
+            workers_alive = len(alive(self._client, self.settings.key_prefix))
+            outlook = self.expiry_forecast(
+                rate_per_s=(current if configured > 0 else -1.0) if workers_alive else 0.0
+            )
             return {
                 "records": records,
                 "queue_depth": self.queue_depth(),  # waiting (kept for compatibility)
@@ -560,7 +565,15 @@ class Producer:
                 },
                 "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
                 "oldest_live_age_s": round(self.oldest_live_age_s(), 3),
-                "workers_alive": len(alive(self._client, self.settings.key_prefix)),
+                "workers_alive": workers_alive,
+                # At the rate the workers achieve now (0 with none alive): how many waiting
+                # records will miss their 24 h window, and the nearest deadline missed.
+                "expiry_forecast": outlook.expiring,
+                "expiry_forecast_first_miss": (
+                    iso(datetime.fromtimestamp(outlook.first_miss_ms / 1000, UTC))
+                    if outlook.first_miss_ms is not None
+                    else None
+                ),
                 "rate_limit": {
                     # The shared limit as the workers use it (from Redis), not this process's
                     # settings; "source" says which.
@@ -569,6 +582,21 @@ class Producer:
                     "source": "workers" if from_workers else "settings (no worker has sent yet)",
                 },
             }
+
+    def expiry_forecast(self, *, rate_per_s: float) -> Forecast:
+        """How many waiting records will miss their window if the workers go on sending at
+        ``rate_per_s`` (0: none is sent; below 0: no limit), deadline first, and the nearest
+        deadline missed (see ``forecast``). Raises StoreUnavailable when Redis cannot be
+        read."""
+        key = (
+            keys.ready(self.settings.key_prefix)
+            if self.settings.order == "deadline"
+            else keys.deadline(self.settings.key_prefix)  # fifo: the deadlines that are known
+        )
+        with self._reading():
+            return forecast.read(
+                self._client, key, now_ms=time.time() * 1000, rate_per_s=rate_per_s
+            )
 
     def oldest_live_age_s(self) -> float:
         """Age in seconds of the oldest live (queued, processing or retrying) record, 0 when

@@ -158,9 +158,7 @@ class RecordStore:
     def new_fields(self, req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
         """The hash of a fresh ``queued`` record."""
         digest = keys.request_digest(req)
-        # Without the event's receipt time, the latest its window can close: 24 h after the
-        # cancellation was requested (the event was received before that).
-        expires = req.expires_at or now + timedelta(seconds=CANCEL_WINDOW_S)
+        expires = req.expires_at
         return {
             "id": record_id,
             "api": req.api,
@@ -174,7 +172,7 @@ class RecordStore:
             "created_at": iso(now),
             "updated_at": iso(now),
             "event_received_at": iso(req.event_received_at),
-            "expires_at_ms": to_ms(expires),
+            "expires_at_ms": to_ms(expires) if expires else "",
             "next_attempt_at": "",
             "idempotency_key": keys.idempotency_key(digest, 0),
         }
@@ -197,9 +195,13 @@ class RecordStore:
         # Absent reads as empty, and as the creation-time value for the fields Record.from_hash
         # derives: a queued record is a third smaller in Redis (see the README's backlog row).
         stored = {k: v for k, v in fields.items() if v != "" and k not in DERIVED_AT_CREATION}
-        deadline_ms = str(fields["expires_at_ms"])
-        ready_score = deadline_ms if self.order == "deadline" else str(to_ms(now))
-        args = [record_id, str(to_ms(now)), deadline_ms, message, ready_score, *_pairs(stored)]
+        # Without the event's receipt time, the latest its window can close: 24 h after the
+        # cancellation was requested (the event was received before that). Deadline-first
+        # orders by it; it is not stored (a queued record's ready score is its deadline).
+        deadline = req.expires_at or now + timedelta(seconds=CANCEL_WINDOW_S)
+        ready_score = to_ms(deadline) if self.order == "deadline" else to_ms(now)
+        window_end = str(fields["expires_at_ms"])
+        args = [record_id, str(to_ms(now)), window_end, message, str(ready_score), *_pairs(stored)]
         return script_keys, args, fields
 
     def create(
@@ -466,23 +468,13 @@ class RecordStore:
         return bool(ready or due)
 
     def make_ready(self, record_ids: Sequence[str], now: datetime) -> None:
-        """Put live records back among the ready (reconciliation, after a worker died)."""
-        if not record_ids:
-            return
-        if self.order == "fifo":
-            self.client.zadd(keys.ready(self.prefix), dict.fromkeys(record_ids, to_ms(now)))
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for record_id in record_ids:
-            pipe.zscore(keys.deadline(self.prefix), record_id)
-        scores = cast(list[float | None], pipe.execute())
-        self.client.zadd(
-            keys.ready(self.prefix),
-            {
-                rid: (s if s is not None else to_ms(now))
-                for rid, s in zip(record_ids, scores, strict=True)
-            },
-        )
+        """Put live records back among the ready (reconciliation, after a worker died), each
+        in its deadline's place (with order=fifo: now)."""
+        records = self.get_many(record_ids) if record_ids else []
+        if records:
+            self.client.zadd(
+                keys.ready(self.prefix), {r.id: self.ready_score(r, now) for r in records}
+            )
 
     def transition(
         self,

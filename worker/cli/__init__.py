@@ -160,6 +160,15 @@ def stats(as_json: bool) -> None:
     oldest = float(cast(float, data["oldest_live_age_s"]))
     live = sum(records[s] for s in ("queued", "processing", "retrying"))
     click.echo(f"{'oldest live':<11} {f'{oldest:.1f} s' if live else 'none live'}")
+    expiring, first = data["expiry_forecast"], data["expiry_forecast_first_miss"]
+    click.echo(
+        f"{'forecast':<11} "
+        + (
+            f"{expiring} will expire at the current rate, the first at {first}"
+            if expiring
+            else "nothing will expire at the current rate"
+        )
+    )
     rate = data["rate_limit"]
     assert isinstance(rate, dict)
     click.echo(

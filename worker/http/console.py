@@ -8,6 +8,7 @@ then an explicit confirmation; expired records need a second confirmation.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -300,8 +301,11 @@ class Console:
     def overview_data(self) -> dict[str, Any]:
         p = self.producer
         bars = p.recent_outcomes(CHART_SERIES, minutes=CHART_MINUTES)
+        stats = p.stats()
+        first_miss = parse_iso(str(stats["expiry_forecast_first_miss"] or ""))
         return {
-            "stats": p.stats(),
+            "stats": stats,
+            "first_miss_in_s": (first_miss.timestamp() - time.time()) if first_miss else 0.0,
             "chart": chart(bars),
             "last_hour": {name: sum(b[name] for b in bars) for name in CHART_SERIES},
             "window_left_s": p.windows()["next_closes_in_s"],

@@ -19,8 +19,11 @@ local order = ARGV[7]                   -- 'deadline' or 'fifo'
 local PROMOTE = 100                     -- due retries made ready per call, at most
 local SCAN = 100                        -- entries looked at per call, at most
 
-local function deadline_of(rec)
+-- A record's deadline: its window's end when the receipt time was given, else the one kept
+-- while it retries, else (a queued record, deadline order) its ready score.
+local function deadline_of(rec, fallback)
   return tonumber(redis.call('HGET', rec, 'expires_at_ms') or '')
+    or tonumber(redis.call('HGET', rec, 'deadline_ms') or '') or fallback
 end
 
 local due = redis.call('ZRANGEBYSCORE', retrying_index, '-inf', now + retry_early_ms,
@@ -30,18 +33,22 @@ for i = 1, #due, 2 do
   if not redis.call('ZSCORE', ready, id) then
     local score = due_ms
     if order == 'deadline' then
-      score = deadline_of(record_prefix .. id) or now
+      score = deadline_of(record_prefix .. id, now)
     end
     redis.call('ZADD', ready, score, id)
   end
 end
 
 for _ = 1, SCAN do
-  local first = redis.call('ZRANGE', ready, 0, 0)
+  local first = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
   if #first == 0 then
     return {'empty'}
   end
   local id = first[1]
+  local fallback = nil
+  if order == 'deadline' then
+    fallback = tonumber(first[2])
+  end
   redis.call('ZREM', ready, id)
   local rec = record_prefix .. id
   local status = redis.call('HGET', rec, 'status')
@@ -54,7 +61,7 @@ for _ = 1, SCAN do
     take = lease <= now
   end
   if take then
-    local expires = deadline_of(rec)
+    local expires = deadline_of(rec, fallback)
     if expires and expires <= now then
       return {'window_closed', id}
     end

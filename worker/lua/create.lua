@@ -9,9 +9,10 @@ local queue_list = KEYS[5]       -- the Celery queue's Redis list
 local ready = KEYS[6]            -- ready records, by the order they are sent in
 local record_id = ARGV[1]
 local index_score = ARGV[2]
-local window_end_ms = ARGV[3]    -- the deadline: received + 24 h, or created + 24 h
+local window_end_ms = ARGV[3]    -- received + 24 h ('' if not given)
 local task_message = ARGV[4]     -- '' to publish separately
-local ready_score = ARGV[5]      -- its place among the ready: the deadline, or (fifo) now
+local ready_score = ARGV[5]      -- its place among the ready: its deadline (received + 24 h,
+                                 -- or created + 24 h), or with order=fifo its creation
 local FIELDS_FROM = 6            -- ARGV[6..]: field/value pairs of the record hash
 local fields = {}
 for i = FIELDS_FROM, #ARGV do
@@ -25,7 +26,9 @@ end
 redis.call('HSET', record_key, unpack(fields))
 redis.call('SET', dedupe_key, record_id)
 redis.call('ZADD', queued_index, index_score, record_id)
-redis.call('ZADD', deadline_index, window_end_ms, record_id)
+if window_end_ms ~= '' then
+  redis.call('ZADD', deadline_index, window_end_ms, record_id)
+end
 redis.call('ZADD', ready, ready_score, record_id)
 if task_message ~= '' then
   redis.call('LPUSH', queue_list, task_message)

@@ -4,6 +4,7 @@ never a scan of the records: a 15 s scrape is cheap with a million records."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
@@ -13,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import StoreError
+from ..models import parse_iso
 
 if TYPE_CHECKING:
     from ..producer import Producer
@@ -88,6 +90,19 @@ class DeploymentCollector(Collector):
         shared.add_metric(["current"], float(rate["current_per_s"]))
         yield shared
 
+        yield GaugeMetricFamily(
+            "adjustments_expiry_forecast",
+            "Waiting records that will miss their 24 h window at the rate the workers achieve "
+            "now (all of them with no live worker)",
+            value=int(cast(int, stats["expiry_forecast"])),
+        )
+        first_miss = parse_iso(str(stats["expiry_forecast_first_miss"] or ""))
+        if first_miss is not None:
+            yield GaugeMetricFamily(
+                "adjustments_expiry_forecast_first_miss_seconds",
+                "Seconds until the nearest deadline the forecast misses (absent: none)",
+                value=max(0.0, first_miss.timestamp() - time.time()),
+            )
         yield GaugeMetricFamily(
             "adjustments_workers_alive",
             "Workers whose heartbeat has not expired",
