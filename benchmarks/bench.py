@@ -27,6 +27,7 @@ from typing import Any
 import stripe
 
 from adjustments.config import Settings
+from adjustments.models import Status
 from adjustments.producer import Producer
 from benchmarks.harness import KEY, ROOT, Services, cpu_s, rss_mb, wait_until
 
@@ -424,7 +425,7 @@ def _limited_run(
         time.sleep(seconds)
         rows = services.sandbox.timeline()
         # The rest of this run's work must not spill into the next one's timeline.
-        p._client.delete(f"bench-{PREFIX_LIMITED}")
+        p._client.delete(f"bench-{PREFIX_LIMITED}", f"{PREFIX_LIMITED}:ready")
     return rows
 
 
@@ -551,6 +552,84 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
     return rows
 
 
+def _order_run(
+    services: Services, order: str, fresh: int, urgent: int, left_s: float, rate: float
+) -> dict[str, float]:
+    """``fresh`` cancellations with 24 h left queued first, then ``urgent`` ones whose window
+    closes in ``left_s``, one worker at a shared ``rate``, in ``order``: what expired, the
+    drain rate, the worker's CPU per cancellation and cancel()'s latency with the backlog."""
+    from datetime import timedelta
+
+    prefix = f"order-{order}"
+    env = services.env(
+        ADJUSTMENTS_QUEUE=f"bench-{prefix}",
+        ADJUSTMENTS_KEY_PREFIX=prefix,
+        ADJUSTMENTS_RATE_LIMIT=f"{rate}",
+        ADJUSTMENTS_ORDER=order,
+    )
+    worker = services.worker(env, name=f"{prefix}-worker")
+    services.sandbox.reset(latency_ms=20)
+    with producer(services, **{k: v for k, v in env.items() if k.startswith("ADJUSTMENTS_")}) as p:
+        cpu0 = cpu_s(worker.pid)
+        p.cancel_many([{"event_name": "ev", "identifier": f"{prefix}_f{i}"} for i in range(fresh)])
+        received = datetime.now(UTC) - timedelta(hours=24) + timedelta(seconds=left_s)
+        latencies = []
+        urgent_ids = []
+        for i in range(urgent):
+            t0 = time.perf_counter()
+            urgent_ids.append(
+                p.cancel("ev", f"{prefix}_u{i}", event_received_at=received.isoformat()).id
+            )
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        def drained() -> bool:
+            counts = p.counts()
+            return counts["queued"] + counts["processing"] + counts["retrying"] == 0
+
+        wait_until(drained, fresh / rate + left_s + 120, f"the {order} drain")
+        counts = p.counts()
+        sent = sorted(
+            float(r["at"]) for r in services.sandbox.timeline() if r["http_status"] == 200
+        )
+        cpu_ms = (cpu_s(worker.pid) - cpu0) * 1000 / max(1, counts["pending"])
+        urgent_expired = sum(1 for i in urgent_ids if p.get(i).status is Status.EXPIRED)
+    services.stop_all()
+    return {
+        "urgent_expired": float(urgent_expired),
+        "fresh_expired": float(counts["expired"] - urgent_expired),
+        "drain_per_s": (len(sent) - 1) / max(1e-9, sent[-1] - sent[0]) if len(sent) > 1 else 0.0,
+        "cpu_ms": cpu_ms,
+        "cancel_p50_ms": percentile(latencies, 0.5),
+        "twice": float(
+            max(services.sandbox.get("/_sandbox/stats")["executions"].values(), default=0)
+        ),
+    }
+
+
+def deadline_order(services: Services, quick: bool) -> list[Row]:
+    """A backlog whose arrival order is the opposite of its deadlines, at a fixed rate:
+    deadline-first against first-in-first-out (its baseline, in the same run)."""
+    fresh, urgent, left_s, rate = (300, 30, 2.0, 100.0) if quick else (3000, 600, 60.0, 40.0)
+    fifo = _order_run(services, "fifo", fresh, urgent, left_s, rate)
+    edf = _order_run(services, "deadline", fresh, urgent, left_s, rate)
+    name = f"deadline first ({fresh:,} fresh, then {urgent} closing in {left_s:g} s; {rate:g}/s)"
+    return [
+        Row(name, "urgent ones expired", edf["urgent_expired"], "", fifo["urgent_expired"],
+            "<= 1 % (baseline: FIFO)", edf["urgent_expired"] <= 0.01 * urgent),
+        Row(name, "fresh ones expired", edf["fresh_expired"], "", fifo["fresh_expired"],
+            "0 (every fresh one accepted)", edf["fresh_expired"] == 0),
+        Row(name, "drain rate", edf["drain_per_s"], "req/s", fifo["drain_per_s"],
+            f">= 95 % of {rate:g}/s (baseline: FIFO)", edf["drain_per_s"] >= 0.95 * rate),
+        Row(name, "worker CPU per cancellation", edf["cpu_ms"], "ms", fifo["cpu_ms"],
+            "<= 1.2x FIFO", edf["cpu_ms"] <= 1.2 * fifo["cpu_ms"]),
+        Row(name, "cancel() p50 with the backlog", edf["cancel_p50_ms"], "ms",
+            fifo["cancel_p50_ms"], "<= 1.5x FIFO",
+            edf["cancel_p50_ms"] <= 1.5 * fifo["cancel_p50_ms"]),
+        Row(name, "most executions of one identifier", max(edf["twice"], fifo["twice"]), "", None,
+            "1", max(edf["twice"], fifo["twice"]) <= 1),
+    ]  # fmt: skip
+
+
 # --- the run -----------------------------------------------------------------------------------
 def run(quick: bool, scale: bool = False) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="adjustments-bench-"))
@@ -576,6 +655,7 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         rows += shared_limit(services, 2 if quick else 30)
         rows += adaptive_limit(services, 3 if quick else 30)
         services.stop_all()
+        rows += deadline_order(services, quick)
         rows += backlog(services, 1_000 if quick else 100_000, 2 if quick else 30)
     finally:
         services.close()

@@ -416,6 +416,7 @@ class Producer:
                 now=_aware_now(None),
                 grace_s=grace,
                 tickets=lambda: publishing.outstanding(self._client, queue=queue, prefix=prefix),
+                settle_s=self.settings.heartbeat_s + 0.5,
             )
 
     def page(self, query: Query | None = None, cursor: str | None = None) -> Page:

@@ -37,7 +37,7 @@ Publish = Callable[[str], bool]
 # How many task messages are on their way to an attempt: waiting in the queue, or held by the
 # threads of live workers (see ``publishing.outstanding``).
 Tickets = Callable[[], int]
-SETTLE_S = 0.3  # between the two looks at the count: a message moving is not a lost one
+SETTLE_S = 0.3  # between the two looks at the count (the workers' heartbeat: see below)
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,13 @@ def reconcile(
     now: datetime,
     grace_s: float,
     tickets: Tickets | None = None,
+    settle_s: float = SETTLE_S,
     lock_ttl_s: float = 300.0,
     batch: int = BATCH,
 ) -> ReconcileReport:
     """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``tickets``:
-    how many messages are on their way (without it, lost messages are not looked for)."""
+    how many messages are on their way (without it, lost messages are not looked for);
+    ``settle_s``: between the two looks at that count (see ``missing_tickets``)."""
     started = time.perf_counter()
     lock = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
     if lock is None:
@@ -88,7 +90,7 @@ def reconcile(
             # Look again only after another grace period, not on the very next run.
             store.touch(status, sent, now_ms + grace_ms if status is Status.PROCESSING else now_ms)
             counts[status] = len(sent)
-        missing = missing_tickets(store, tickets) if tickets is not None else 0
+        missing = missing_tickets(store, tickets, settle_s) if tickets is not None else 0
         sent_missing = _publish_permits(store, publish, min(missing, batch))
         failures += min(missing, batch) - sent_missing
     finally:
@@ -109,8 +111,9 @@ def reconcile(
 
 def missing_tickets(store: RecordStore, tickets: Tickets, settle_s: float = SETTLE_S) -> int:
     """How many more messages the ``queued`` and ``processing`` records need than are on their
-    way: the smaller of two looks ``settle_s`` apart (a message between the queue and a
-    worker's count at the first look is not a lost one)."""
+    way: the smaller of two looks ``settle_s`` apart. A worker counts the messages its threads
+    hold in its heartbeat, so ``settle_s`` should span one heartbeat: a message taken since the
+    last beat is not a lost one."""
 
     def short() -> int:
         counts = store.counts()
@@ -151,7 +154,12 @@ ORPHANS_LOCK = "orphans"
 
 
 def republish_orphans(
-    *, store: RecordStore, publish: Publish, tickets: Tickets, limit: int = BATCH
+    *,
+    store: RecordStore,
+    publish: Publish,
+    tickets: Tickets,
+    settle_s: float = SETTLE_S,
+    limit: int = BATCH,
 ) -> int:
     """After a lost connection to Redis: publish the messages that vanished with it (Redis
     executed a worker's BRPOP, then died before the reply arrived), found by count as in
@@ -161,7 +169,7 @@ def republish_orphans(
     if lock is None:
         return 0
     try:
-        missing = min(missing_tickets(store, tickets), limit)
+        missing = min(missing_tickets(store, tickets, settle_s), limit)
         sent = _publish_permits(store, publish, missing)
     finally:
         store.unlock(lock)

@@ -87,6 +87,7 @@ def reconcile_task() -> dict[str, object]:
         now=utcnow(),
         grace_s=runtime.settings.reconcile_grace_s,
         tickets=_tickets(runtime.store),
+        settle_s=runtime.settings.heartbeat_s + 0.5,
     )
     return report.to_dict()
 
@@ -105,6 +106,11 @@ def repair_after_connect() -> None:
     time.sleep(ORPHAN_MIN_AGE_S)
     try:
         runtime = get_runtime(str(app.conf.adjustments_redis_url))
-        republish_orphans(store=runtime.store, publish=publish, tickets=_tickets(runtime.store))
+        republish_orphans(
+            store=runtime.store,
+            publish=publish,
+            tickets=_tickets(runtime.store),
+            settle_s=runtime.settings.heartbeat_s + 0.5,
+        )
     except Exception as exc:  # reconciliation still covers it after the grace period
         log.warning("queue.orphan_check_failed", error=str(exc))
