@@ -105,14 +105,18 @@ class LoggedTask(Task):  # type: ignore[type-arg]
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         from .heartbeat import ACTIVITY
 
-        ACTIVITY.begin()
+        # Only cancellation messages count as in flight: reconciliation reads the count to
+        # tell a lost message from a held one, and must not count its own.
+        if self.name == TASK_NAME:
+            ACTIVITY.begin()
         structlog.contextvars.bind_contextvars(task_id=task_id)
 
     def after_return(self, *args: Any, **kwargs: Any) -> None:
         from .heartbeat import ACTIVITY
 
         structlog.contextvars.unbind_contextvars("task_id")
-        ACTIVITY.end()
+        if self.name == TASK_NAME:
+            ACTIVITY.end()
 
 
 class UnbufferedEventDispatcher(EventDispatcher):

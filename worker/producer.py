@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import hashlib
-import json
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -42,7 +41,7 @@ from .forecast import Forecast
 from .heartbeat import WorkerInfo, alive
 from .listing import Page, Query, page
 from .logging import get_logger
-from .messages import TaskMessages, record_id_of
+from .messages import TaskMessages
 from .models import CancelRequest, Record, Status, iso, parse_iso
 from .ratelimit import SharedRateLimiter
 from .reconcile import ReconcileReport
@@ -55,7 +54,6 @@ log = get_logger("adjustments.producer")
 # kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
 # (one per Redis database, whatever the queue).
 UNACKED_KEY = "unacked"
-UNACKED_INDEX_KEY = "unacked_index"  # the same messages, scored by delivery time
 
 
 @dataclass
@@ -601,21 +599,12 @@ class Producer:
 
     def oldest_live_age_s(self) -> float:
         """Age in seconds of the oldest live (queued, processing or retrying) record, 0 when
-        none is live. Read from a few candidates, each O(log n): the next message waiting in
-        the queue (it is first in, first out), the longest-held unacknowledged one, and the
-        first records of the processing and retrying indexes."""
+        none is live. Read from the first record of each live status index, each O(log n)
+        (the queued index is scored by when a record became queued)."""
         client = self._client
         candidates: builtins.list[str | None] = []
         with self._reading():
-            waiting = client.lindex(self.settings.queue, -1)
-            if waiting:
-                candidates.append(record_id_of(str(waiting)))
-            held = cast(builtins.list[str], client.zrange(UNACKED_INDEX_KEY, 0, 0))
-            entry = client.hget(UNACKED_KEY, held[0]) if held else None
-            if entry:
-                with suppress(ValueError, IndexError, TypeError):
-                    candidates.append(record_id_of(json.dumps(json.loads(str(entry))[0])))
-            for status in (Status.PROCESSING, Status.RETRYING):
+            for status in (Status.QUEUED, Status.PROCESSING, Status.RETRYING):
                 candidates += cast(
                     builtins.list[str], client.zrange(self._store.index_key(status), 0, 0)
                 )

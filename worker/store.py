@@ -365,24 +365,6 @@ class RecordStore:
             pipe.zcard(self.index_key(s))
         return dict(zip([s.value for s in Status], cast(list[int], pipe.execute()), strict=True))
 
-    def queue_length(self, queue: str) -> int:
-        return int(self.client.llen(queue))
-
-    def oldest_waiting(self, queue: str, peek: int) -> int | None:
-        """The queued-index score of the oldest record whose message still waits in ``queue``
-        (looking at up to ``peek`` messages from its old end), or None if none of them is."""
-        from .messages import record_id_of  # the message format belongs to Celery's side
-
-        messages = cast(list[str], self.client.lrange(queue, -peek, -1))
-        ids = [i for i in map(record_id_of, messages) if i]
-        if not ids:
-            return None
-        pipe = self.client.pipeline(transaction=False)
-        for record_id in ids:
-            pipe.zscore(self.index_key(Status.QUEUED), record_id)
-        scores = [int(s) for s in cast(list[float | None], pipe.execute()) if s is not None]
-        return min(scores) if scores else None
-
     def deadline_due(self, now: datetime, *, limit: int = 1000) -> list[str]:
         """Live records whose 24 h window has closed."""
         key = keys.deadline(self.prefix)

@@ -107,6 +107,8 @@ def worker_environment(
         # Generous: tests of the limiter itself use their own prefix and limit.
         ADJUSTMENTS_RATE_LIMIT="1000",
         ADJUSTMENTS_RATE_RECOVERY_PER_S="1000",
+        # Frequent beats: reconciliation's second look at the message count spans one.
+        ADJUSTMENTS_HEARTBEAT_S="1",
     )
     env.update(overrides)
     return env
