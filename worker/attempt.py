@@ -76,7 +76,7 @@ def run_attempt(
         ready = _wait_for_slot(record_id, limiter, slot, wait)
         if not ready:
             return AttemptResult("shutting_down", None, requeue=True)
-    claim = _claim_next(store, lease_s=lease_s, clock=clock)
+    claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id)
     if claim.kind != "claimed" or claim.record is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
@@ -145,12 +145,12 @@ def run_attempt(
 MAX_EXPIRED_PER_CLAIM = 1000  # lost causes expired on the way to one record to send
 
 
-def _claim_next(store: RecordStore, *, lease_s: float, clock: Clock) -> Claim:
+def _claim_next(store: RecordStore, *, lease_s: float, clock: Clock, hint: str) -> Claim:
     """The next ready record, claimed; each record whose window closed while it waited is
     expired on the way (never sent, and the slot goes to the next one)."""
     for _ in range(MAX_EXPIRED_PER_CLAIM):
         now = clock()
-        claim = store.claim_next(now=now, lease_s=lease_s)
+        claim = store.claim_next(now=now, lease_s=lease_s, hint=hint)
         if claim.kind != "window_closed":
             return claim
         record = store.find(claim.record_id)

@@ -49,6 +49,12 @@ def ready(prefix: str) -> str:
     return f"{prefix}:ready"
 
 
+def claim(prefix: str, token: str) -> str:
+    """Which record the claim with this lease token took (for a claim sent again after its
+    answer was lost); expires with the lease."""
+    return f"{prefix}:claim:{token}"
+
+
 def rate_limiter(prefix: str) -> str:
     """The shared Stripe rate limiter's state (one per prefix, i.e. per Stripe account)."""
     return f"{prefix}:ratelimit"

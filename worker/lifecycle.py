@@ -3,8 +3,9 @@ replay. Each is one atomic ``RecordStore.transition`` that refuses an illegal mo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from .config import CANCEL_WINDOW_S
 from .models import ErrorInfo, Record, Status, iso, to_ms
 from .outcomes import Accepted
 from .retry import replay_needs_new_key
@@ -113,6 +114,8 @@ def requeue_for_replay(
     }
     if force:
         fields["expires_at_ms"] = ""  # Stripe decides now; we no longer expire it ourselves
+        # ...not even by the deadline its ready score still carries (it goes first).
+        fields["deadline_ms"] = to_ms(now + timedelta(seconds=CANCEL_WINDOW_S))
     allowed = {Status.FAILED, Status.EXPIRED} if force else {Status.FAILED}
     return store.transition(
         record,

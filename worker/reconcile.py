@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from . import keys, lifecycle
+from .config import CANCEL_WINDOW_S
 from .logging import get_logger
 from .models import Status, to_ms
 from .store import RecordStore
@@ -145,8 +146,13 @@ def _remember(store: RecordStore, report: ReconcileReport) -> None:
 
 
 def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int:
-    """Expire live records past their window; one a worker holds a live lease on is left to it."""
-    records = store.get_many(store.deadline_due(now, limit=batch))
+    """Expire live records past their window; one a worker holds a live lease on is left to it.
+    Besides those with a known window, a record queued for more than 24 h is past its
+    window whatever its receipt time was."""
+    day_ago = to_ms(now) - CANCEL_WINDOW_S * 1000
+    ids = store.deadline_due(now, limit=batch)
+    ids += store.ids_by_score(Status.QUEUED, high_ms=day_ago, limit=batch)
+    records = store.get_many(list(dict.fromkeys(ids)))
     return sum(bool(lifecycle.expire_window(store, record, now=now)) for record in records)
 
 

@@ -29,6 +29,9 @@ from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed", "empty"]
 EARLY_RETRY_TOLERANCE_MS = 1000
+# A message's own record goes instead of the first ready one when its deadline is this close:
+# deadline order to the second (windows are 24 h), and a trace stays with its own request.
+HINT_TOLERANCE_MS = 1000
 HISTORY_CAP = 20
 # Fields a fresh record does not store: Record.from_hash reads them as 0, created_at and the
 # generation-0 idempotency key until a transition writes them.
@@ -399,11 +402,12 @@ class RecordStore:
             return Claim(kind, status=str(reply[1]) if len(reply) > 1 else "")
         return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
 
-    def claim_next(self, *, now: datetime, lease_s: float) -> Claim:
+    def claim_next(self, *, now: datetime, lease_s: float, hint: str = "") -> Claim:
         """Take the next ready record (deadline first, or oldest first with order=fifo) for
-        one attempt under a lease, making due retries ready first. ``Claim("empty")`` when
-        none is ready; ``Claim("window_closed", record_id=...)`` for a record whose window
-        closed while it waited (the caller expires it and asks again)."""
+        one attempt under a lease, making due retries ready first; ``hint`` (the message's
+        own record) when it is ready and its deadline within HINT_TOLERANCE_MS of the first.
+        ``Claim("empty")`` when none is ready; ``Claim("window_closed", record_id=...)`` for
+        a record whose window closed while it waited (the caller expires it, asks again)."""
         token = secrets.token_hex(8)
         lease_until = to_ms(now + timedelta(seconds=lease_s))
         reply = cast(
@@ -414,6 +418,7 @@ class RecordStore:
                     self.index_key(Status.QUEUED),
                     self.index_key(Status.RETRYING),
                     self.index_key(Status.PROCESSING),
+                    keys.claim(self.prefix, token),
                 ],
                 args=[
                     keys.record(self.prefix, ""),
@@ -423,6 +428,8 @@ class RecordStore:
                     iso(now),
                     EARLY_RETRY_TOLERANCE_MS,
                     self.order,
+                    hint,
+                    HINT_TOLERANCE_MS,
                 ],
             ),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
+import pytest
 
 from adjustments import lifecycle
 from adjustments.forecast import walk
@@ -109,3 +110,49 @@ class TestForecast:
         """Past the exact deadlines, counts per bucket: 10 due within 5 s at 1/s, 5 miss."""
         forecast = walk([], now_ms=0, rate_per_s=1.0, buckets=[(5_000.0, 10), (1e9, 3)])
         assert (forecast.expiring, forecast.first_miss_ms) == (5, 5_000.0)
+
+
+class TestClaimsSentAgain:
+    def test_a_claim_sent_again_gets_the_record_it_took(
+        self, store: RecordStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The same claim (same lease token) run twice, as after a lost answer: the second
+        run answers with the record the first took, and takes no other."""
+        import secrets
+
+        for name in ("a", "b"):
+            store.create(CancelRequest("v2", "ev", name), now=T0)
+        token = secrets.token_hex(8)
+        monkeypatch.setattr(secrets, "token_hex", lambda _n=None: token)
+        first = store.claim_next(now=T0, lease_s=30)
+        again = store.claim_next(now=T0, lease_s=30)
+        monkeypatch.undo()
+        assert first.record is not None and again.record is not None
+        assert again.record.id == first.record.id and again.token == first.token
+        assert store.counts()["processing"] == 1 and len(store.ready_ids(10)) == 1
+
+    def test_the_messages_own_record_goes_when_its_deadline_is_as_near(
+        self, store: RecordStore
+    ) -> None:
+        """Two records whose deadlines are a millisecond apart: the message's own goes (its
+        trace continues in its own attempt); one an hour later does not jump ahead."""
+        first = store.create(CancelRequest("v2", "ev", "first"), now=T0)[0]
+        second = store.create(
+            CancelRequest("v2", "ev", "second"), now=T0 + timedelta(milliseconds=1)
+        )[0]
+        later = store.create(CancelRequest("v2", "ev", "later"), now=T0 + timedelta(hours=1))[0]
+        claim = store.claim_next(now=T0, lease_s=30, hint=second.id)
+        assert claim.record is not None and claim.record.id == second.id
+        claim = store.claim_next(now=T0, lease_s=30, hint=later.id)
+        assert claim.record is not None and claim.record.id == first.id
+
+    def test_a_forced_replay_is_sent_although_its_window_closed(self, store: RecordStore) -> None:
+        """An expired record replayed with force goes first and is claimed (Stripe decides)."""
+        old = CancelRequest("v2", "ev", "old", None, received(-10))
+        record = store.create(old, now=T0)[0]
+        assert store.claim_next(now=T0, lease_s=30).kind == "window_closed"
+        lifecycle.expire_window(store, store.get(record.id), now=T0)
+        assert lifecycle.requeue_for_replay(store, store.get(record.id), now=T0, force=True)
+        claim = store.claim_next(now=T0, lease_s=30)
+        assert claim.kind == "claimed" and claim.record is not None
+        assert claim.record.id == record.id
