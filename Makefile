@@ -32,8 +32,12 @@ format: $(STAMP)
 	$(BIN)/ruff format $(SRC)
 	$(BIN)/ruff check --fix $(SRC)
 
+# Most tests wait on real processes (Redis, workers, the sandbox): three at a time (pytest-xdist)
+# keep a 2-core machine busy and make test under five minutes.
+PYTEST_JOBS ?= 3
+
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_JOBS) --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
@@ -43,7 +47,7 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --scale --json benchmarks/results/scale.json
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m 'not slow'
+	$(BIN)/pytest -q -n $(PYTEST_JOBS) -m 'not slow'
 
 # Re-resolve every dependency from pyproject.toml in a scratch environment and pin the result.
 lock:

@@ -17,7 +17,9 @@ from adjustments.sandbox import SandboxServer
 from .conftest import WorkerProcess, start_worker, stop_worker, wait_until
 
 DAY = timedelta(hours=24)
-RATE = 100  # the shared limit here: the order decides who makes it, not the worker's speed
+# The shared limit here, well below what one worker achieves on a busy 2-core machine: the
+# order decides who makes it, not the worker's speed.
+RATE = 50
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +61,11 @@ def settled(producer: Producer, ids: list[str]) -> list[Status]:
 def test_urgent_cancellations_behind_a_fresh_backlog_make_their_window(
     edf: Producer, sandbox: SandboxServer
 ) -> None:
-    """600 fresh cancellations (24 h left) queued first, then 100 whose window closes in 4 s,
-    at 100/s: first in, first out would expire every urgent one (the fresh take 6 s); deadline
+    """400 fresh cancellations (24 h left) queued first, then 100 whose window closes in 4 s,
+    at 50/s: first in, first out would expire every urgent one (the fresh take 8 s); deadline
     first sends them all in time, and then every fresh one; each executed once."""
     fresh = edf.cancel_many(
-        [{"event_name": "ev", "identifier": f"fresh_{i}", "api": "v2"} for i in range(600)]
+        [{"event_name": "ev", "identifier": f"fresh_{i}", "api": "v2"} for i in range(400)]
     )
     received = closing_in(4).isoformat()
     urgent = edf.cancel_many(
@@ -87,14 +89,14 @@ def test_urgent_cancellations_behind_a_fresh_backlog_make_their_window(
         what="the fresh backlog",
     )
     assert set(settled(edf, fresh_ids)) == {Status.PENDING}  # not starved
-    names = [f"urgent_{i}" for i in range(100)] + [f"fresh_{i}" for i in range(600)]
+    names = [f"urgent_{i}" for i in range(100)] + [f"fresh_{i}" for i in range(400)]
     executed = sandbox.logic.executions
     assert all(executed.get(n, 0) <= 1 for n in names)
-    assert sum(executed.get(n, 0) for n in names) == 700 - outcomes.count(Status.EXPIRED)
+    assert sum(executed.get(n, 0) for n in names) == 500 - outcomes.count(Status.EXPIRED)
 
 
 def test_the_forecast_predicts_the_expiries_of_an_overload(edf: Producer) -> None:
-    """1,000 cancellations closing in 8 s at 100/s: about 300 must expire; the forecast read
+    """600 cancellations closing in 8 s at 50/s: about 200 must expire; the forecast read
     a second after they arrive is within 25 % of the expiries that then happen."""
     received = closing_in(8).isoformat()
     result = edf.cancel_many(
@@ -110,6 +112,6 @@ def test_the_forecast_predicts_the_expiries_of_an_overload(edf: Producer) -> Non
     assert stats["expiry_forecast_first_miss"] is not None
     wait_until(lambda: all(s.terminal for s in settled(edf, ids)), timeout_s=40, what="the drain")
     expired = settled(edf, ids).count(Status.EXPIRED)
-    assert expired >= 150, expired  # an overload indeed
+    assert expired >= 100, expired  # an overload indeed
     assert abs(predicted - expired) <= 0.25 * expired, (predicted, expired)
     assert edf.stats()["expiry_forecast"] == 0  # nothing waits any more

@@ -186,7 +186,7 @@ class TestReconcileLock:
         """On a real Redis: while one run is in progress another started at once does nothing."""
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         store = RecordStore(client, prefix="adj", retention_s=3600)
-        store.create(CancelRequest("v2", "ev", "lock_1"), now=datetime(2026, 1, 1, tzinfo=UTC))
+        store.create(CancelRequest("v2", "ev", "lock_1"), now=datetime.now(UTC))
         inside, release = threading.Event(), threading.Event()
         ran: list[bool] = []
 
@@ -248,8 +248,9 @@ class TestBeat:
         with side_producer(worker_env, "adjustments-void") as lost:
             record = lost.cancel("ev", "beat_lost", api="v1")
         redis_client.delete("adjustments-void")
-        # grace is the default 60 s for the worker, so make the record look old enough
-        redis_client.zadd("adj:idx:queued", {record.id: 0})
+        # grace is the default 60 s for the worker, so make the record look old enough (two
+        # minutes: a day would be a record past any window, expired without a call)
+        redis_client.zadd("adj:idx:queued", {record.id: int((time.time() - 120) * 1000)})
         assert settle(record.id, timeout_s=30).status is Status.PENDING
         # The record can finish before the run that re-published it writes its line.
         wait_until(lambda: '"event": "reconcile.run"' in worker.log_text(), what="reconcile.run")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
 import pytest
+from fakeredis.commands_mixins import server_mixin
 
 from adjustments.attempt import run_attempt
 from adjustments.models import CancelRequest, Record, Status
@@ -17,6 +17,29 @@ from adjustments.retry import Policy
 from adjustments.store import RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+class ServerClock:
+    """The fake Redis server's clock, still unless advanced: the limiter reads TIME, so a
+    test on a busy machine sees the same schedule as on an idle one."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+CLOCK = ServerClock()
+
+
+@pytest.fixture(autouse=True)
+def server_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    CLOCK.now = 1_800_000_000.0
+    monkeypatch.setattr(server_mixin, "time", CLOCK)
 
 
 def limiter(client: fakeredis.FakeRedis, **kw: float) -> SharedRateLimiter:
@@ -78,7 +101,7 @@ class TestLimiter:
         assert [g.verdict for g in grants] == [GO, RESERVED, RESERVED, RESERVED]
         early = lim.acquire(reserved=grants[3].slot)
         assert early.verdict == RESERVED and early.wait_s == pytest.approx(0.3, abs=0.03)
-        time.sleep(0.2)
+        CLOCK.sleep(0.2)
         seconds, micros = client.time()
         overdue = (seconds * 1_000_000 + micros - 5_000_000, 1)  # its holder is 5 s late
         assert lim.acquire(reserved=overdue).go  # late: goes now (its slot was never used)
@@ -101,7 +124,7 @@ class TestAttemptsUseTheLimiter:
     ) -> Any:
         def wait(seconds: float) -> bool:
             slept.append(seconds)
-            time.sleep(seconds)  # the limiter keeps time on the (fake) Redis server's clock
+            CLOCK.sleep(seconds)  # the limiter keeps time on the (fake) Redis server's clock
             return True
 
         return run_attempt(
