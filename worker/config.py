@@ -61,7 +61,7 @@ class _Knob:
     """How one field is read from the environment and checked, wherever it came from."""
 
     env: str
-    kind: Literal["text", "int", "float", "bool", "api", "path", "durability", "order"]
+    kind: Literal["text", "int", "float", "bool", "api", "path", "durability", "order", "choice"]
     minimum: float | None = None
 
 
@@ -75,6 +75,8 @@ KNOBS: dict[str, _Knob] = {
     "stripe_api_version": _Knob("STRIPE_API_VERSION", "text"),
     "default_api": _Knob("ADJUSTMENTS_STRIPE_API", "api"),
     "order": _Knob("ADJUSTMENTS_ORDER", "order"),
+    "compensate": _Knob("ADJUSTMENTS_COMPENSATE", "choice"),
+    "compensation_timestamp": _Knob("ADJUSTMENTS_COMPENSATION_TIMESTAMP", "choice"),
     "max_attempts": _Knob("ADJUSTMENTS_MAX_ATTEMPTS", "int", 1),
     "backoff_base_s": _Knob("ADJUSTMENTS_BACKOFF_BASE_S", "float", 0),
     "backoff_cap_s": _Knob("ADJUSTMENTS_BACKOFF_CAP_S", "float", 0),
@@ -121,7 +123,7 @@ def _from_text(knob: _Knob, raw: str) -> object:
         if lowered not in ("0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"{knob.env} must be 1 or 0, got {raw!r}")
         return lowered in ("1", "true", "yes")
-    if knob.kind in ("api", "order"):
+    if knob.kind in ("api", "order", "choice"):
         return raw.lower()
     return raw  # text, path and durability are checked (and converted) by __post_init__
 
@@ -158,6 +160,12 @@ class Settings:
     # Which waiting record a worker sends next: the one whose 24 h window closes first
     # ("deadline"), or the oldest ("fifo", the order of a plain queue; for comparison).
     order: Order = "deadline"
+    # "expired": a record that misses its window and carries its original event gets a
+    # negative meter event (sum meters only); "off": it stays expired.
+    compensate: str = "off"
+    # The compensation's timestamp: the original event's ("original": the same billing
+    # period, which may be invoiced already) or the time it is sent ("now": the next one).
+    compensation_timestamp: str = "original"
     max_attempts: int = 10
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
@@ -332,11 +340,25 @@ def _check_durability(label: str, name: str, value: object) -> object:
     raise ConfigError(f"{label} must be memory, fsync or replicas:N, got {value!r}")
 
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "compensate": ("off", "expired"),
+    "compensation_timestamp": ("original", "now"),
+}
+
+
+def _check_choice(label: str, name: str, value: object) -> object:
+    allowed = CHOICES[name]
+    if value not in allowed:
+        raise ConfigError(f"{label} must be {' or '.join(allowed)}, got {value!r}")
+    return value
+
+
 # Each non-numeric kind of knob: (label, field name, value) -> the value to keep.
 _CHECKS: dict[str, Callable[[str, str, object], object]] = {
     "text": _check_text,
     "api": _check_api,
     "order": _check_order,
+    "choice": _check_choice,
     "bool": _check_bool,
     "path": _check_path,
     "durability": _check_durability,

@@ -15,6 +15,7 @@ from .errors import InvalidInput
 
 MAX_FIELD_LEN = 100  # Stripe's limit for event_name and cancel.identifier
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL; C1 is escaped when printed
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # free text keeps \n and \t
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,255}")  # matched in full (fullmatch)
 # v2's Stripe-Context: an account, or a path to a grandchild account (acct_.../acct_...).
@@ -32,6 +33,8 @@ class Status(StrEnum):
     COMPLETE = "complete"
     FAILED = "failed"
     EXPIRED = "expired"
+    # The window was missed and a negative meter event undid the usage (issue 20).
+    COMPENSATED = "compensated"
 
     @classmethod
     def parse(cls, value: object) -> Status:
@@ -53,7 +56,9 @@ class Status(StrEnum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({Status.PENDING, Status.COMPLETE, Status.FAILED, Status.EXPIRED})
+TERMINAL = frozenset(
+    {Status.PENDING, Status.COMPLETE, Status.FAILED, Status.EXPIRED, Status.COMPENSATED}
+)
 
 
 def _check_text(name: str, value: object) -> str:
@@ -141,6 +146,113 @@ def parse_received_at(value: object, *, now: datetime) -> datetime | None:
     return when
 
 
+MAX_PAYLOAD_BYTES = 2048  # an original event's payload, as compact JSON
+MAX_PAYLOAD_KEYS = 20
+MAX_REASON_LEN = 500
+METER_EVENT_MAX_AGE = timedelta(days=35)  # Stripe takes meter events this far back
+
+
+def _check_payload(payload: object) -> dict[str, str]:
+    """An original event's payload: a small non-empty object of strings, as Stripe took it."""
+    if not isinstance(payload, dict) or not payload:
+        raise InvalidInput("original_event.payload must be a non-empty object of strings")
+    if len(payload) > MAX_PAYLOAD_KEYS:
+        raise InvalidInput(f"original_event.payload has more than {MAX_PAYLOAD_KEYS} keys")
+    for key, item in payload.items():
+        _check_text("original_event.payload key", key)
+        if not isinstance(item, str):
+            raise InvalidInput(
+                f"original_event.payload[{key!r}] must be a string as sent to Stripe "
+                f'(e.g. "5"), got {type(item).__name__}'
+            )
+        _check_text(f"original_event.payload[{key!r}]", item)
+    size = len(json.dumps(payload, separators=(",", ":")).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(
+            f"original_event.payload is {size} bytes as JSON, at most {MAX_PAYLOAD_BYTES}"
+        )
+    return cast(dict[str, str], payload)
+
+
+@dataclass(frozen=True)
+class OriginalEvent:
+    """The meter event a cancellation undoes, as it was sent to Stripe: needed only to
+    compensate it with negative usage when the cancellation's window is missed."""
+
+    payload: dict[str, str]
+    timestamp: datetime
+
+    @classmethod
+    def build(cls, value: object, *, now: datetime) -> OriginalEvent | None:
+        """Validate ``{"payload": {...}, "timestamp": ...}`` (None: not given)."""
+        if value is None:
+            return None
+        if isinstance(value, OriginalEvent):
+            value = {"payload": value.payload, "timestamp": value.timestamp}
+        if not isinstance(value, dict):
+            raise InvalidInput(
+                "original_event must be an object with payload and timestamp, "
+                f"got {type(value).__name__}"
+            )
+        unknown = sorted(set(value) - {"payload", "timestamp"})
+        if unknown:
+            raise InvalidInput(f"original_event has unknown field {unknown[0]!r}")
+        payload = _check_payload(value.get("payload"))
+        if "timestamp" not in value or value["timestamp"] is None:
+            raise InvalidInput("original_event.timestamp is required (when the event happened)")
+        when = _as_datetime(value["timestamp"], "original_event.timestamp")
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise InvalidInput("original_event.timestamp must be timezone-aware")
+        when = when.astimezone(UTC)
+        if when > now + MAX_FUTURE_SKEW:
+            raise InvalidInput("original_event.timestamp is in the future")
+        if when < now - METER_EVENT_MAX_AGE:
+            raise InvalidInput(
+                "original_event.timestamp is more than 35 days ago: Stripe takes no meter "
+                "event that old, so it could not be compensated"
+            )
+        return cls(dict(payload), when)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"payload": self.payload, "timestamp": iso(self.timestamp)}, separators=(",", ":")
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> OriginalEvent | None:
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return cls(dict(data["payload"]), cast(datetime, parse_iso(data["timestamp"])))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"payload": dict(self.payload), "timestamp": iso(self.timestamp)}
+
+
+def check_reason(value: object) -> str | None:
+    """``reason``: free text up to MAX_REASON_LEN characters (None: not given)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"reason must be a string, got {type(value).__name__}")
+    if len(value) > MAX_REASON_LEN:
+        raise InvalidInput(f"reason must be at most {MAX_REASON_LEN} characters, got {len(value)}")
+    if _CONTROL.sub("", value.replace("\n", "").replace("\t", "")) != value.replace(
+        "\n", ""
+    ).replace("\t", ""):
+        raise InvalidInput("reason must not contain control characters other than newline and tab")
+    if _SURROGATE.search(value):
+        raise InvalidInput("reason must be valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+def check_requested_by(value: object) -> str | None:
+    """``requested_by``: who asked (a token's name, an OS user, a person); None: not given."""
+    if value is None or value == "":
+        return None
+    return _check_text("requested_by", value)
+
+
 @dataclass(frozen=True)
 class CancelRequest:
     """A validated cancellation: what to cancel and where."""
@@ -150,6 +262,10 @@ class CancelRequest:
     identifier: str
     stripe_account: str | None = None
     event_received_at: datetime | None = None
+    # What finance and compensation need; not part of what makes two requests the same.
+    original_event: OriginalEvent | None = field(default=None, compare=False)
+    reason: str | None = field(default=None, compare=False)
+    requested_by: str | None = field(default=None, compare=False)
 
     @classmethod
     def build(
@@ -160,6 +276,9 @@ class CancelRequest:
         api: object,
         stripe_account: object = None,
         event_received_at: object = None,
+        original_event: object = None,
+        reason: object = None,
+        requested_by: object = None,
         now: datetime,
     ) -> CancelRequest:
         """Validate raw input; raise InvalidInput with a one-line reason."""
@@ -177,7 +296,16 @@ class CancelRequest:
                 )
             account = stripe_account
         received = parse_received_at(event_received_at, now=now)
-        return cls(api, name, ident, account, received)
+        return cls(
+            api,
+            name,
+            ident,
+            account,
+            received,
+            OriginalEvent.build(original_event, now=now),
+            check_reason(reason),
+            check_requested_by(requested_by),
+        )
 
     @property
     def expires_at(self) -> datetime | None:
@@ -254,6 +382,14 @@ class Record:
     replays: int = 0
     key_outcome: str = ""  # what the current idempotency key did: "", unknown or rejected
     history: tuple[dict[str, Any], ...] = ()
+    original_event: OriginalEvent | None = None
+    reason: str | None = None
+    requested_by: str | None = None
+    # "compensate" while a negative meter event is being sent for a missed window ('' before)
+    phase: str = ""
+    compensation_identifier: str | None = None
+    compensation_error: str | None = None
+    compensate_by: datetime | None = None  # the compensation's own deadline (Stripe's 35 days)
     # Not stored: True only on the record ``cancel()`` returns when that call wrote it; False
     # when the call matched an existing request (a duplicate), and on records read back.
     created: bool = field(default=False, compare=False)
@@ -267,7 +403,10 @@ class Record:
     def deadline(self) -> datetime:
         """The latest time this cancellation can still be accepted: 24 h after Stripe
         received the event, or, when the caller did not say, 24 h after it was enqueued (the
-        event was received before that, so its window closes no later)."""
+        event was received before that, so its window closes no later). While a missed
+        window is being compensated, the latest time Stripe takes the negative meter event."""
+        if self.phase == "compensate" and self.compensate_by is not None:
+            return self.compensate_by
         return self.expires_at or self.created_at + timedelta(seconds=CANCEL_WINDOW_S)
 
     @classmethod
@@ -299,6 +438,13 @@ class Record:
             replays=int(data.get("replays") or 0),
             key_outcome=data.get("key_outcome", ""),
             history=tuple(json.loads(entry) for entry in history),
+            original_event=OriginalEvent.from_json(data.get("original_event", "")),
+            reason=data.get("reason") or None,
+            requested_by=data.get("requested_by") or None,
+            phase=data.get("phase", ""),
+            compensation_identifier=data.get("compensation_identifier") or None,
+            compensation_error=data.get("compensation_error") or None,
+            compensate_by=parse_iso(data.get("compensate_by", "")),
         )
 
     @property
@@ -341,6 +487,8 @@ def _json_value(value: object) -> object:
         return value.value
     if isinstance(value, ErrorInfo):
         return asdict(value)
+    if isinstance(value, OriginalEvent):
+        return value.to_dict()
     if isinstance(value, tuple):
         return list(value)
     return None if value == "" else value

@@ -178,6 +178,9 @@ class RecordStore:
             "expires_at_ms": to_ms(expires) if expires else "",
             "next_attempt_at": "",
             "idempotency_key": keys.idempotency_key(digest, 0),
+            "original_event": req.original_event.to_json() if req.original_event else "",
+            "reason": req.reason or "",
+            "requested_by": req.requested_by or "",
         }
 
     def create_args(
@@ -478,10 +481,12 @@ class RecordStore:
         history: Mapping[str, Any] | None = None,
         unless_leased: bool = False,
         ready_score: int | None = None,
+        unless_field: str = "",
     ) -> Moved:
         """Move ``record`` to ``to`` if it is in ``allowed_from`` (and the lease is ours).
 
         ``unless_leased`` refuses a ``processing`` record whose lease still runs;
+        ``unless_field`` refuses a record that has that field set (a one-way switch);
         ``ready_score``: the record's place among the ready (a record moving to ``queued``),
         None to take it out of them. The answer says why when nothing moved.
         """
@@ -509,6 +514,7 @@ class RecordStore:
                     entry,
                     HISTORY_CAP,
                     "" if ready_score is None else ready_score,
+                    unless_field,
                     *_pairs({"updated_at": iso(now), **(fields or {})}),
                 ],
             ),
@@ -516,7 +522,10 @@ class RecordStore:
         return Moved(str(reply[0]), str(reply[1]) if len(reply) > 1 else "")
 
     def key_for(self, record: Record, generation: int) -> str:
-        """The idempotency key of ``record``'s request at ``generation``."""
+        """The idempotency key of ``record``'s request at ``generation`` (of its
+        compensation, in that phase)."""
+        if record.phase == "compensate":
+            return f"adjustments-cmp-{record.id}-g{generation}"
         return keys.idempotency_key(keys.request_digest(request_of(record)), generation)
 
     # --- locks ------------------------------------------------------------------------------

@@ -85,8 +85,14 @@ class TestInvalidRequests:
 
 class TestStatusesAndTimes:
     def test_terminal_statuses(self) -> None:
-        """pending, complete, failed and expired are terminal; the rest are not."""
-        assert {s for s in Status if s.terminal} == {"pending", "complete", "failed", "expired"}
+        """pending, complete, failed, expired and compensated are terminal; the rest are not."""
+        assert {s for s in Status if s.terminal} == {
+            "pending",
+            "complete",
+            "failed",
+            "expired",
+            "compensated",
+        }
 
     def test_iso_round_trip(self) -> None:
         """Times are stored as UTC ISO 8601 with milliseconds."""

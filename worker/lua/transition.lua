@@ -18,7 +18,8 @@ local unless_leased_at = ARGV[8]    -- now in ms: refuse a running lease ('' to 
 local history_entry = ARGV[9]       -- '' for none
 local history_cap = tonumber(ARGV[10])
 local ready_score = ARGV[11]        -- the record's place among the ready ('' : not ready)
-local FIELDS_FROM = 12              -- ARGV[12..]: field/value pairs to set
+local unless_field = ARGV[12]       -- refuse if the record has this field set ('' to skip)
+local FIELDS_FROM = 13              -- ARGV[13..]: field/value pairs to set
 local fields = {'status', new_status}
 for i = FIELDS_FROM, #ARGV do
   fields[#fields + 1] = ARGV[i]
@@ -35,6 +36,9 @@ for s in string.gmatch(allowed_from, '[^,]+') do
   end
 end
 if not allowed then
+  return {'refused', status}
+end
+if unless_field ~= '' and (redis.call('HGET', rec, unless_field) or '') ~= '' then
   return {'refused', status}
 end
 if lease_token ~= '' and redis.call('HGET', rec, 'lease_token') ~= lease_token then

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from ..sandbox.config import SandboxConfig
+from ..sandbox.meters import MeterError
 from ..sandbox.stripe_logic import Reply, StripeLogic
 
 PATHS = {"/v1/billing/meter_event_adjustments": "v1", "/v2/billing/meter_event_adjustments": "v2"}
+METER_EVENT_PATHS = {"/v1/billing/meter_events": "v1", "/v2/billing/meter_events": "v2"}
+_SUMMARIES = re.compile(r"/v1/billing/meters/(mtr_[A-Za-z0-9]+)/event_summaries")
 
 
 def _not_found(path: str) -> Reply:
     message = f"Unrecognized request URL ({path})"
     return Reply(404, {"error": {"type": "invalid_request_error", "message": message}})
+
+
+def _unauthorized() -> Reply:
+    message = "You did not provide an API key."
+    return Reply(401, {"error": {"type": "invalid_request_error", "message": message}})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -62,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = self._body()
         logic = self.server.logic
-        api = PATHS.get(path)
+        api = PATHS.get(path) or METER_EVENT_PATHS.get(path)
         if api is not None:
             reply = logic.handle(
                 api,
@@ -71,6 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.headers.get("Idempotency-Key"),
                 body,
                 context=self.headers.get("Stripe-Context"),
+                kind="meter_event" if path in METER_EVENT_PATHS else "adjustment",
             )
             self._send(reply)
             return
@@ -81,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/_sandbox/script":
                 logic.script(str(data["identifier"]), [str(o) for o in data["outcomes"]])
                 self._send(Reply(200, {"ok": True}))
+            elif path == "/_sandbox/meters":
+                self._send(Reply(200, logic.meters.define(data).to_stripe()))
             elif path == "/_sandbox/reset":
                 logic.reset()
                 self._send(Reply(200, {"ok": True}))
@@ -94,7 +106,27 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         logic = self.server.logic
-        if url.path == "/_sandbox/stats":
+        query = dict(parse_qsl(url.query))
+        summaries = _SUMMARIES.fullmatch(url.path)
+        keyed = (self.headers.get("Authorization") or "").startswith("Bearer sk_")
+        if (url.path == "/v1/billing/meters" or summaries) and not keyed:
+            self._send(_unauthorized())
+            return
+        if url.path == "/v1/billing/meters":
+            try:
+                limit = max(1, min(100, int(query.get("limit") or 10)))
+            except ValueError:
+                limit = 10
+            self._send(Reply(200, logic.meters.list_page(limit, query.get("starting_after"))))
+        elif summaries:
+            try:
+                self._send(Reply(200, logic.meters.summaries(summaries.group(1), query)))
+            except MeterError as exc:
+                status = 404 if exc.code == "resource_missing" else 400
+                body = {"error": {"type": "invalid_request_error", "message": str(exc),
+                                  "code": exc.code}}  # fmt: skip
+                self._send(Reply(status, body))
+        elif url.path == "/_sandbox/stats":
             self._send(Reply(200, logic.stats()))
         elif url.path == "/_sandbox/timeline":
             with logic._lock:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..sandbox.config import SCRIPTABLE, SandboxConfig
+from ..sandbox.meters import MeterBook, MeterError, meter_event_identifier
 from ..sandbox.validation import Adjustment, Invalid, parse_v1, parse_v2
 
 
@@ -107,6 +108,7 @@ class StripeLogic:
             self._cancelled: set[tuple[str, str, str]] = set()
             self._scripts: dict[str, deque[str]] = {}
             self.requests: dict[str, list[dict[str, Any]]] = {}
+            self.meters = MeterBook()
             self._tokens = float("inf")  # a full bucket (clamped to its size on first use)
             self._refilled = time.monotonic()
 
@@ -147,9 +149,11 @@ class StripeLogic:
         body: bytes,
         *,
         context: str | None = None,
+        kind: str = "adjustment",
     ) -> Reply:
-        """One adjustment request. ``account`` is the Stripe-Account header, ``context`` the
-        Stripe-Context header: v1 takes the first, v2 the second (which supersedes it)."""
+        """One adjustment request (or, with ``kind="meter_event"``, one meter event).
+        ``account`` is the Stripe-Account header, ``context`` the Stripe-Context header: v1
+        takes the first, v2 the second (which supersedes it)."""
         key = key or secrets.token_hex(12)  # the SDK always sends one; curl may not
         if not auth or not auth.startswith("Bearer "):
             return self._error(api, 401, "You did not provide an API key.", "api_key_required")
@@ -166,6 +170,8 @@ class StripeLogic:
         if problem:
             return self._error(api, 400, problem, "account_invalid")
         account = account if api == "v1" else context
+        if kind == "meter_event":
+            return self._meter_event(api, secret, account, key, body)
         try:
             adj = parse_v1(body) if api == "v1" else parse_v2(body)
         except Invalid as exc:
@@ -201,6 +207,71 @@ class StripeLogic:
             return self._replay(api, adj, key, stored, fingerprint)
         try:
             return self._execute(api, adj, secret, account, key, scope, fingerprint, attempt)
+        finally:
+            with self._lock:
+                self._inflight.discard(scope)
+
+    def _meter_event(
+        self, api: str, secret: str, account: str | None, key: str, body: bytes
+    ) -> Reply:
+        """One meter event: the rate limit, the idempotency layer, faults scripted for its
+        identifier, then the meter book's validation (a refusal is stored like Stripe's)."""
+        try:
+            identifier = meter_event_identifier(api, body)
+        except MeterError as exc:
+            return self._error(api, 400, str(exc), exc.code)
+        if not self._take_token():
+            self._log(identifier, key, "rate_limited", 429, account)
+            return self._error(
+                api,
+                429,
+                "Too many requests hit the API too quickly.",
+                "rate_limit",
+                headers={"Stripe-Rate-Limited-Reason": RATE_LIMITED_REASON},
+            )
+        scope = (secret, account or "", key)
+        fingerprint = f"meter_event|{api}|{body!r}"
+        with self._lock:
+            stored = self._stored.get(scope)
+            if stored is None and scope in self._inflight:
+                return self._error(
+                    api,
+                    409,
+                    "There is currently another in-progress request using this Idempotency-Key.",
+                    "idempotency_key_in_use",
+                )
+            if stored is None:
+                self._inflight.add(scope)
+            self._seen[scope] += 1
+            attempt = self._seen[scope]
+        if stored is not None:
+            return self._replay(api, Adjustment("", identifier), key, stored, fingerprint)
+        try:
+            if self.config.latency_ms:
+                time.sleep(self.config.latency_ms / 1000)
+            fault = self._fault(identifier, key, attempt)
+            if fault == "drop":
+                self._log(identifier, key, "drop", None)
+                return Reply(drop=True)
+            if fault == "500":
+                reply = self._error(api, 500, "Sandbox 500.", "api_error")
+            else:
+                try:
+                    obj = self.meters.record(api, body, account or "")
+                    with self._lock:
+                        self.executions[identifier] += 1
+                    reply = Reply(200, obj, {"Request-Id": _request_id()})
+                except MeterError as exc:
+                    reply = self._error(
+                        api, 400, str(exc), exc.code, headers={"Stripe-Should-Retry": "false"}
+                    )
+            with self._lock:
+                self._stored[scope] = _Stored(fingerprint, reply)
+            self._log(identifier, key, fault or ("ok" if reply.status == 200 else "refused"),
+                      reply.status, account)  # fmt: skip
+            if fault == "timeout":
+                return Reply(reply.status, reply.body, reply.headers, delay_s=self.config.slow_s)
+            return reply
         finally:
             with self._lock:
                 self._inflight.discard(scope)

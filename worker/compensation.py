@@ -1,0 +1,238 @@
+"""Compensation: when a cancellation misses Stripe's 24 h window, undo the usage with a
+negative meter event, Stripe's documented remedy, where it is sound (issue 20).
+
+The compensation is a second phase of the same record, so it inherits everything a
+cancellation has: a claim with a lease, the shared rate limit, retries with backoff, the
+ready set's order, reconciliation. ``begin`` moves an ``expired`` record back to ``queued``
+with ``phase=compensate``, a deterministic meter-event identifier and idempotency keys of its
+own; the attempt then sends the meter event instead of the adjustment, and the record ends
+``compensated``, or ``expired`` again with a ``compensation_error`` saying why not.
+
+Only a raw ``sum`` meter is sound: a ``count`` meter would count the negative event as one
+more, a ``last`` or pre-aggregated (``event_time_window``) meter would replace a value. The
+meter is looked up by event name (``GET /v1/billing/meters``, cached for a while).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .models import METER_EVENT_MAX_AGE, Record, Status, iso, to_ms
+from .store import Moved, RecordStore
+
+PHASE = "compensate"
+# Stripe takes a meter event up to 35 days after its timestamp; stop an hour short of that.
+MARGIN = timedelta(hours=1)
+# With compensation_timestamp=now the event is stamped when it is sent: no Stripe deadline,
+# but a correction should not trail the invoice by more than this.
+NOW_MODE_WINDOW = timedelta(days=7)
+METER_CACHE_S = 300.0
+
+
+def identifier_for(record_id: str) -> str:
+    """The compensation's meter-event identifier: derived from the record, so a second send
+    (a retry, a replay, a second worker) is refused by Stripe as a duplicate (≤ 100 chars)."""
+    return "adjcmp_" + hashlib.sha256(record_id.encode()).hexdigest()[:40]
+
+
+def idempotency_key(record_id: str, generation: int) -> str:
+    """The compensation's Idempotency-Key at ``generation`` (as ``RecordStore.key_for``)."""
+    return f"adjustments-cmp-{record_id}-g{generation}"
+
+
+def due(record: Record) -> bool:
+    """Whether ``record`` should now be compensated: expired, with its original event, and
+    never compensated nor refused compensation before."""
+    return (
+        record.status is Status.EXPIRED
+        and record.original_event is not None
+        and record.phase == ""
+        and record.compensation_error is None
+    )
+
+
+def deadline(record: Record, *, now: datetime, timestamp_mode: str) -> datetime:
+    """The latest time the compensation can still be sent."""
+    assert record.original_event is not None
+    if timestamp_mode == "now":
+        return now + NOW_MODE_WINDOW
+    return record.original_event.timestamp + METER_EVENT_MAX_AGE - MARGIN
+
+
+def begin(store: RecordStore, record: Record, *, now: datetime, timestamp_mode: str) -> Moved:
+    """``expired`` → ``queued`` in the compensation phase (refused unless it is ``due``: a
+    second call is a no-op). The caller publishes a message for it."""
+    by = deadline(record, now=now, timestamp_mode=timestamp_mode)
+    fields: dict[str, str | int] = {
+        "phase": PHASE,
+        "compensation_identifier": identifier_for(record.id),
+        "compensate_by": iso(by),
+        "expires_at_ms": to_ms(by),
+        "deadline_ms": to_ms(by),
+        "generation": 0,
+        "idempotency_key": idempotency_key(record.id, 0),
+        "key_outcome": "",
+        "attempts": 0,
+        "next_attempt_at": "",
+        "next_attempt_ms": "",
+    }
+    if by <= now:
+        return Moved("refused", record.status.value)
+    return store.transition(
+        record,
+        Status.QUEUED,
+        now=now,
+        allowed_from={Status.EXPIRED},
+        fields=fields,
+        history={"outcome": "compensating", "status": "queued", "generation": 0},
+        ready_score=to_ms(by) if store.order == "deadline" else to_ms(now),
+        unless_field="phase",  # once compensating, never again
+    )
+
+
+def refuse(store: RecordStore, record: Record, reason: str, *, now: datetime) -> Moved:
+    """Mark an expired record as not compensable (it stays ``expired``), with the reason."""
+    return store.transition(
+        record,
+        Status.EXPIRED,
+        now=now,
+        allowed_from={Status.EXPIRED},
+        fields={"compensation_error": reason},
+        history={"outcome": "not_compensated", "status": "expired", "reason": reason},
+    )
+
+
+# --- the meter: is a negative event sound? --------------------------------------------------
+@dataclass(frozen=True)
+class MeterInfo:
+    """What decides whether a negative event is sound on a meter."""
+
+    id: str
+    event_name: str
+    formula: str
+    event_time_window: str | None
+    customer_key: str
+    value_key: str
+
+    @classmethod
+    def from_stripe(cls, data: dict[str, Any]) -> MeterInfo:
+        return cls(
+            id=str(data.get("id")),
+            event_name=str(data.get("event_name")),
+            formula=str((data.get("default_aggregation") or {}).get("formula") or ""),
+            event_time_window=data.get("event_time_window"),
+            customer_key=str(
+                (data.get("customer_mapping") or {}).get("event_payload_key")
+                or "stripe_customer_id"
+            ),
+            value_key=str((data.get("value_settings") or {}).get("event_payload_key") or "value"),
+        )
+
+
+def unsound(meter: MeterInfo | None, record: Record) -> str | None:
+    """Why a negative event would be wrong for ``record`` on ``meter`` (None: it is sound)."""
+    name = record.event_name
+    if meter is None:
+        return f"no active meter for event_name {name}"
+    if meter.formula != "sum":
+        return f"meter {name} aggregates by {meter.formula}: a negative event would not undo it"
+    if meter.event_time_window:
+        return (
+            f"meter {name} is pre-aggregated per {meter.event_time_window}: an event there "
+            "replaces the window's value"
+        )
+    payload = record.original_event.payload if record.original_event else {}
+    for key in (meter.customer_key, meter.value_key):
+        if key not in payload:
+            return f"the original event's payload has no {key!r} (meter {name} needs it)"
+    if negated(payload[meter.value_key]) is None:
+        return f"the original value {payload[meter.value_key]!r} is not a non-zero number"
+    return None
+
+
+def negated(value: str) -> str | None:
+    """``value`` negated as Stripe reads it ("5" → "-5", "2.5" → "-2.5"); None unless it is
+    a finite non-zero number."""
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number == 0:
+        return None
+    return str(-number)
+
+
+@dataclass
+class MeterCache:
+    """Meters by (account, event name), fetched with ``fetch(account)`` at most every
+    ``ttl_s`` per account (meters are immutable but for their display name)."""
+
+    fetch: Callable[[str | None], Iterable[dict[str, Any]]]
+    ttl_s: float = METER_CACHE_S
+    _by_account: dict[str, tuple[float, dict[str, MeterInfo]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def find(self, account: str | None, event_name: str) -> MeterInfo | None:
+        slot = account or ""
+        with self._lock:
+            cached = self._by_account.get(slot)
+        if cached is None or time.monotonic() - cached[0] > self.ttl_s:
+            meters = {}
+            for raw in self.fetch(account):
+                if raw.get("status", "active") == "active":
+                    info = MeterInfo.from_stripe(raw)
+                    meters[info.event_name] = info
+            cached = (time.monotonic(), meters)
+            with self._lock:
+                self._by_account[slot] = cached
+        return cached[1].get(event_name)
+
+
+# --- the plan (a dry run) ------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What a compensation run would send: per (customer, event name), the records and the
+    total negative value. Meters are not looked up here (the worker does, before sending)."""
+
+    records: list[str] = field(default_factory=list)
+    totals: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, record: Record, customer_key: str, value_key: str) -> None:
+        event = record.original_event
+        if event is None:
+            self.skipped.append((record.id, "no original event"))
+            return
+        value = negated(event.payload.get(value_key, ""))
+        customer = event.payload.get(customer_key)
+        if value is None or not customer:
+            self.skipped.append((record.id, f"no {customer_key}/{value_key} in the payload"))
+            return
+        slot = (customer, record.event_name)
+        self.records.append(record.id)
+        self.totals[slot] = self.totals.get(slot, Decimal(0)) + Decimal(value)
+        self.counts[slot] = self.counts.get(slot, 0) + 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "records": len(self.records),
+            "ids": list(self.records),
+            "by_customer": [
+                {
+                    "customer": customer,
+                    "event_name": name,
+                    "records": self.counts[(customer, name)],
+                    "total_value": str(total),
+                }
+                for (customer, name), total in sorted(self.totals.items())
+            ],
+            "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
+        }
