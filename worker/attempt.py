@@ -5,20 +5,22 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from . import lifecycle, metrics
 from .logging import get_logger
 from .models import Record, Status
-from .outcomes import Accepted, Outcome, Rejected
+from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
 from .ratelimit import SharedRateLimiter, Slot
 from .retry import Decision, Policy, decide, key_outcome_after
 from .store import Claim, RecordStore
 
 log = get_logger("adjustments.attempt")
 
-Sender = Callable[[Record], Outcome]
+Sender = Callable[[Record], Answer]
+# Told the id of each record this attempt expired (the compensation hook: see tasks.py).
+Expired = Callable[[str], None]
 Clock = Callable[[], datetime]
 # Sleeps up to the given seconds; False when the worker is shutting down (stop waiting).
 Waiter = Callable[[float], bool]
@@ -55,6 +57,7 @@ def run_attempt(
     clock: Clock = utcnow,
     wait: Waiter = plain_wait,
     rng: random.Random | None = None,
+    on_expired: Expired | None = None,
 ) -> AttemptResult:
     """Carry out one attempt and emit one ``cancellation.attempt`` line.
 
@@ -76,7 +79,7 @@ def run_attempt(
         ready = _wait_for_slot(record_id, limiter, slot, wait)
         if not ready:
             return AttemptResult("shutting_down", None, requeue=True)
-    claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id)
+    claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id, on_expired=on_expired)
     if claim.kind != "claimed" or claim.record is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
@@ -86,15 +89,12 @@ def run_attempt(
         waited = clock() - record.created_at
         metrics.FIRST_CALL_SECONDS.observe(max(0.0, waited.total_seconds()))
     started = time.perf_counter()
-    outcome = send(record)
+    answer = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
-    metrics.STRIPE_SECONDS.labels(record.api).observe(duration_ms / 1000)
-    if isinstance(outcome, Rejected) and outcome.http_status == 429:
-        metrics.STRIPE_429.labels(outcome.rate_limited_reason or "none").inc()
-    if limiter is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
-        # A rate limiter's 429 (marked with its reason): someone else spent the account's
-        # budget, so slow everyone down. An unmarked 429 (lock_timeout) is only retried.
-        limiter.penalize()
+    if isinstance(answer, Unsound):
+        return _not_compensated(store, record, claim.token, answer, clock(), on_expired)
+    outcome: Outcome = answer
+    _observe(record, outcome, duration_ms, limiter)
     now = clock()
     key_outcome = key_outcome_after(record.key_outcome, outcome)
     decision = decide(
@@ -109,13 +109,16 @@ def run_attempt(
     retry_at = (
         now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
     )
+    extra: dict[str, str | int] = {}
+    if record.phase == "compensate":
+        decision, extra = _as_compensation(decision, outcome)
     written = lifecycle.finish(
         store,
         record,
         decision.status,
         token=claim.token,
         now=now,
-        accepted=outcome if isinstance(outcome, Accepted) else None,
+        accepted=outcome if isinstance(outcome, Accepted) and not extra else None,
         error=decision.error,
         retry_at=retry_at,
         generation=record.generation + 1 if decision.bump_generation else None,
@@ -124,6 +127,7 @@ def run_attempt(
         http_status=outcome.http_status,
         key_outcome=key_outcome,
         rate_limited_reason=outcome.rate_limited_reason if isinstance(outcome, Rejected) else None,
+        extra=extra,
     )
     if not written:
         # Nothing was written, and the log says why: our lease lapsed and another claim took
@@ -139,13 +143,68 @@ def run_attempt(
     if decision.retry_in_s is not None:
         metrics.RETRIES.labels(record.api).inc()
     _log_line(record, decision.reason, decision.status, outcome, duration_ms, decision=decision)
+    if decision.status is Status.EXPIRED and on_expired is not None:
+        on_expired(record.id)
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
+
+
+def _observe(
+    record: Record, outcome: Outcome, duration_ms: float, limiter: SharedRateLimiter | None
+) -> None:
+    metrics.STRIPE_SECONDS.labels(record.api).observe(duration_ms / 1000)
+    if isinstance(outcome, Rejected) and outcome.http_status == 429:
+        metrics.STRIPE_429.labels(outcome.rate_limited_reason or "none").inc()
+    if limiter is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
+        # A rate limiter's 429 (marked with its reason): someone else spent the account's
+        # budget, so slow everyone down. An unmarked 429 (lock_timeout) is only retried.
+        limiter.penalize()
+
+
+def _as_compensation(decision: Decision, outcome: Outcome) -> tuple[Decision, dict[str, str | int]]:
+    """A decision about a compensating meter event: recorded → ``compensated``; given up
+    (failed, or its window closed) → ``expired`` again, with the reason; a retry stays one."""
+    if decision.status in (Status.PENDING, Status.COMPLETE):
+        extra: dict[str, str | int] = {"compensation_request_id": outcome.request_id or ""}
+        return replace(decision, status=Status.COMPENSATED, reason="compensated"), extra
+    if decision.status in (Status.FAILED, Status.EXPIRED):
+        error = decision.error
+        why = (error.message or error.code or "") if error else ""
+        extra = {"compensation_error": f"the compensating meter event failed: {why}".strip()}
+        return replace(decision, status=Status.EXPIRED, reason="compensation_failed"), extra
+    return decision, {}
+
+
+def _not_compensated(
+    store: RecordStore,
+    record: Record,
+    token: str,
+    answer: Unsound,
+    now: datetime,
+    on_expired: Expired | None,
+) -> AttemptResult:
+    """A compensation that must not be sent: the record ends ``expired`` with the reason."""
+    written = lifecycle.finish(
+        store,
+        record,
+        Status.EXPIRED,
+        token=token,
+        now=now,
+        reason="not_compensated",
+        extra={"compensation_error": answer.reason},
+    )
+    if not written:
+        return AttemptResult("lease_lost" if written.reason == "lost_lease" else "refused", None)
+    log.info("cancellation.not_compensated", request_id=record.id, reason=answer.reason,
+             event_name=record.event_name)  # fmt: skip
+    return AttemptResult("not_compensated", Status.EXPIRED)
 
 
 MAX_EXPIRED_PER_CLAIM = 1000  # lost causes expired on the way to one record to send
 
 
-def _claim_next(store: RecordStore, *, lease_s: float, clock: Clock, hint: str) -> Claim:
+def _claim_next(
+    store: RecordStore, *, lease_s: float, clock: Clock, hint: str, on_expired: Expired | None
+) -> Claim:
     """The next ready record, claimed; each record whose window closed while it waited is
     expired on the way (never sent, and the slot goes to the next one)."""
     for _ in range(MAX_EXPIRED_PER_CLAIM):
@@ -156,6 +215,8 @@ def _claim_next(store: RecordStore, *, lease_s: float, clock: Clock, hint: str) 
         record = store.find(claim.record_id)
         if record is not None and lifecycle.expire_window(store, record, now=now):
             _log_line(record, "window_closed", Status.EXPIRED, None, 0.0, attempt=record.attempts)
+            if on_expired is not None:
+                on_expired(record.id)
     return Claim("empty")
 
 

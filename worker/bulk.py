@@ -13,7 +13,16 @@ from typing import IO, Any, TypeVar
 
 from .errors import InvalidInput
 
-FIELDS = ("event_name", "identifier", "api", "stripe_account", "event_received_at")
+FIELDS = (
+    "event_name",
+    "identifier",
+    "api",
+    "stripe_account",
+    "event_received_at",
+    "original_event",
+    "reason",
+    "requested_by",
+)
 REQUIRED = ("event_name", "identifier")
 
 Row = dict[str, Any]
@@ -29,7 +38,24 @@ def detect_format(name: str, explicit: str | None) -> str:
     return "jsonl"
 
 
+def _original_from_columns(raw: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row's ``payload.<key>`` and ``timestamp`` columns as its ``original_event``
+    (empty cells left out; no such columns: the row as it was)."""
+    columns = [k for k in raw if k.startswith("payload.") or k == "timestamp"]
+    if not columns:
+        return raw
+    row = {k: v for k, v in raw.items() if k not in columns}
+    payload = {k[len("payload.") :]: raw[k] for k in columns if k != "timestamp" and raw[k]}
+    stamp = raw.get("timestamp")
+    if payload or stamp:
+        with contextlib.suppress(ValueError):  # else an ISO time, validated with the rest
+            stamp = float(stamp) if isinstance(stamp, str) else stamp
+        row["original_event"] = {"payload": payload, "timestamp": stamp or None}
+    return row
+
+
 def _normalise(raw: dict[str, Any]) -> Row | str:
+    raw = _original_from_columns(raw)
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         return f"unknown field(s): {', '.join(unknown)}"

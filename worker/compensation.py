@@ -24,9 +24,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .logging import get_logger
 from .models import METER_EVENT_MAX_AGE, Record, Status, iso, to_ms
 from .store import Moved, RecordStore
 
+log = get_logger("adjustments.compensation")
 PHASE = "compensate"
 # Stripe takes a meter event up to 35 days after its timestamp; stop an hour short of that.
 MARGIN = timedelta(hours=1)
@@ -95,6 +97,41 @@ def begin(store: RecordStore, record: Record, *, now: datetime, timestamp_mode: 
         ready_score=to_ms(by) if store.order == "deadline" else to_ms(now),
         unless_field="phase",  # once compensating, never again
     )
+
+
+def start(
+    store: RecordStore,
+    record_id: str,
+    publish: Callable[[str], bool],
+    *,
+    now: datetime,
+    timestamp_mode: str,
+) -> bool:
+    """Begin the compensation of ``record_id`` if it is due, and publish its message (a
+    failed publish leaves it queued: reconciliation publishes it). True if it began."""
+    record = store.find(record_id)
+    if record is None or not due(record):
+        return False
+    if not begin(store, record, now=now, timestamp_mode=timestamp_mode):
+        return False
+    publish(record_id)
+    log.info("compensation.begun", request_id=record_id, event_name=record.event_name)
+    return True
+
+
+def start_due(
+    store: RecordStore,
+    publish: Callable[[str], bool],
+    *,
+    now: datetime,
+    since: datetime,
+    timestamp_mode: str,
+    limit: int,
+) -> int:
+    """Begin every due compensation among the records that expired since ``since``."""
+    ids = store.ids_by_score(Status.EXPIRED, low_ms=to_ms(since), high_ms=to_ms(now), limit=limit)
+    records = [r for r in store.get_many(ids) if due(r)]
+    return sum(start(store, r.id, publish, now=now, timestamp_mode=timestamp_mode) for r in records)
 
 
 def refuse(store: RecordStore, record: Record, reason: str, *, now: datetime) -> Moved:

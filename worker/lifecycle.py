@@ -28,9 +28,12 @@ def finish(
     http_status: int | None = None,
     key_outcome: str | None = None,
     rate_limited_reason: str | None = None,
+    extra: dict[str, str | int] | None = None,
 ) -> Moved:
-    """End the attempt that holds ``token``: record Stripe's answer and the new status."""
+    """End the attempt that holds ``token``: record Stripe's answer and the new status
+    (``extra``: more fields to write with it)."""
     fields: dict[str, str | int] = {
+        **(extra or {}),
         "next_attempt_at": iso(retry_at),
         "next_attempt_ms": to_ms(retry_at) if retry_at else "",
         # A retry takes its place among the ready by its deadline (see claim_next.lua).
@@ -75,14 +78,18 @@ def finish(
 
 
 def expire_window(store: RecordStore, record: Record, *, now: datetime) -> Moved:
-    """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for)."""
+    """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for);
+    in the compensation phase, the window Stripe takes the negative meter event in."""
+    fields: dict[str, str | int] = {"next_attempt_at": "", "next_attempt_ms": ""}
+    if record.phase == "compensate":
+        fields["compensation_error"] = "the window for a compensating meter event closed"
     return store.transition(
         record,
         Status.EXPIRED,
         now=now,
         allowed_from=LIVE,
         unless_leased=True,
-        fields={"next_attempt_at": "", "next_attempt_ms": ""},
+        fields=fields,
         history={
             "attempt": record.attempts,
             "outcome": "window_closed",

@@ -45,4 +45,15 @@ class Rejected:
         return self.http_status == 429 and bool(self.rate_limited_reason)
 
 
+@dataclass(frozen=True)
+class Unsound:
+    """A compensation that must not be sent (the meter does not sum raw events, the payload
+    lacks its keys, ...): nothing went to Stripe, and ``reason`` says why."""
+
+    reason: str
+    http_status: None = None
+    request_id: None = None
+
+
 Outcome = Accepted | Rejected
+Answer = Outcome | Unsound  # what a sender gives back: a call's outcome, or no call

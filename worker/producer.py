@@ -156,6 +156,9 @@ class Producer:
         api: str | None = None,
         stripe_account: str | None = None,
         event_received_at: datetime | float | int | str | None = None,
+        original_event: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        requested_by: str | None = None,
         now: datetime | None = None,
     ) -> Record:
         """Enqueue the cancellation of one meter event and return its record.
@@ -166,7 +169,11 @@ class Producer:
         (``acct_...``; for v2 also ``acct_.../acct_...``) or None for the platform.
         ``event_received_at``: when Stripe received the event (aware datetime, epoch seconds
         or ISO 8601 with an offset), within the last 24 h; it lets the record expire on time.
-        ``now``: the current time, a timezone-aware datetime (for tests).
+        ``original_event``: ``{"payload": {...}, "timestamp": ...}``, the meter event as it
+        was sent to Stripe (string values; its timestamp as epoch seconds, an aware datetime
+        or ISO 8601, within 35 days): what a compensation needs if the window is missed.
+        ``reason`` (up to 500 characters) and ``requested_by`` (who asked) are kept on the
+        record for finance. ``now``: the current time, a timezone-aware datetime (for tests).
 
         ``record.created`` is True when this call enqueued the request and False when the same
         (api, account, event_name, identifier) was already known: that record is returned.
@@ -175,7 +182,17 @@ class Producer:
         """
         now = _aware_now(now)
         request = self._build(
-            event_name, identifier, api, stripe_account, event_received_at, now=now
+            event_name,
+            identifier,
+            api,
+            stripe_account,
+            event_received_at,
+            now=now,
+            extra={
+                "original_event": original_event,
+                "reason": reason,
+                "requested_by": requested_by,
+            },
         )
         with self._writing():
             record, created = self._store.create(request, now=now, outbox=self._outbox)
@@ -189,17 +206,21 @@ class Producer:
         api: str | None = None,
         stripe_account: str | None = None,
         event_received_at: datetime | float | int | str | None = None,
+        original_event: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        requested_by: str | None = None,
     ) -> Record:
         """``cancel()`` for asyncio code, without blocking the event loop on Redis.
 
-        ``event_name``, ``identifier``, ``api``, ``stripe_account`` and ``event_received_at``
-        are ``cancel()``'s, validated the same way; the record and the errors are the same
-        too. Concurrent calls on one loop share round trips (see ``batching``), so a web
+        ``event_name``, ``identifier``, ``api``, ``stripe_account``, ``event_received_at``,
+        ``original_event``, ``reason`` and ``requested_by`` are ``cancel()``'s, validated the
+        same way; the record and the errors are the same too. Concurrent calls on one loop share round trips (see ``batching``), so a web
         server that enqueues at its request rate makes a few Redis round trips per batch of
         requests instead of one per request."""
         now = _aware_now(None)
+        extra = {"original_event": original_event, "reason": reason, "requested_by": requested_by}
         request = self._build(
-            event_name, identifier, api, stripe_account, event_received_at, now=now
+            event_name, identifier, api, stripe_account, event_received_at, now=now, extra=extra
         )
         script_keys, args, fields = self._store.create_args(request, now, self._outbox)
         loop = asyncio.get_running_loop()
@@ -220,6 +241,9 @@ class Producer:
             api=api,
             stripe_account=stripe_account,
             event_received_at=event_received_at,
+            original_event=original_event,
+            reason=reason,
+            requested_by=requested_by,
             now=now,
         )
 
@@ -296,8 +320,9 @@ class Producer:
         Lua script as ``cancel()``, pipelined 1,000 to a Redis round trip.
 
         ``items``: mappings with the keyword arguments of ``cancel()`` (``event_name``,
-        ``identifier``, optional ``api``, ``stripe_account``, ``event_received_at``); any other
-        key makes the item invalid. ``now``: the current time, timezone-aware (for tests).
+        ``identifier``, optional ``api``, ``stripe_account``, ``event_received_at``,
+        ``original_event``, ``reason``, ``requested_by``); any other key makes the item
+        invalid. ``now``: the current time, timezone-aware (for tests).
         Invalid items are reported in ``invalid`` with their position and skipped; every valid
         one is enqueued once. Raises InvalidInput when ``items`` is not an iterable of
         mappings, StoreError when Redis fails (earlier chunks stay written).
@@ -346,6 +371,7 @@ class Producer:
             item.get("stripe_account"),
             item.get("event_received_at"),
             now=now,
+            extra={k: item.get(k) for k in ("original_event", "reason", "requested_by")},
         )
 
     def _build(
@@ -357,8 +383,11 @@ class Producer:
         event_received_at: object,
         *,
         now: datetime,
+        extra: Mapping[str, object] | None = None,
     ) -> CancelRequest:
-        """The validated request, with the default API where none is given."""
+        """The validated request, with the default API where none is given. ``extra``:
+        ``original_event``, ``reason`` and ``requested_by`` (absent or None: not given)."""
+        extra = extra or {}
         return CancelRequest.build(
             event_name,
             identifier,
@@ -366,6 +395,9 @@ class Producer:
             api=self.settings.default_api if api is None else api,
             stripe_account=stripe_account,
             event_received_at=event_received_at,
+            original_event=extra.get("original_event"),
+            reason=extra.get("reason"),
+            requested_by=extra.get("requested_by"),
             now=now,
         )
 
@@ -415,6 +447,11 @@ class Producer:
                 grace_s=grace,
                 tickets=lambda: publishing.outstanding(self._client, queue=queue, prefix=prefix),
                 settle_s=self.settings.heartbeat_s + 0.5,
+                compensation_timestamp=(
+                    self.settings.compensation_timestamp
+                    if self.settings.compensate == "expired"
+                    else None
+                ),
             )
 
     def page(self, query: Query | None = None, cursor: str | None = None) -> Page:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from . import keys, lifecycle
+from . import compensation, keys, lifecycle
 from .config import CANCEL_WINDOW_S
 from .logging import get_logger
 from .models import Status, to_ms
@@ -38,6 +38,9 @@ Publish = Callable[[str], bool]
 # How many task messages are on their way to an attempt: waiting in the queue, or held by the
 # threads of live workers (see ``publishing.outstanding``).
 Tickets = Callable[[], int]
+# Expired records looked at for a compensation that never began. Bounded, so that switching
+# compensation on does not reach back over old records (`adjustments compensate` does that).
+COMPENSATION_LOOKBACK_S = 3600
 SETTLE_S = 0.3  # between the two looks at the count (the workers' heartbeat: see below)
 
 
@@ -50,6 +53,7 @@ class ReconcileReport:
     republished_processing: int = 0
     republished_retrying: int = 0
     expired: int = 0
+    compensations_started: int = 0
     publish_failures: int = 0
     duration_ms: float = 0.0
 
@@ -67,10 +71,14 @@ def reconcile(
     settle_s: float = SETTLE_S,
     lock_ttl_s: float = 300.0,
     batch: int = BATCH,
+    compensation_timestamp: str | None = None,
 ) -> ReconcileReport:
     """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``tickets``:
     how many messages are on their way (without it, lost messages are not looked for);
-    ``settle_s``: between the two looks at that count (see ``missing_tickets``)."""
+    ``settle_s``: between the two looks at that count (see ``missing_tickets``).
+    ``compensation_timestamp`` (compensation on): records that expired in the last
+    COMPENSATION_LOOKBACK_S with their original event and no compensation yet (a worker
+    died between the two steps) begin it now."""
     started = time.perf_counter()
     lock = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
     if lock is None:
@@ -78,6 +86,12 @@ def reconcile(
         return ReconcileReport(ran=False)
     try:
         expired = _expire_closed_windows(store, now, batch)
+        started_cmp = 0
+        if compensation_timestamp is not None:
+            started_cmp = compensation.start_due(
+                store, publish, now=now, timestamp_mode=compensation_timestamp, limit=batch,
+                since=now - timedelta(seconds=COMPENSATION_LOOKBACK_S),
+            )  # fmt: skip
         grace_ms = int(grace_s * 1000)
         now_ms = to_ms(now)
         failures = 0
@@ -102,6 +116,7 @@ def reconcile(
         republished_processing=counts[Status.PROCESSING],
         republished_retrying=counts[Status.RETRYING],
         expired=expired,
+        compensations_started=started_cmp,
         publish_failures=failures,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
@@ -153,7 +168,9 @@ def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int
     ids = store.deadline_due(now, limit=batch)
     ids += store.ids_by_score(Status.QUEUED, high_ms=day_ago, limit=batch)
     records = store.get_many(list(dict.fromkeys(ids)))
-    return sum(bool(lifecycle.expire_window(store, record, now=now)) for record in records)
+    # A compensation (a 35-day window of its own) may wait longer than a day.
+    closed = [r for r in records if r.deadline <= now]
+    return sum(bool(lifecycle.expire_window(store, record, now=now)) for record in closed)
 
 
 ORPHANS_LOCK = "orphans"

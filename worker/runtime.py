@@ -10,6 +10,7 @@ import redis
 
 from . import stripe_api
 from .attempt import Sender
+from .compensation import MeterCache
 from .config import Settings, load_settings
 from .ratelimit import RatePolicy, SharedRateLimiter
 from .retry import Policy
@@ -70,7 +71,9 @@ class Runtime:
         stripe_client = stripe_api.shared_client(settings)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         limiter = SharedRateLimiter(client, rate_policy(settings), prefix=settings.key_prefix)
-        return cls(settings, store, partial(stripe_api.cancel, stripe_client), policy, limiter)
+        meters = MeterCache(fetch=partial(stripe_api.list_meters, stripe_client))
+        send = partial(stripe_api.send, stripe_client, meters, settings.compensation_timestamp)
+        return cls(settings, store, send, policy, limiter)
 
 
 _lock = threading.Lock()

@@ -12,7 +12,7 @@ import stripe
 
 from .config import Settings
 from .models import Record
-from .outcomes import Accepted, Outcome, Rejected
+from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
 from .redact import redact
 
 
@@ -106,6 +106,108 @@ def to_rejected(exc: stripe.StripeError) -> Rejected:
     )
 
 
+def _account_options(record: Record, options: dict[str, Any]) -> dict[str, Any]:
+    if record.stripe_account and record.api == "v1":
+        options["stripe_account"] = record.stripe_account  # the Stripe-Account header
+    elif record.stripe_account:
+        # v2: Stripe-Context, which supersedes Stripe-Account (acct_... or acct_.../acct_...)
+        options["stripe_context"] = record.stripe_account
+    return options
+
+
+def list_meters(client: stripe.StripeClient, account: str | None) -> list[dict[str, Any]]:
+    """Every meter of the account (``GET /v1/billing/meters``, paged)."""
+    options: dict[str, Any] = {"stripe_account": account.split("/")[-1]} if account else {}
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = client.v1.billing.meters.list(
+            params=params,  # type: ignore[arg-type]
+            options=options,  # type: ignore[arg-type]
+        )
+        items = [m.to_dict() for m in page.data]
+        found.extend(items)
+        if not page.has_more or not items:
+            return found
+        params["starting_after"] = items[-1]["id"]
+
+
+def send(
+    client: stripe.StripeClient,
+    meters: Any,
+    timestamp_mode: str,
+    record: Record,
+) -> Answer:
+    """The call ``record`` needs now: its cancellation, or, in the compensation phase, the
+    negative meter event (after checking the meter makes it sound)."""
+    if record.phase != "compensate":
+        return cancel(client, record)
+    from .compensation import negated, unsound
+
+    try:
+        meter = meters.find(record.stripe_account, record.event_name)
+    except stripe.StripeError as exc:
+        return to_rejected(exc)
+    why = unsound(meter, record)
+    if why is not None or record.original_event is None:
+        return Unsound(why or "no original event")
+    payload = dict(record.original_event.payload)
+    payload[meter.value_key] = str(negated(payload[meter.value_key]))
+    when = record.original_event.timestamp if timestamp_mode == "original" else None
+    return meter_event(client, record, payload, when)
+
+
+def meter_event(
+    client: stripe.StripeClient, record: Record, payload: dict[str, str], when: Any
+) -> Outcome:
+    """Record one (compensating) meter event with the record's compensation identifier. A
+    400 saying that identifier exists already means an earlier attempt recorded it."""
+    identifier = str(record.compensation_identifier)
+    options = _account_options(record, {"idempotency_key": record.idempotency_key})
+    try:
+        if record.api == "v1":
+            params: dict[str, Any] = {
+                "event_name": record.event_name,
+                "payload": payload,
+                "identifier": identifier,
+            }
+            if when is not None:
+                params["timestamp"] = int(when.timestamp())
+            obj: Any = client.v1.billing.meter_events.create(
+                params=params,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
+            )
+        else:
+            body: dict[str, Any] = {
+                "event_name": record.event_name,
+                "payload": payload,
+                "identifier": identifier,
+            }
+            if when is not None:
+                body["timestamp"] = when.isoformat().replace("+00:00", "Z")
+            obj = client.v2.billing.meter_events.create(
+                body,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
+            )
+    except stripe.StripeError as exc:
+        rejected = to_rejected(exc)
+        if (
+            rejected.http_status == 400
+            and rejected.should_retry is False
+            and f"already exists with identifier {identifier}" in rejected.message
+        ):
+            return Accepted("recorded", 400, rejected.request_id, replayed=True)
+        return rejected
+    response = obj.last_response
+    headers = response.headers if response is not None else {}
+    return Accepted(
+        stripe_status="recorded",
+        http_status=response.code if response is not None else 200,
+        request_id=response.request_id if response is not None else None,
+        replayed=_header(headers, "idempotent-replayed") == "true",
+    )
+
+
 def cancel(client: stripe.StripeClient, record: Record) -> Outcome:
     """Send one cancellation for ``record`` with its current idempotency key."""
     params: dict[str, Any] = {
@@ -113,12 +215,7 @@ def cancel(client: stripe.StripeClient, record: Record) -> Outcome:
         "type": "cancel",
         "cancel": {"identifier": record.identifier},
     }
-    options: dict[str, Any] = {"idempotency_key": record.idempotency_key}
-    if record.stripe_account and record.api == "v1":
-        options["stripe_account"] = record.stripe_account  # the Stripe-Account header
-    elif record.stripe_account:
-        # v2: Stripe-Context, which supersedes Stripe-Account (acct_... or acct_.../acct_...)
-        options["stripe_context"] = record.stripe_account
+    options = _account_options(record, {"idempotency_key": record.idempotency_key})
     try:
         if record.api == "v1":
             obj: Any = client.v1.billing.meter_event_adjustments.create(

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from celery import Task
 from celery.exceptions import Reject
 
-from . import publishing
+from . import compensation, publishing
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .errors import CancellationFailed
 from .logging import get_logger
 from .models import Status
 from .reconcile import reconcile, republish_orphans
-from .runtime import RIDE_OUT, get_runtime, wait_unless_stopping
+from .runtime import RIDE_OUT, Runtime, get_runtime, wait_unless_stopping
 from .store import RecordStore
 
 log = get_logger("adjustments.tasks")
@@ -51,6 +51,7 @@ def process_cancellation(
             limiter=runtime.limiter,
             slot=(slot[0], slot[1]) if slot else None,
             wait=wait_unless_stopping,
+            on_expired=_compensation_hook(runtime),
         )
     except RIDE_OUT as exc:
         # Redis stayed away (or full) longer than the client's own retries: try again later.
@@ -72,6 +73,22 @@ def process_cancellation(
     return result.reason
 
 
+def _compensation_hook(runtime: Runtime) -> Callable[[str], None] | None:
+    """With ADJUSTMENTS_COMPENSATE=expired: begin the compensation of a record the attempt
+    expired. A failure here is logged: reconciliation begins it on its next run."""
+    if runtime.settings.compensate != "expired":
+        return None
+    mode = runtime.settings.compensation_timestamp
+
+    def hook(record_id: str) -> None:
+        try:
+            compensation.start(runtime.store, record_id, publish, now=utcnow(), timestamp_mode=mode)
+        except Exception as exc:
+            log.warning("compensation.not_begun", request_id=record_id, error=str(exc))
+
+    return hook
+
+
 def publish(record_id: str) -> bool:
     """Publish one attempt message on the main queue (reconciliation, orphan repair)."""
     return publishing.publish(app, record_id, queue=str(app.conf.task_default_queue))
@@ -88,6 +105,11 @@ def reconcile_task() -> dict[str, object]:
         grace_s=runtime.settings.reconcile_grace_s,
         tickets=_tickets(runtime.store),
         settle_s=runtime.settings.heartbeat_s + 0.5,
+        compensation_timestamp=(
+            runtime.settings.compensation_timestamp
+            if runtime.settings.compensate == "expired"
+            else None
+        ),
     )
     return report.to_dict()
 

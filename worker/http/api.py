@@ -30,9 +30,11 @@ MAX_BATCH_BODY = 1024 * 1024
 MAX_BATCH = 1000
 IDEMPOTENCY_TTL_S = 24 * 3600
 IN_FLIGHT_TTL_S = 60  # a claimed key whose request never finished (a crash) frees up
+# requested_by is not among them: over HTTP it is the name of the token used.
 CANCEL_FIELDS = frozenset(
-    {"event_name", "identifier", "api", "stripe_account", "event_received_at"}
-)
+    {"event_name", "identifier", "api", "stripe_account", "event_received_at", "original_event",
+     "reason"}
+)  # fmt: skip
 REPLAY_FIELDS = frozenset(
     {"ids", "status", "event_name", "error_code", "since", "until", "limit", "force", "dry_run"}
 )
@@ -108,6 +110,7 @@ class Api:
             token = self.auth.token_for_header(request.headers.get("authorization"))
             role = token.role if token else None
             request.state.token = fingerprint(token.secret) if token else ""
+            request.state.requested_by = token.name if token else "local"
             if self.auth.enabled:
                 if role is None:
                     return problem(401, "unauthorized", "a valid bearer token is required")
@@ -134,6 +137,7 @@ class Api:
 
     async def create(self, request: Request) -> Response:
         body = object_with(await read_json(request, MAX_BODY), CANCEL_FIELDS, "the body")
+        body = {**body, "requested_by": request.state.requested_by}
         key = request.headers.get("idempotency-key")
         if key is None:
             return await self._create(body)
@@ -204,6 +208,16 @@ class Api:
             raise HTTPProblem(422, "invalid_request", "items must be an array")
         if not 1 <= len(items) <= MAX_BATCH:
             raise HTTPProblem(422, "invalid_request", f"items must hold 1 to {MAX_BATCH} items")
+        who = request.state.requested_by
+        for item in items:
+            if isinstance(item, dict):
+                if "requested_by" in item:
+                    raise HTTPProblem(
+                        422,
+                        "invalid_request",
+                        "requested_by is set by the server: the name of the token used",
+                    )
+                item["requested_by"] = who
         result = await run_in_threadpool(self.producer.cancel_many, items)
         errors = dict(result.invalid)
         results = [

@@ -1,7 +1,9 @@
 """Bearer tokens, console sessions and CSRF tokens.
 
-Tokens come from ``ADJUSTMENTS_API_TOKENS=role:token[,role:token...]`` with the roles
+Tokens come from ``ADJUSTMENTS_API_TOKENS=[name=]role:token[,...]`` with the roles
 ``enqueue`` (post cancellations), ``read`` (read everything) and ``operate`` (everything).
+A token's name (default ``<role>-<position>``) is who asked: it is stored as
+``requested_by`` on the records created with it.
 Every comparison is constant-time and no token is ever logged or echoed.
 
 A console session is a random id in an ``HttpOnly``, ``SameSite=Strict`` cookie; the session
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -28,6 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "operate": frozenset({"enqueue", "read", "operate"}),
 }
+_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 SESSION_S = 8 * 3600
 MIN_TOKEN_CHARS = 16
 
@@ -36,6 +40,7 @@ MIN_TOKEN_CHARS = 16
 class Token:
     role: str
     secret: str = field(repr=False)
+    name: str = ""
 
 
 def parse_tokens(spec: str | None) -> list[Token]:
@@ -44,18 +49,19 @@ def parse_tokens(spec: str | None) -> list[Token]:
     for position, item in enumerate((spec or "").split(","), start=1):
         if not item.strip():
             continue
-        role, sep, secret = item.strip().partition(":")
-        if not sep or role not in ROLES:
+        head, sep, secret = item.strip().partition(":")
+        name, named, role = head.rpartition("=")
+        if not sep or role not in ROLES or (named and not _NAME.fullmatch(name)):
             raise ConfigError(
-                f"ADJUSTMENTS_API_TOKENS item {position}: expected role:token with a role in "
-                f"{', '.join(ROLES)}"
+                f"ADJUSTMENTS_API_TOKENS item {position}: expected [name=]role:token with a role "
+                f"in {', '.join(ROLES)} and a name of letters, digits, '.', '_', '-' or '@'"
             )
         if len(secret) < MIN_TOKEN_CHARS:
             raise ConfigError(
                 f"ADJUSTMENTS_API_TOKENS item {position} ({role}): a token needs at least "
                 f"{MIN_TOKEN_CHARS} characters"
             )
-        tokens.append(Token(role, secret))
+        tokens.append(Token(role, secret, name or f"{role}-{position}"))
     roles: dict[str, str] = {}
     for position, token in enumerate(tokens, start=1):
         earlier = roles.setdefault(token.secret, token.role)
