@@ -214,9 +214,9 @@ class Producer:
 
         ``event_name``, ``identifier``, ``api``, ``stripe_account``, ``event_received_at``,
         ``original_event``, ``reason`` and ``requested_by`` are ``cancel()``'s, validated the
-        same way; the record and the errors are the same too. Concurrent calls on one loop share round trips (see ``batching``), so a web
-        server that enqueues at its request rate makes a few Redis round trips per batch of
-        requests instead of one per request."""
+        same way; the record and the errors are the same too. Concurrent calls on one loop
+        share round trips (see ``batching``), so a web server that enqueues at its request
+        rate makes a few Redis round trips per batch of requests instead of one per request."""
         now = _aware_now(None)
         extra = {"original_event": original_event, "reason": reason, "requested_by": requested_by}
         request = self._build(
