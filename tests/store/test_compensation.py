@@ -53,6 +53,7 @@ def attempt(store: RecordStore, record_id: str, answer: Answer, at: datetime) ->
 
 class TestOriginalEvent:
     def test_a_valid_event_is_kept_as_given(self) -> None:
+        """A valid original event keeps its payload as given and its timestamp in UTC."""
         event = OriginalEvent.build(EVENT, now=T0)
         assert event is not None and event.payload["value"] == "5" and event.timestamp == T0
 
@@ -83,10 +84,12 @@ class TestOriginalEvent:
         ],
     )
     def test_bad_events_are_refused_with_one_line(self, event: object, says: str) -> None:
+        """Each malformed original event is refused with one line naming the problem."""
         with pytest.raises(InvalidInput, match=says):
             OriginalEvent.build(event, now=T0)
 
     def test_reason_and_requested_by_are_checked(self) -> None:
+        """reason keeps newlines but is capped at 500 characters; requested_by is one clean line."""
         with pytest.raises(InvalidInput, match="at most 500"):
             CancelRequest.build("ev", "i", api="v1", reason="x" * 501, now=T0)
         with pytest.raises(InvalidInput, match="control"):
@@ -97,6 +100,7 @@ class TestOriginalEvent:
         assert (req.reason, req.requested_by) == ("dup\nline", "ops")
 
     def test_stored_with_the_record(self, store: RecordStore) -> None:
+        """The original event is stored on the record and read back, also in its JSON view."""
         record = expiring(store)
         back = store.get(record.id)
         assert back.original_event == OriginalEvent.build(EVENT, now=T0)
@@ -105,6 +109,8 @@ class TestOriginalEvent:
 
 class TestSoundness:
     def test_only_a_raw_sum_meter_with_the_keys_is_sound(self, store: RecordStore) -> None:
+        """Only a raw sum meter whose customer and value keys are in the payload is sound; the
+        reason names what is not."""
         record = expiring(store)
         assert unsound(SUM, record) is None
         count = MeterInfo("m", "api_sum", "count", None, "stripe_customer_id", "value")
@@ -116,6 +122,7 @@ class TestSoundness:
         assert "no active meter" in str(unsound(None, record))
 
     def test_negation(self) -> None:
+        """Values are negated as decimal text; zero and non-numbers are not compensable."""
         assert [negated(v) for v in ("5", "2.5", "-3", "0", "x", "NaN")] == [
             "-5", "-2.5", "3", None, None, None,
         ]  # fmt: skip
@@ -158,6 +165,8 @@ class TestPhase:
         assert store.get(record.id).status is Status.COMPENSATED
 
     def test_an_unsound_meter_leaves_it_expired_with_the_reason(self, store: RecordStore) -> None:
+        """An unsound meter: nothing is sent, the record stays expired with the reason, never due
+        again."""
         record = expiring(store)
         later = T0 + timedelta(seconds=5)
         attempt(store, record.id, Unsound("meter api_sum aggregates by count"), later)
@@ -169,6 +178,7 @@ class TestPhase:
     def test_a_refused_meter_event_leaves_it_expired_with_stripes_message(
         self, store: RecordStore
     ) -> None:
+        """Stripe refusing the meter event for good leaves the record expired with Stripe's message."""
         record = expiring(store)
         later = T0 + timedelta(seconds=5)
         refused = Rejected(400, "invalid_request_error", "parameter_invalid", "Missing value.",
@@ -179,6 +189,7 @@ class TestPhase:
         assert "Missing value." in str(back.compensation_error)
 
     def test_without_an_original_event_nothing_begins(self, store: RecordStore) -> None:
+        """A record without its original event stays expired: there is nothing to negate."""
         record = expiring(store, "plain", event=None)
         later = T0 + timedelta(seconds=5)
         attempt(store, record.id, Accepted("recorded", 200, "r"), later)
@@ -188,6 +199,8 @@ class TestPhase:
 
 class TestPlan:
     def test_totals_per_customer_and_event_name(self, store: RecordStore) -> None:
+        """The plan sums the negative values per customer and event name and skips what it cannot
+        compensate."""
         plan = Plan()
         for i, (customer, value) in enumerate([("cus_A", "5"), ("cus_A", "2.5"), ("cus_B", "1")]):
             event = {"payload": {"stripe_customer_id": customer, "value": value},
