@@ -178,7 +178,7 @@ class TestPhase:
     def test_a_refused_meter_event_leaves_it_expired_with_stripes_message(
         self, store: RecordStore
     ) -> None:
-        """Stripe refusing the meter event for good leaves the record expired with Stripe's message."""
+        """Stripe refusing the meter event for good leaves it expired with Stripe's message."""
         record = expiring(store)
         later = T0 + timedelta(seconds=5)
         refused = Rejected(400, "invalid_request_error", "parameter_invalid", "Missing value.",
