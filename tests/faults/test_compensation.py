@@ -38,7 +38,7 @@ def build_items(sandbox: SandboxServer, received: datetime) -> list[dict[str, ob
     """30 on the raw sum meter (their usage recorded first), 10 on the count meter, 5 on the
     hourly one, 10 without an original event; every event received at ``received``."""
     ts = int(time.time()) - 3600
-    items = []
+    items: list[dict[str, object]] = []
     for i in range(30):
         customer, value = CUSTOMERS[i % 6], str(i % 4 + 1)
         record_usage(sandbox, "api_sum", customer, value, ts, f"sum_{i}")
