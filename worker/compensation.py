@@ -24,8 +24,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .errors import InvalidInput
 from .logging import get_logger
 from .models import METER_EVENT_MAX_AGE, Record, Status, iso, to_ms
+from .replay import ReplayFilter, select
 from .store import Moved, RecordStore
 
 log = get_logger("adjustments.compensation")
@@ -273,3 +275,78 @@ class Plan:
             ],
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
         }
+
+
+# --- after the fact: `adjustments compensate` ----------------------------------------------
+@dataclass
+class CompensationReport:
+    """What a compensation run selected, planned and began."""
+
+    plan: Plan
+    begun: list[str] = field(default_factory=list)
+    dry_run: bool = True
+    meters_checked: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "meters_checked": self.meters_checked,
+            "begun": len(self.begun),
+            **self.plan.to_dict(),
+        }
+
+
+def run(
+    store: RecordStore,
+    publish: Callable[[str], bool],
+    flt: ReplayFilter,
+    *,
+    now: datetime,
+    timestamp_mode: str,
+    dry_run: bool,
+    meters: MeterCache | None,
+) -> CompensationReport:
+    """Plan (and unless ``dry_run``, begin) the compensation of the expired records ``flt``
+    selects. With ``meters`` each record's meter is checked as the worker will: an unsound
+    one is skipped in the plan and, for real, marked with the reason; without, the plan
+    assumes Stripe's default payload keys (``stripe_customer_id``, ``value``)."""
+    if flt.status is not Status.EXPIRED:
+        raise InvalidInput(f"only expired records are compensated, not {flt.status}")
+    records, skipped = select(store, flt, force=True, dry_run=True)
+    plan = Plan(skipped=list(skipped))
+    report = CompensationReport(plan=plan, dry_run=dry_run, meters_checked=meters is not None)
+    refusals: list[tuple[Record, str]] = []
+    for record in records:
+        if not due(record):
+            plan.skipped.append((record.id, _not_due(record)))
+            continue
+        if meters is None:
+            plan.add(record, "stripe_customer_id", "value")
+            continue
+        meter = meters.find(record.stripe_account, record.event_name)
+        why = unsound(meter, record)
+        if why is not None or meter is None:
+            plan.skipped.append((record.id, why or "no meter"))
+            refusals.append((record, why or "no meter"))
+            continue
+        plan.add(record, meter.customer_key, meter.value_key)
+    if dry_run:
+        return report
+    for record, why in refusals:
+        refuse(store, record, why, now=now)
+    chosen = {r.id: r for r in records}
+    for record_id in plan.records:
+        if begin(store, chosen[record_id], now=now, timestamp_mode=timestamp_mode):
+            publish(record_id)  # a failed publish leaves it queued: reconciliation sends it
+            report.begun.append(record_id)
+    log.info("compensation.run", selected=len(records), begun=len(report.begun),
+             skipped=len(plan.skipped))  # fmt: skip
+    return report
+
+
+def _not_due(record: Record) -> str:
+    if record.original_event is None:
+        return "no original event (nothing to negate)"
+    if record.compensation_error:
+        return f"not compensable: {record.compensation_error}"
+    return "compensation already begun"

@@ -18,15 +18,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, cast
 
 import redis
 
-from . import forecast, keys, publishing
+from . import compensation, forecast, keys, publishing
 from .batching import GroupCommit
 from .bulk import BATCH_SIZE, FIELDS, batched
 from .celery_app import create_app
+from .compensation import CompensationReport, MeterCache
 from .config import Settings, load_settings
 from .embedded import EMBEDDED, missing_redis, start_announced
 from .errors import (
@@ -429,6 +431,41 @@ class Producer:
                 force=force,
                 dry_run=dry_run,
                 progress=progress,
+            )
+
+    def compensate(
+        self,
+        flt: ReplayFilter | None = None,
+        *,
+        dry_run: bool = True,
+        check_meters: bool = True,
+        now: datetime | None = None,
+        **filters: Any,
+    ) -> CompensationReport:
+        """Compensate expired records after the fact: a negative meter event each, sent by
+        the workers (see ``compensation``). ``dry_run`` (the default) returns the plan:
+        records, and per customer and event name the total negative value; nothing changes.
+
+        ``flt``: a ``ReplayFilter`` with status ``expired`` (the default here), or the same
+        as keyword ``filters`` (``ids``, ``event_name``, ``since``, ``until``, ``limit``).
+        ``check_meters``: look each record's meter up first (needs STRIPE_API_KEY) so that
+        the plan holds only what the workers will send. ``now``: the current time (tests)."""
+        from . import stripe_api
+
+        flt = flt or ReplayFilter(**{"status": Status.EXPIRED, **filters})
+        meters = None
+        if check_meters and self.settings.stripe_api_key:
+            client = stripe_api.shared_client(self.settings)
+            meters = MeterCache(fetch=partial(stripe_api.list_meters, client))
+        with self._writing():
+            return compensation.run(
+                self._store,
+                self.publish,
+                flt,
+                now=_aware_now(now),
+                timestamp_mode=self.settings.compensation_timestamp,
+                dry_run=dry_run,
+                meters=meters,
             )
 
     def reconcile(self, *, grace_s: float | None = None) -> ReconcileReport:

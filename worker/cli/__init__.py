@@ -5,6 +5,7 @@ Bad input prints one line on stderr and exits 2, before anything is written.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import socket
@@ -27,7 +28,7 @@ from ..logging import get_logger
 from ..models import CancelRequest, Status
 from ..redact import redact
 from .common import emit, printable, producer_for, record_line, record_view, settings
-from .recovery import beat_cmd, import_cmd, reconcile_cmd, replay_cmd
+from .recovery import beat_cmd, compensate_cmd, import_cmd, reconcile_cmd, replay_cmd
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -54,6 +55,19 @@ def cli() -> None:
     "acct_.../acct_... (sent as Stripe-Context).",
 )
 @click.option("--received-at", help="When Stripe received the event (ISO 8601 with offset).")
+@click.option(
+    "--payload",
+    "payload",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="The original event's payload, as sent to Stripe (repeatable): what a compensation "
+    "negates if the window is missed.",
+)
+@click.option(
+    "--event-timestamp", help="The original event's timestamp (ISO 8601 or epoch seconds)."
+)
+@click.option("--reason", help="Why it is cancelled (up to 500 characters), for finance.")
+@click.option("--requested-by", help="Who asked (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
 def cancel(
     event_name: str,
@@ -61,12 +75,21 @@ def cancel(
     api: str | None,
     stripe_account: str | None,
     received_at: str | None,
+    payload: tuple[str, ...],
+    event_timestamp: str | None,
+    reason: str | None,
+    requested_by: str | None,
     as_json: bool,
 ) -> None:
     """Enqueue the cancellation of one meter event and print its record (a request already
     known is not enqueued again: its record is printed, marked as a duplicate)."""
     cfg = settings()
     now = datetime.now().astimezone()
+    extra = {
+        "original_event": _original_event(payload, event_timestamp),
+        "reason": reason,
+        "requested_by": requested_by if requested_by is not None else _os_user(),
+    }
     # Validate before touching Redis, so bad input writes nothing (and starts nothing).
     CancelRequest.build(
         event_name,
@@ -75,6 +98,7 @@ def cancel(
         stripe_account=stripe_account,
         event_received_at=received_at,
         now=now,
+        **extra,
     )
     with producer_for(cfg) as producer:
         record = producer.cancel(
@@ -84,12 +108,37 @@ def cancel(
             stripe_account=stripe_account,
             event_received_at=received_at,
             now=now,
+            **extra,  # type: ignore[arg-type]
         )
     if as_json:
         emit({**record.to_dict(), "created": record.created}, True)
     else:
         note = "" if record.created else "  (duplicate: this request was already known)"
         click.echo(record_line(record) + note)
+
+
+def _original_event(pairs: tuple[str, ...], timestamp: str | None) -> dict[str, Any] | None:
+    """--payload KEY=VALUE and --event-timestamp as an original event (None: neither)."""
+    if not pairs and timestamp is None:
+        return None
+    payload: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--payload takes KEY=VALUE, got {pair!r}")
+        payload[key] = value
+    stamp: object = timestamp
+    if timestamp is not None and timestamp.strip().isdigit():
+        stamp = int(timestamp)  # epoch seconds
+    return {"payload": payload, "timestamp": stamp}
+
+
+def _os_user() -> str | None:
+    """The OS user running the command (None when it has no name)."""
+    try:
+        return getpass.getuser() or None
+    except (KeyError, OSError):
+        return None
 
 
 @cli.command()
@@ -404,7 +453,7 @@ def embedded_stop() -> None:
         click.echo(f"stopped the bundled Redis at {url} (data kept in {cfg.data_dir.resolve()})")
 
 
-for command in (replay_cmd, reconcile_cmd, beat_cmd, import_cmd):
+for command in (replay_cmd, compensate_cmd, reconcile_cmd, beat_cmd, import_cmd):
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""CLI commands for recovery and bulk work: replay, reconcile, beat, import."""
+"""CLI commands for recovery and bulk work: replay, compensate, reconcile, beat, import."""
 
 from __future__ import annotations
 
@@ -238,3 +238,78 @@ def _import(
         "bad_lines": len(bad),
         "bad": [{"line": n, "reason": r} for n, r in bad],
     }
+
+
+@click.command(name="compensate")
+@click.option("--id", "ids", multiple=True, help="A request id to compensate (repeatable).")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["expired"]),
+    default="expired",
+    show_default=True,
+    help="Only expired records are compensated.",
+)
+@click.option("--event-name", help="Only records of this event name.")
+@click.option("--since", help="Expired at or after this ISO time.")
+@click.option("--until", help="Expired at or before this ISO time.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the plan; send nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
+def compensate_cmd(
+    ids: tuple[str, ...],
+    status_: str,
+    event_name: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Undo expired cancellations with negative usage (raw sum meters only): the plan first."""
+    cfg = settings()
+    flt = ReplayFilter(
+        ids=ids,
+        status=Status(status_),
+        event_name=event_name,
+        since=parse_time("--since", since),
+        until=parse_time("--until", until),
+        limit=limit,
+    )
+    with producer_for(cfg) as producer:
+        plan = producer.compensate(flt, dry_run=True)
+        if dry_run or not plan.plan.records:
+            _show_plan(plan.to_dict(), as_json, verb="would compensate")
+            return
+        if not yes:
+            if as_json or not on_terminal():
+                raise click.UsageError("compensating sends meter events: confirm with --yes")
+            _show_plan(plan.to_dict(), False, verb="would compensate")
+            click.confirm("send these compensating meter events?", abort=True)
+        report = producer.compensate(flt, dry_run=False)
+    _show_plan(report.to_dict(), as_json, verb="compensating")
+
+
+def _show_plan(data: dict[str, Any], as_json: bool, *, verb: str) -> None:
+    """The plan as JSON, or one line per customer and event name and a total line."""
+    if as_json:
+        emit(data, True)
+        return
+    for row in data["by_customer"]:
+        click.echo(
+            printable(
+                f"{row['customer']}  {row['event_name']}  {plural(row['records'], 'record')}  "
+                f"total {row['total_value']}"
+            )
+        )
+    for item in data["skipped"]:
+        click.echo(printable(f"skipped {item['id']}: {item['reason']}"), err=True)
+    count = data["begun"] if verb == "compensating" else data["records"]
+    click.echo(f"{verb} {plural(count, 'record')}, skipped {len(data['skipped'])}")
+    if not data["meters_checked"]:
+        click.echo(
+            "note: meters not checked (no STRIPE_API_KEY): the workers still check each one "
+            "and skip what a negative event would not undo"
+        )

@@ -79,6 +79,13 @@ FIELD_LABELS = {  # a record's fields as the record page names them, in this ord
     "idempotency_key": "Idempotency key",
     "generation": "Key generation",
     "key_outcome": "Current key's outcome",
+    "reason": "Reason",
+    "requested_by": "Requested by",
+    "original_event": "Original event",
+    "phase": "Phase",
+    "compensation_identifier": "Compensation identifier",
+    "compensate_by": "Compensate by",
+    "compensation_error": "Not compensated because",
 }
 HISTORY_LABELS = {
     "at": "When",
@@ -117,7 +124,11 @@ def record_rows(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
             continue
         if isinstance(value, bool):
             value = "yes" if value else "no"
-        rows.append((label, str(value), name.endswith("_at") or name == "adjustment_created"))
+        if isinstance(value, dict):  # the original event: its payload and timestamp
+            payload = ", ".join(f"{k}={v}" for k, v in value.get("payload", {}).items())
+            value = f"{payload} at {_when(value.get('timestamp'))}"
+        timed = name.endswith("_at") or name in ("adjustment_created", "compensate_by")
+        rows.append((label, str(value), timed))
     return rows
 
 
