@@ -39,6 +39,8 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .export import ExportFilter
+from .export import rows as export_rows
 from .forecast import Forecast
 from .heartbeat import WorkerInfo, alive
 from .listing import Page, Query, page
@@ -467,6 +469,15 @@ class Producer:
                 dry_run=dry_run,
                 meters=meters,
             )
+
+    def export(self, flt: ExportFilter | None = None, **filters: Any) -> Iterator[dict[str, str]]:
+        """Every record in range as a flat row (``export.COLUMNS``), read page by page: for
+        finance. ``flt``: an ``ExportFilter``, or its fields as keyword ``filters``
+        (``statuses``, ``since``, ``until``, ``event_name``, ``account``). Raises
+        StoreUnavailable when Redis cannot be read (rows already given stand)."""
+        flt = flt or ExportFilter(**filters)
+        with self._reading():
+            yield from export_rows(self._store, flt)
 
     def reconcile(self, *, grace_s: float | None = None) -> ReconcileReport:
         """One reconciliation run now (``adjustments beat`` schedules them): publish again

@@ -28,7 +28,14 @@ from ..logging import get_logger
 from ..models import CancelRequest, Status
 from ..redact import redact
 from .common import emit, printable, producer_for, record_line, record_view, settings
-from .recovery import beat_cmd, compensate_cmd, import_cmd, reconcile_cmd, replay_cmd
+from .recovery import (
+    beat_cmd,
+    compensate_cmd,
+    export_cmd,
+    import_cmd,
+    reconcile_cmd,
+    replay_cmd,
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -453,7 +460,7 @@ def embedded_stop() -> None:
         click.echo(f"stopped the bundled Redis at {url} (data kept in {cfg.data_dir.resolve()})")
 
 
-for command in (replay_cmd, compensate_cmd, reconcile_cmd, beat_cmd, import_cmd):
+for command in (replay_cmd, compensate_cmd, export_cmd, reconcile_cmd, beat_cmd, import_cmd):
     cli.add_command(command)
 
 

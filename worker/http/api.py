@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, cast
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
+from ..export import FORMATS, ExportFilter, encode
 from ..listing import Query
 from ..models import Record, Status, parse_time
 from ..producer import Producer
@@ -35,6 +36,8 @@ CANCEL_FIELDS = frozenset(
     {"event_name", "identifier", "api", "stripe_account", "event_received_at", "original_event",
      "reason"}
 )  # fmt: skip
+COMPENSATE_FIELDS = frozenset({"ids", "event_name", "since", "until", "limit", "dry_run"})
+EXPORT_PARAMS = frozenset({"format", "since", "until", "status", "event_name", "account"})
 REPLAY_FIELDS = frozenset(
     {"ids", "status", "event_name", "error_code", "since", "until", "limit", "force", "dry_run"}
 )
@@ -258,6 +261,46 @@ class Api:
         data = report.to_dict()
         data["ids"] = [r.id for r in report.selected]
         return JSONResponse(data)
+
+    async def compensations(self, request: Request) -> Response:
+        """Compensate expired records: the plan (a dry run) unless dry_run is false."""
+        body = object_with(await read_json(request, MAX_BODY), COMPENSATE_FIELDS, "the body")
+        dry_run = flag(body.pop("dry_run", True), "dry_run")
+        flt = replay_filter({**body, "status": "expired"})
+        report = await run_in_threadpool(lambda: self.producer.compensate(flt, dry_run=dry_run))
+        return JSONResponse(report.to_dict())
+
+    async def exports(self, request: Request) -> Response:
+        """Every record in range as CSV or JSONL, streamed page by page (flat memory)."""
+        params = dict(request.query_params)
+        unknown = sorted(set(params) - EXPORT_PARAMS)
+        if unknown:
+            raise HTTPProblem(422, "invalid_request", f"unknown parameter(s): {', '.join(unknown)}")
+        fmt = params.get("format", "csv")
+        if fmt not in FORMATS:
+            raise HTTPProblem(422, "invalid_request", "format must be csv or jsonl")
+        flt = ExportFilter(
+            statuses=[status_of(params["status"])] if params.get("status") else tuple(Status),
+            since=time_of(params["since"], "since") if params.get("since") else None,
+            until=time_of(params["until"], "until") if params.get("until") else None,
+            event_name=params.get("event_name") or None,
+            account=params.get("account"),
+        )
+        chunks = encode(self.producer.export(flt), fmt)
+        first = await run_in_threadpool(next, chunks, "")  # a Redis failure is still a 503
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+        name = f"adjustments-export.{fmt}"
+
+        async def body() -> AsyncIterator[str]:
+            yield first
+            async for chunk in iterate_in_threadpool(chunks):
+                yield chunk
+
+        return StreamingResponse(
+            body(),
+            media_type=media,
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
 
 
 def flag(value: object, name: str) -> bool:

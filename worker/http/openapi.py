@@ -56,6 +56,32 @@ def document() -> dict[str, Any]:
                 "description": "When Stripe received the event: ISO 8601 with an offset, or "
                 "epoch seconds; within the last 24 h.",
             },
+            "original_event": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "required": ["payload", "timestamp"],
+                "description": "The meter event as it was sent to Stripe: what a compensation "
+                "negates if the window is missed (raw sum meters only).",
+                "properties": {
+                    "payload": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "String values, e.g. stripe_customer_id and value; "
+                        "at most 20 keys and 2,048 bytes as JSON.",
+                    },
+                    "timestamp": {
+                        "type": ["string", "number"],
+                        "description": "ISO 8601 with an offset, or epoch seconds; within "
+                        "the last 35 days.",
+                    },
+                },
+            },
+            "reason": {
+                "type": ["string", "null"],
+                "maxLength": 500,
+                "description": "Why it is cancelled, for finance. Who asked (requested_by) is "
+                "the name of the token used.",
+            },
         },
     }
     record = {
@@ -89,6 +115,19 @@ def document() -> dict[str, Any]:
             "replays": {"type": "integer"},
             "key_outcome": {"type": ["string", "null"]},
             "history": {"type": "array", "items": {"type": "object"}},
+            "original_event": {"type": ["object", "null"]},
+            "reason": {"type": ["string", "null"]},
+            "requested_by": {"type": ["string", "null"]},
+            "phase": {
+                "type": ["string", "null"],
+                "description": "compensate once a missed window is being compensated.",
+            },
+            "compensation_identifier": {"type": ["string", "null"]},
+            "compensation_error": {
+                "type": ["string", "null"],
+                "description": "Why an expired record was not compensated.",
+            },
+            "compensate_by": {"type": ["string", "null"], "format": "date-time"},
         },
     }
     return {
@@ -222,6 +261,54 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/v1/compensations": {
+                "post": {
+                    "operationId": "compensate",
+                    "summary": "Compensate expired records with negative usage (raw sum meters "
+                    "only); the plan (a dry run) unless dry_run is false (role operate).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/CompensationRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("CompensationReport", "The plan, and what was begun."),
+                        "400": _error("The body is not a JSON object."),
+                        "415": _error("The body is not sent as application/json."),
+                        "422": _error("An invalid filter."),
+                        **ERRORS,
+                    },
+                },
+            },
+            "/api/v1/exports": {
+                "get": {
+                    "operationId": "export",
+                    "summary": "Every record in range, as CSV or JSONL, streamed (role read). "
+                    "since/until select on the time a record reached its status.",
+                    "parameters": [
+                        _query("format", {"type": "string", "enum": ["csv", "jsonl"]}),
+                        _query("since", {"type": "string", "format": "date-time"}),
+                        _query("until", {"type": "string", "format": "date-time"}),
+                        _query("status", {"type": "string", "enum": [s.value for s in Status]}),
+                        _query("event_name", {"type": "string"}),
+                        _query("account", {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The rows (a CSV header first).",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "422": _error("An invalid parameter."),
+                        **ERRORS,
+                    },
+                },
+            },
             "/healthz": {
                 "get": {
                     "operationId": "health",
@@ -320,6 +407,31 @@ def document() -> dict[str, Any]:
                         "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
                         "force": {"type": "boolean", "default": False},
                         "dry_run": {"type": "boolean", "default": True},
+                    },
+                },
+                "CompensationRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "ids": {"type": "array", "items": {"type": "string"}},
+                        "event_name": {"type": "string"},
+                        "since": {"type": "string", "format": "date-time"},
+                        "until": {"type": "string", "format": "date-time"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "dry_run": {"type": "boolean", "default": True},
+                    },
+                },
+                "CompensationReport": {
+                    "type": "object",
+                    "required": ["dry_run", "records", "begun", "by_customer", "skipped", "ids"],
+                    "properties": {
+                        "dry_run": {"type": "boolean"},
+                        "meters_checked": {"type": "boolean"},
+                        "records": {"type": "integer"},
+                        "begun": {"type": "integer"},
+                        "ids": {"type": "array", "items": {"type": "string"}},
+                        "by_customer": {"type": "array", "items": {"type": "object"}},
+                        "skipped": {"type": "array", "items": {"type": "object"}},
                     },
                 },
                 "ReplayReport": {

@@ -77,6 +77,8 @@ def create_app(
             "/api/v1/cancellations/{record_id}", api.guarded("read", api.get_one), methods=["GET"]
         ),
         Route("/api/v1/replays", api.guarded("operate", api.replays), methods=["POST"]),
+        Route("/api/v1/compensations", api.guarded("operate", api.compensations), methods=["POST"]),
+        Route("/api/v1/exports", api.guarded("read", api.exports), methods=["GET"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
