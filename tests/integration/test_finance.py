@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -82,7 +83,8 @@ def test_the_dry_run_plan_equals_what_is_then_sent(
     for event in sandbox.logic.meters.events:
         assert event.meter_id == meter.id and event.value < 0 and event.timestamp == ts
         sent[event.customer] += event.value
-    planned = {row["customer"]: Decimal(row["total_value"]) for row in plan["by_customer"]}
+    rows = cast(list[dict[str, str]], plan["by_customer"])
+    planned = {row["customer"]: Decimal(row["total_value"]) for row in rows}
     assert planned == dict(sent)
 
 
