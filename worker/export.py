@@ -14,10 +14,11 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from . import keys
+from .bulk import batched
 from .errors import InvalidInput
 from .models import ErrorInfo, Status, to_ms
 from .store import RecordStore
@@ -62,6 +63,8 @@ _FIELDS = (
     "compensation_error",
     "last_error",
 )
+# Statuses a record never leaves: an export need not remember which of those it gave.
+SETTLED = frozenset({Status.PENDING, Status.COMPLETE, Status.COMPENSATED})
 CUSTOMER_KEY, VALUE_KEY = "stripe_customer_id", "value"  # Stripe's default payload keys
 
 
@@ -83,27 +86,73 @@ class ExportFilter:
 
 
 def rows(store: RecordStore, flt: ExportFilter) -> Iterator[dict[str, str]]:
-    """Every selected record as a flat row of COLUMNS, status by status, oldest change
-    first; a record that changes status while the export runs may appear in neither or
-    both statuses (the export is not a snapshot) — its id tells."""
-    low = to_ms(flt.since) if flt.since else "-inf"
-    high = to_ms(flt.until) if flt.until else "+inf"
+    """Every selected record as a flat row of COLUMNS, each once, as of the export's start.
+    Status by status, oldest change first. A record that changed after the start and was
+    not given yet is read again at the end, once, as it stands then; one created after the
+    start is left for the next export. To give none twice, the ids given in a status a
+    record can still leave (queued, retrying, failed, expired, ...) are remembered; the
+    settled ones (most of a large export) are not, so memory stays flat."""
+    started = to_ms(datetime.now(UTC))
+    changed: dict[str, None] = {}  # ids that changed since the start: read again at the end
+    # Ids given in a status they may still leave, as their 64-bit hashes (a third of the
+    # memory of the ids; a collision among a million is a 1 in 10^7 chance).
+    given: set[int] = set()
     for status in flt.statuses:
-        offset = 0
-        while True:
-            ids = store.ids_by_score(status, low_ms=low, high_ms=high, offset=offset, limit=PAGE)
-            if not ids:
-                break
-            offset += len(ids)
-            pipe = store.client.pipeline(transaction=False)
-            for record_id in ids:
-                pipe.hmget(keys.record(store.prefix, record_id), _FIELDS)
-            for values in cast(list[list[str | None]], pipe.execute()):
-                if values[0] is None:  # gone (retention) since the index was read
-                    continue
-                row = _row(dict(zip(_FIELDS, values, strict=True)))
-                if flt.keeps(row):
-                    yield row
+        for record_id, row in _scan(store, status, flt):
+            if _ms(row["created_at"]) > started:
+                continue
+            if row["status"] != status.value or _ms(row["updated_at"]) > started:
+                if hash(record_id) not in given:
+                    changed[record_id] = None
+                continue
+            if status not in SETTLED:
+                given.add(hash(record_id))
+            if flt.keeps(row):
+                yield row
+    for chunk in batched([i for i in changed if hash(i) not in given], PAGE):
+        for _, row in _read(store, list(chunk)):
+            if flt.keeps(row) and Status(row["status"]) in flt.statuses:
+                yield row
+
+
+def _scan(
+    store: RecordStore, status: Status, flt: ExportFilter
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """One status index in score order, paged by score (not offset: entries leaving the
+    index while it is read must not make others skipped)."""
+    low: float | str = to_ms(flt.since) if flt.since else "-inf"
+    high = to_ms(flt.until) if flt.until else "+inf"
+    at_low: set[str] = set()
+    while True:
+        page = cast(
+            list[tuple[str, float]],
+            store.client.zrangebyscore(
+                store.index_key(status), low, high, 0, PAGE + len(at_low), withscores=True
+            ),
+        )
+        fresh = [(i, score) for i, score in page if not (score == low and i in at_low)]
+        if not fresh:
+            return
+        yield from _read(store, [i for i, _ in fresh])
+        if len(page) < PAGE + len(at_low):
+            return  # the rest of the range was in this page
+        top = fresh[-1][1]
+        at_low = {i for i, score in page if score == top} | (at_low if top == low else set())
+        low = top
+
+
+def _read(store: RecordStore, ids: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The rows of ``ids``, one pipelined round trip; ids gone meanwhile are left out."""
+    pipe = store.client.pipeline(transaction=False)
+    for record_id in ids:
+        pipe.hmget(keys.record(store.prefix, record_id), _FIELDS)
+    for record_id, values in zip(ids, cast(list[list[str | None]], pipe.execute()), strict=True):
+        if values[0] is not None:  # gone (retention) since the index was read
+            yield record_id, _row(dict(zip(_FIELDS, values, strict=True)))
+
+
+def _ms(iso_time: str) -> int:
+    return to_ms(datetime.fromisoformat(iso_time)) if iso_time else 0
 
 
 def _row(data: dict[str, str | None]) -> dict[str, str]:

@@ -221,7 +221,11 @@ TOKENS = {
     "read": "rd_0123456789abcdef0123",
     "enqueue": "en_0123456789abcdef0123",
 }
-TOKEN_SPEC = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
+# The enqueue token is named (who asked, on the records it creates); the others take the
+# default name <role>-<position>.
+TOKEN_SPEC = ",".join(
+    f"{'billing-svc=' if role == 'enqueue' else ''}{role}:{token}" for role, token in TOKENS.items()
+)
 
 
 @dataclass

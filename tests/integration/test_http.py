@@ -213,6 +213,68 @@ class TestCancellations:
         assert api.json("POST", "/api/v1/replays", {"status": "queued"})[0] == 422
 
 
+class TestFinance:
+    def test_who_asked_is_the_tokens_name_and_the_reason_is_kept(self, api: Server) -> None:
+        """requested_by is the name of the token used (not something a body may claim); the
+        original event and the reason are stored as sent."""
+        event = {
+            "payload": {"stripe_customer_id": "cus_1", "value": "4"},
+            "timestamp": int(datetime.now(UTC).timestamp()),
+        }
+        body = {
+            "event_name": "ev",
+            "identifier": "fin_1",
+            "reason": "test traffic",
+            "original_event": event,
+        }
+        status, record = api.json("POST", "/api/v1/cancellations", body, role="enqueue")
+        assert status == 202, record
+        assert record["requested_by"] == "billing-svc" and record["reason"] == "test traffic"
+        assert record["original_event"]["payload"] == event["payload"]
+        claimed = {**body, "identifier": "fin_2", "requested_by": "someone-else"}
+        status, answer = api.json("POST", "/api/v1/cancellations", claimed, role="enqueue")
+        assert status == 422 and "requested_by" in answer["error"]["message"]
+        batch = {"items": [{"event_name": "ev", "identifier": "fin_3"}]}
+        status, answer = api.json("POST", "/api/v1/cancellations/batch", batch, role="operate")
+        assert status == 202 or status == 200, answer
+        status, got = api.json(
+            "GET", f"/api/v1/cancellations/{answer['results'][0]['id']}", role="read"
+        )
+        assert got["requested_by"].startswith("operate-")  # its default name
+
+    def test_compensations_need_operate_and_are_a_dry_run_by_default(self, api: Server) -> None:
+        """A read token may not compensate; operate gets the plan, and nothing changes."""
+        status, _ = api.json("POST", "/api/v1/compensations", {}, role="read")
+        assert status == 403
+        status, plan = api.json("POST", "/api/v1/compensations", {"limit": 10}, role="operate")
+        assert status == 200 and plan["dry_run"] is True and plan["begun"] == 0
+        status, _ = api.json("POST", "/api/v1/compensations", {"status": "failed"})
+        assert status == 422
+
+    def test_the_export_streams_every_record(self, api: Server) -> None:
+        """GET /api/v1/exports streams CSV (a header first) or JSONL to a read token; an
+        enqueue token may not read it; an unknown format is a 422."""
+        for i in range(3):
+            api.json(
+                "POST",
+                "/api/v1/cancellations",
+                {"event_name": "ev", "identifier": f"exp_{i}", "reason": f"r{i}"},
+                role="enqueue",
+            )
+        status, headers, body = api.request("GET", "/api/v1/exports?format=csv", role="read")
+        assert status == 200 and headers["content-type"].startswith("text/csv")
+        lines = body.decode().splitlines()
+        assert lines[0].startswith("id,api,event_name,identifier")
+        assert sum(1 for line in lines if ",exp_" in line) == 3
+        status, headers, body = api.request(
+            "GET", "/api/v1/exports?format=jsonl&status=queued", role="read"
+        )
+        rows = [json.loads(line) for line in body.decode().splitlines()]
+        assert status == 200 and {r["status"] for r in rows} <= {"queued"}
+        assert api.request("GET", "/api/v1/exports", role="enqueue")[0] == 403
+        assert api.request("GET", "/api/v1/exports?format=xls", role="read")[0] == 422
+
+
 class TestAuthentication:
     @pytest.mark.parametrize(
         ("method", "path", "role", "status"),
@@ -287,6 +349,8 @@ class TestDocument:
             ("/api/v1/cancellations/batch", "POST"),
             ("/api/v1/cancellations/{id}", "GET"),
             ("/api/v1/replays", "POST"),
+            ("/api/v1/compensations", "POST"),
+            ("/api/v1/exports", "GET"),
             ("/healthz", "GET"),
             ("/metrics", "GET"),
         }
