@@ -439,3 +439,41 @@ class TestConsoleForms:
         status, done = post(confirm="1", force="1")
         assert status == 200 and "1</strong> record(s) replayed" in done
         assert producer.get(record.id).replays == 1
+
+    def test_compensation_is_previewed_then_confirmed_and_the_export_downloads(
+        self, api: Server, producer: Producer, sandbox: SandboxServer, settle: Any
+    ) -> None:
+        """An expired record with its original event: the record page offers a preview; the
+        preview shows the customer's total; the confirmation queues the compensation, which
+        the worker sends (compensated). The records page's CSV download holds the record."""
+        from adjustments.models import CancelRequest, OriginalEvent
+
+        sandbox.logic.meters.define({"event_name": "usage_sum"})
+        now = datetime.now(UTC)
+        event = OriginalEvent({"stripe_customer_id": "cus_C", "value": "9"}, now)
+        old = CancelRequest("v1", "usage_sum", "cmp_1", None, now - timedelta(hours=25), event)
+        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+        assert settle(record.id).status.value == "expired"
+        cookie = self.login(api, "operate")
+        page = api.request("GET", f"/console/records/{record.id}", role=None,
+                           headers={"Cookie": cookie})[2].decode()  # fmt: skip
+        assert 'id="compensate-one"' in page
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+
+        def post(**fields: str) -> tuple[int, str]:
+            status, _, body = api.request(
+                "POST", "/console/compensate", role=None,
+                raw=urllib.parse.urlencode({"csrf": csrf, "ids": record.id, **fields}).encode(),
+                headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            return status, body.decode()
+
+        status, preview = post()
+        assert status == 200 and "<td>cus_C</td>" in preview and "<td>-9</td>" in preview
+        assert producer.get(record.id).status.value == "expired"  # a preview changes nothing
+        status, done = post(confirm="1")
+        assert status == 200 and "1</strong> record(s) queued for compensation" in done
+        assert settle(record.id).status.value == "compensated"
+        _, headers, csv_body = api.request("GET", "/console/export?status=compensated",
+                                           role=None, headers={"Cookie": cookie})  # fmt: skip
+        assert headers["content-type"].startswith("text/csv") and record.id in csv_body.decode()

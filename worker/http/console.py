@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
+from ..export import ExportFilter, encode
 from ..models import Status, parse_iso
 from ..producer import Producer
 from ..replay import ReplayFilter
@@ -410,6 +411,45 @@ class Console:
             force_missing=unconfirmed,
         )
 
+    async def compensate(self, request: Request) -> Response:
+        """The compensation plan (a dry run) unless the form says confirm=1."""
+        form: dict[str, str] = request.state.form
+        fields = {
+            k: v for k, v in form.items() if k in ("ids", "event_name", "since", "until") and v
+        }
+        body: dict[str, Any] = {**fields, "status": "expired"}
+        if "ids" in body:
+            body["ids"] = [i for i in body["ids"].split() if i]
+        flt = replay_filter(body)
+        confirmed = form.get("confirm") == "1"
+        report = await run_in_threadpool(
+            lambda: self.producer.compensate(flt, dry_run=not confirmed)
+        )
+        return await self.render(
+            request, "compensate.html", report=report.to_dict(), fields=fields, confirmed=confirmed
+        )
+
+    async def export(self, request: Request) -> Response:
+        """The finance export as a CSV download, with the records page's filters."""
+        query = dict(request.query_params)
+        flt = ExportFilter(
+            statuses=[Status.parse(query["status"])] if query.get("status") else tuple(Status),
+            event_name=query.get("event_name") or None,
+        )
+        chunks = encode(self.producer.export(flt), "csv")
+        first = await run_in_threadpool(next, chunks, "")
+
+        async def body() -> AsyncIterator[str]:
+            yield first
+            async for chunk in iterate_in_threadpool(chunks):
+                yield chunk
+
+        return StreamingResponse(
+            body(),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": 'attachment; filename="adjustments-export.csv"'},
+        )
+
     def _selected(self, flt: ReplayFilter) -> list[Any]:
         return [self.producer.get(i) for i in flt.ids] if flt.ids else []
 
@@ -461,4 +501,6 @@ def routes(producer: Producer, auth: Auth) -> list[Route]:
         Route("/console/records", c.page("read", c.records)),
         Route("/console/records/{record_id}", c.page("read", c.record)),
         Route("/console/replay", c.page("operate", c.replay, post=True), methods=["POST"]),
+        Route("/console/compensate", c.page("operate", c.compensate, post=True), methods=["POST"]),
+        Route("/console/export", c.page("read", c.export)),
     ]
