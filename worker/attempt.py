@@ -72,9 +72,12 @@ def run_attempt(
     when the slot comes, so one that became urgent meanwhile goes first. ``wait`` returning
     False (the worker is stopping) ends the wait: the message goes back to the queue.
     """
-    if not store.has_ready(clock()):
+    ready_in = store.ready_in(clock())
+    if ready_in is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
+    if ready_in > 0 and not wait(ready_in):  # a retry's message, a moment early
+        return AttemptResult("shutting_down", None, requeue=True)
     if limiter is not None and limiter.enabled:
         ready = _wait_for_slot(record_id, limiter, slot, wait)
         if not ready:
@@ -85,9 +88,7 @@ def run_attempt(
         return AttemptResult("nothing_ready", None)
 
     record = claim.record
-    if record.attempts == 1 and record.replays == 0:  # this request's first Stripe call
-        waited = clock() - record.created_at
-        metrics.FIRST_CALL_SECONDS.observe(max(0.0, waited.total_seconds()))
+    _observe_first_call(record, clock())
     started = time.perf_counter()
     answer = send(record)
     duration_ms = (time.perf_counter() - started) * 1000
@@ -146,6 +147,12 @@ def run_attempt(
     if decision.status is Status.EXPIRED and on_expired is not None:
         on_expired(record.id)
     return AttemptResult(decision.reason, decision.status, decision.retry_in_s)
+
+
+def _observe_first_call(record: Record, now: datetime) -> None:
+    if record.attempts == 1 and record.replays == 0:  # this request's first Stripe call
+        waited = now - record.created_at
+        metrics.FIRST_CALL_SECONDS.observe(max(0.0, waited.total_seconds()))
 
 
 def _observe(

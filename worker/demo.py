@@ -2,9 +2,12 @@
 
 Embedded Redis (in a fresh temporary directory), the sandbox with faults switched on, one
 worker process, COUNT cancellations across v1 and v2. Some are planted to fail (a scripted 400)
-or to expire (received 24 h minus a few seconds ago, and answered 500 until the window
-closes); every other one must end ``pending``, executed exactly once. A cancellation for an
-event received 25 h ago is refused at enqueue, and the demo shows that too.
+or to miss their window (received 24 h minus a few seconds ago, and answered 500 until the
+window closes); every other one must end ``pending``, executed exactly once. The worker runs
+with ADJUSTMENTS_COMPENSATE=expired and the missed ones carry their original event, so they
+end ``compensated``: a negative meter event each on the sandbox's sum meter, and every
+customer's usage is back to what it should be. A cancellation for an event received 25 h ago
+is refused at enqueue, and the demo shows that too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import click
 
@@ -34,11 +39,18 @@ DAY_AND_HOUR = timedelta(hours=25)
 TIMEOUT_S = 1.0
 
 
+EVENT_NAME = "api_requests"
+CUSTOMERS = ("cus_demo_a", "cus_demo_b", "cus_demo_c")
+RIGHT_USAGE = 100  # each customer's usage that should be billed
+EXPIRED_GRACE_S = 20.0  # for the last expired records to be compensated
+
+
 def _plan(i: int) -> Status:
     if i % 50 in (7, 8):
         return Status.FAILED  # the sandbox answers 400: permanent
     if i % 50 in (13, 14):
-        return Status.EXPIRED  # the window closes while the sandbox answers 500
+        # The window closes while the sandbox answers 500: expired, then compensated.
+        return Status.COMPENSATED
     return Status.PENDING
 
 
@@ -61,6 +73,7 @@ def _worker_env(redis_url: str, sandbox_url: str, data_dir: Path) -> dict[str, s
         # quick climb back after the injected 429s cut it (they are faults, not overload).
         ADJUSTMENTS_RATE_LIMIT="400",
         ADJUSTMENTS_RATE_RECOVERY_PER_S="400",
+        ADJUSTMENTS_COMPENSATE="expired",
     )
     return env
 
@@ -109,25 +122,40 @@ def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -
     now = datetime.now(UTC)
     run = now.strftime("%H%M%S")
     plan: dict[str, Status] = {}
+    meter = sandbox.logic.meters.define({"event_name": EVENT_NAME})
+    stamp = int(now.timestamp()) - 600
+    for n, customer in enumerate(CUSTOMERS):  # the usage that is right, already recorded
+        _usage(sandbox, customer, str(RIGHT_USAGE), stamp, f"demo_{run}_right_{n}")
     with Producer(url, settings=settings) as producer:
         for i in range(count):
             identifier = f"demo_{run}_{i:05d}"
             expected = _plan(i)
             received = None
+            original = None
             if expected is Status.FAILED:
                 sandbox.logic.script(identifier, ["400"])
-            elif expected is Status.EXPIRED:
+            elif expected is Status.COMPENSATED:
                 sandbox.logic.script(identifier, ["500"] * 100)
                 received = now - timedelta(hours=24) + timedelta(seconds=EXPIRES_IN_S)
+                # The wrong usage this cancellation was meant to undo, billed meanwhile.
+                payload = {"stripe_customer_id": CUSTOMERS[i % 3], "value": str(i % 4 + 1)}
+                _usage(sandbox, payload["stripe_customer_id"], payload["value"], stamp, identifier)
+                original = {"payload": payload, "timestamp": stamp}
             record = producer.cancel(
-                "api_requests", identifier, api="v1" if i % 2 else "v2", event_received_at=received
+                EVENT_NAME,
+                identifier,
+                api="v1" if i % 2 else "v2",
+                event_received_at=received,
+                original_event=original,
+                reason="demo: a duplicate send",
             )
             plan[record.id] = expected
+        billed = {c: sandbox.logic.meters.usage(meter.id, c) for c in CUSTOMERS}
         click.echo(
             f"enqueued {count} cancellations in {(datetime.now(UTC) - now).total_seconds():.2f} s"
         )
         try:
-            producer.cancel("api_requests", "demo_too_late", event_received_at=now - DAY_AND_HOUR)
+            producer.cancel(EVENT_NAME, "demo_too_late", event_received_at=now - DAY_AND_HOUR)
         except InvalidInput as exc:
             click.echo(f"refused one received 25 h ago, as it should be: {exc}")
         else:
@@ -135,15 +163,54 @@ def _drive(url: str, sandbox: SandboxServer, *, count: int, deadline_s: float) -
             return 1
         done = 0
         stop_at = time.monotonic() + deadline_s
+        # An expired record with its original event moves on to compensated: the bar counts
+        # it once it got there (or, should it stay expired, once the others have settled).
+        expired_since: float | None = None
         with click.progressbar(length=count, label="cancelling", file=sys.stderr) as bar:
             while done < count and time.monotonic() < stop_at:
                 counts = producer.counts()
                 terminal = sum(counts[s.value] for s in TERMINAL)
-                bar.update(terminal - done)
-                done = terminal
+                settled = terminal - counts[Status.EXPIRED.value]
+                if terminal == count:
+                    expired_since = expired_since or time.monotonic()
+                    if time.monotonic() - expired_since > EXPIRED_GRACE_S:
+                        settled = terminal
+                bar.update(settled - done)
+                done = settled
                 time.sleep(0.2)
         records = [producer.get(record_id) for record_id in plan]
-    return _report(records, plan, sandbox)
+    code = _report(records, plan, sandbox)
+    return code or _usage_report(sandbox, meter.id, billed)
+
+
+def _usage(sandbox: SandboxServer, customer: str, value: str, stamp: int, ident: str) -> None:
+    """A meter event as the billing service sent it, straight into the sandbox's meter."""
+    body = urlencode(
+        {
+            "event_name": EVENT_NAME,
+            "payload[stripe_customer_id]": customer,
+            "payload[value]": value,
+            "timestamp": stamp,
+            "identifier": ident,
+        }
+    )
+    sandbox.logic.meters.record("v1", body.encode(), "")
+
+
+def _usage_report(sandbox: SandboxServer, meter_id: str, billed: dict[str, Decimal]) -> int:
+    """Each customer's usage before the compensations and after: back to what is right."""
+    click.echo("")
+    click.echo(f"{'customer':<13}{'billed':>8}{'now':>8}{'right':>8}")
+    wrong = 0
+    for customer in CUSTOMERS:
+        after = sandbox.logic.meters.usage(meter_id, customer)
+        wrong += after != RIGHT_USAGE
+        click.echo(f"{customer:<13}{billed[customer]:>8}{after:>8}{RIGHT_USAGE:>8}")
+    if wrong:
+        click.echo(f"FAILED: {wrong} customer(s) still billed for usage that was cancelled")
+        return 1
+    click.echo("OK: every missed window was compensated; each customer's usage is right again")
+    return 0
 
 
 def _report(records: list, plan: dict[str, Status], sandbox: SandboxServer) -> int:  # type: ignore[type-arg]

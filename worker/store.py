@@ -429,7 +429,7 @@ class RecordStore:
                     lease_until,
                     token,
                     iso(now),
-                    EARLY_RETRY_TOLERANCE_MS,
+                    0,  # a retry is taken when it is due, not before (see ready_in)
                     self.order,
                     hint,
                     HINT_TOLERANCE_MS,
@@ -452,12 +452,30 @@ class RecordStore:
         return cast(list[str], self.client.zrange(keys.ready(self.prefix), 0, count - 1))
 
     def has_ready(self, now: datetime) -> bool:
-        """Whether a record is ready to send (or a retry due): one round trip, no claim."""
+        """Whether a record is ready to send, or a retry is due within the tolerance."""
+        return self.ready_in(now) is not None
+
+    def ready_in(self, now: datetime) -> float | None:
+        """Seconds until a record is ready to send: 0 when one is (or a retry is due), the
+        wait for the first retry when it is due within EARLY_RETRY_TOLERANCE_MS (a message
+        with a countdown may come a moment early: it waits rather than finding nothing),
+        None when nothing is. One round trip, no claim."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(keys.ready(self.prefix))
-        pipe.zcount(self.index_key(Status.RETRYING), "-inf", to_ms(now) + EARLY_RETRY_TOLERANCE_MS)
-        ready, due = cast(list[int], pipe.execute())
-        return bool(ready or due)
+        pipe.zrangebyscore(
+            self.index_key(Status.RETRYING),
+            "-inf",
+            to_ms(now) + EARLY_RETRY_TOLERANCE_MS,
+            0,
+            1,
+            withscores=True,
+        )
+        ready, due = cast(tuple[int, list[tuple[str, float]]], pipe.execute())
+        if ready:
+            return 0.0
+        if not due:
+            return None
+        return max(0.0, (due[0][1] - to_ms(now)) / 1000)
 
     def make_ready(self, record_ids: Sequence[str], now: datetime) -> None:
         """Put live records back among the ready (reconciliation, after a worker died), each

@@ -52,6 +52,23 @@ class TestDeadlineFirst:
         store.create(CancelRequest("v2", "ev", "g", None, received(80_000)), now=T0)
         assert take(store, T0 + timedelta(seconds=11)) == "u"  # due: ahead of g
 
+    def test_a_retry_is_never_taken_before_its_time(self, store: RecordStore) -> None:
+        """Backoff holds to the millisecond: a retry half a second away is not claimed, even
+        within the second a message may come early; a message that early waits for it."""
+        record = store.create(CancelRequest("v2", "ev", "r", None, received(300)), now=T0)[0]
+        claim = store.claim_next(now=T0, lease_s=30)
+        assert claim.record is not None
+        lifecycle.finish(
+            store, claim.record, Status.RETRYING, token=claim.token, now=T0,
+            retry_at=T0 + timedelta(milliseconds=500),
+        )  # fmt: skip
+        early = T0 + timedelta(milliseconds=100)
+        assert store.claim_next(now=early, lease_s=30).kind == "empty"
+        assert store.ready_in(early) == pytest.approx(0.4)
+        assert store.ready_in(T0 + timedelta(seconds=5)) == 0.0
+        due = store.claim_next(now=T0 + timedelta(milliseconds=500), lease_s=30)
+        assert due.record is not None and due.record.id == record.id
+
     def test_a_closed_window_is_handed_back_not_claimed(self, store: RecordStore) -> None:
         """A record whose window closed while it waited is handed back to be expired, and
         the next claim takes the next record."""
