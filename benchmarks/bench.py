@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 
 import stripe
 
+from adjustments import keys
 from adjustments.config import Settings
 from adjustments.models import Status
 from adjustments.producer import Producer
@@ -323,6 +325,53 @@ def bulk_enqueue(services: Services, n: int) -> list[Row]:
             bulk_rate >= 10_000,
         )
     ]
+
+
+def finance_export(services: Services, n: int) -> list[Row]:
+    """`adjustments export` of n records (each with a reason, who asked and its original
+    event) to a CSV file, in its own process: rows/s next to a raw pipelined HGETALL of the
+    same records (the floor: reading them), and its peak RSS next to an empty export's."""
+    env = services.env(ADJUSTMENTS_KEY_PREFIX="fin", ADJUSTMENTS_QUEUE="bench-fin")
+    event = {"payload": {"stripe_customer_id": "cus_1", "value": "3"}, "timestamp": time.time()}
+    out = services.workdir / "export.csv"
+
+    def export_run() -> tuple[float, float]:
+        argv = [sys.executable, "-m", "adjustments.cli", "export", "-o", str(out)]
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+    _, empty_rss = export_run()
+    with producer(services, ADJUSTMENTS_KEY_PREFIX="fin", ADJUSTMENTS_QUEUE="bench-fin") as p:
+        for start in range(0, n, 50_000):
+            items = [
+                {"event_name": "ev", "identifier": f"fin_{i}", "reason": f"duplicate {i}",
+                 "requested_by": "bench", "original_event": event}
+                for i in range(start, min(n, start + 50_000))
+            ]  # fmt: skip
+            p.cancel_many(items)
+        client = p._client
+        ids = [str(i) for i in client.zrange(keys.index("fin", Status.QUEUED), 0, -1)]
+        t0 = time.perf_counter()
+        for first in range(0, len(ids), 2000):
+            pipe = client.pipeline(transaction=False)
+            for record_id in ids[first : first + 2000]:
+                pipe.hgetall(keys.record("fin", record_id))
+            pipe.execute()
+        raw_rate = len(ids) / (time.perf_counter() - t0)
+        client.delete("bench-fin")
+    seconds, rss = export_run()
+    lines = sum(1 for _ in out.open(encoding="utf-8")) - 1
+    assert lines == n, (lines, n)
+    rate = n / seconds
+    return [
+        Row("finance export", f"adjustments export, {n:,} rows", rate, "rows/s", raw_rate,
+            ">= 20,000/s", rate >= 20_000),
+        Row("finance export", f"peak RSS, {n:,} rows", rss, "MB", empty_rss,
+            "<= 150 MB at 1,000,000", rss <= 150),
+    ]  # fmt: skip
 
 
 def _rate_from_timeline(rows: list[dict[str, Any]], *, ok_only: bool = True) -> float:
@@ -638,11 +687,13 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
     try:
         if scale:  # `make bench-scale`: the backlog scenario alone, a million records deep
             rows += backlog(services, 1_000_000, 60)
+            rows += finance_export(services, 1_000_000)
             return _report(rows, quick)
         rows += single_enqueue(services, 300 if quick else 3000)
         rows += http_enqueue(services, 100 if quick else 2000, 1 if quick else 10)
         rows += durability_cost(services, 30 if quick else 400)
         rows += bulk_enqueue(services, 2000 if quick else 30_000)
+        rows += finance_export(services, 2000 if quick else 200_000)
         e2e, measured = end_to_end(services, 150 if quick else 4000, 10 if quick else 300)
         rows += e2e
         rows += worker_cpu(services, measured["cpu_ms"], 100 if quick else 1000)

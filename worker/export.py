@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,11 +21,12 @@ from typing import Any, cast
 from . import keys
 from .bulk import batched
 from .errors import InvalidInput
-from .models import ErrorInfo, Status, to_ms
+from .models import ErrorInfo, Status, iso, to_ms
 from .store import RecordStore
 
 FORMATS = ("csv", "jsonl")
 PAGE = 2000
+ANCHORS = 8  # entries tried as the next page's anchor before re-reading a tie
 COLUMNS = (
     "id",
     "api",
@@ -87,58 +89,106 @@ class ExportFilter:
 
 def rows(store: RecordStore, flt: ExportFilter) -> Iterator[dict[str, str]]:
     """Every selected record as a flat row of COLUMNS, each once, as of the export's start.
-    Status by status, oldest change first. A record that changed after the start and was
-    not given yet is read again at the end, once, as it stands then; one created after the
-    start is left for the next export. To give none twice, the ids given in a status a
-    record can still leave (queued, retrying, failed, expired, ...) are remembered; the
-    settled ones (most of a large export) are not, so memory stays flat."""
-    started = to_ms(datetime.now(UTC))
-    changed: dict[str, None] = {}  # ids that changed since the start: read again at the end
-    # Ids given in a status they may still leave, as their 64-bit hashes (a third of the
-    # memory of the ids; a collision among a million is a 1 in 10^7 chance).
-    given: set[int] = set()
+
+    Status by status, oldest change first. A record that changes after the start (every
+    change sets ``updated_at`` and re-scores it in its new status's index) is not given by
+    the scan but read again at the end, once, as it stands then, unless the scan gave it
+    before it changed; a record created after the start is left for the next export. To
+    tell, the ids given in a status a record can still leave (queued, retrying, failed,
+    expired, ...) are kept as 64-bit hashes in an array (8 MB a million); the settled ones
+    (pending, complete, compensated: most of a large export) are not."""
+    started = iso(datetime.now(UTC))  # ISO 8601 in UTC with a Z: compared as text
+    changed: dict[str, None] = {}
+    # 8 bytes an id (a collision among a million: a 1 in 10^7 chance), looked through once.
+    given = array("q")
     for status in flt.statuses:
         for record_id, row in _scan(store, status, flt):
-            if _ms(row["created_at"]) > started:
+            if row["created_at"] > started:
                 continue
-            if row["status"] != status.value or _ms(row["updated_at"]) > started:
-                if hash(record_id) not in given:
-                    changed[record_id] = None
+            if row["status"] != status.value or row["updated_at"] > started:
+                changed[record_id] = None
                 continue
             if status not in SETTLED:
-                given.add(hash(record_id))
+                given.append(hash(record_id))
             if flt.keeps(row):
                 yield row
-    for chunk in batched([i for i in changed if hash(i) not in given], PAGE):
+    # Every record that changed since the start sits in some index with a score at or after
+    # it (the time it got there; for processing, its lease's end): those the scan missed
+    # (moved into an index it had passed) are found here.
+    since_start = to_ms(parse_time_z(started))
+    for status in Status:
+        for record_id in _ids_from(store, status, since_start):
+            changed[record_id] = None
+    wanted = {hash(i) for i in changed}
+    seen = {h for h in given if h in wanted} if wanted else set()
+    late = [i for i in changed if hash(i) not in seen]
+    low = iso(flt.since) if flt.since else ""
+    high = iso(flt.until) if flt.until else "~"
+    for chunk in batched(late, PAGE):
         for _, row in _read(store, list(chunk)):
-            if flt.keeps(row) and Status(row["status"]) in flt.statuses:
+            if (
+                row["created_at"] <= started
+                and Status(row["status"]) in flt.statuses
+                and low <= row["updated_at"] <= high
+                and flt.keeps(row)
+            ):
                 yield row
+
+
+def parse_time_z(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _ids_from(store: RecordStore, status: Status, low_ms: int) -> Iterator[str]:
+    key = store.index_key(status)
+    offset = 0
+    while True:
+        ids = cast(list[str], store.client.zrangebyscore(key, low_ms, "+inf", offset, PAGE))
+        yield from ids
+        if len(ids) < PAGE:
+            return
+        offset += len(ids)
 
 
 def _scan(
     store: RecordStore, status: Status, flt: ExportFilter
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    """One status index in score order, paged by score (not offset: entries leaving the
-    index while it is read must not make others skipped)."""
-    low: float | str = to_ms(flt.since) if flt.since else "-inf"
-    high = to_ms(flt.until) if flt.until else "+inf"
-    at_low: set[str] = set()
+    """One status index in score order. Paged by rank from the last entry read (looked up
+    again each page), not by offset or score: entries leaving the index while it is read
+    must not make others skipped, and a cancel_many writes thousands with one score."""
+    key = store.index_key(status)
+    low = to_ms(flt.since) if flt.since else None
+    high = to_ms(flt.until) if flt.until else None
+    client = store.client
+    start = int(client.zcount(key, "-inf", f"({low}")) if low is not None else 0
+    tie: set[str] = set()  # ids read at the last page's top score (a restart skips them)
     while True:
         page = cast(
-            list[tuple[str, float]],
-            store.client.zrangebyscore(
-                store.index_key(status), low, high, 0, PAGE + len(at_low), withscores=True
-            ),
+            list[tuple[str, float]], client.zrange(key, start, start + PAGE - 1, withscores=True)
         )
-        fresh = [(i, score) for i, score in page if not (score == low and i in at_low)]
-        if not fresh:
+        inside = [(i, sc) for i, sc in page if (high is None or sc <= high) and i not in tie]
+        yield from _read(store, [i for i, _ in inside])
+        if len(page) < PAGE or (high is not None and page[-1][1] > high):
             return
-        yield from _read(store, [i for i, _ in fresh])
-        if len(page) < PAGE + len(at_low):
-            return  # the rest of the range was in this page
-        top = fresh[-1][1]
-        at_low = {i for i, score in page if score == top} | (at_low if top == low else set())
-        low = top
+        top = page[-1][1]
+        tie = {i for i, sc in page if sc == top} | (tie if page[0][1] == top else set())
+        start = _after(store, key, page, top)
+
+
+def _after(store: RecordStore, key: str, page: list[tuple[str, float]], top: float) -> int:
+    """The rank after the last entry of ``page`` still in the index with its score; if none
+    of the last few is, the rank where ``top``'s entries begin (``tie`` skips repeats)."""
+    pipe = store.client.pipeline(transaction=False)
+    tail = page[-ANCHORS:][::-1]
+    for record_id, _ in tail:
+        pipe.zrank(key, record_id)
+        pipe.zscore(key, record_id)
+    answers = pipe.execute()
+    for n, (_, score) in enumerate(tail):
+        rank, now_score = answers[2 * n], answers[2 * n + 1]
+        if rank is not None and now_score == score:
+            return int(rank) + 1
+    return int(store.client.zcount(key, "-inf", f"({top}"))
 
 
 def _read(store: RecordStore, ids: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
@@ -149,10 +199,6 @@ def _read(store: RecordStore, ids: list[str]) -> Iterator[tuple[str, dict[str, s
     for record_id, values in zip(ids, cast(list[list[str | None]], pipe.execute()), strict=True):
         if values[0] is not None:  # gone (retention) since the index was read
             yield record_id, _row(dict(zip(_FIELDS, values, strict=True)))
-
-
-def _ms(iso_time: str) -> int:
-    return to_ms(datetime.fromisoformat(iso_time)) if iso_time else 0
 
 
 def _row(data: dict[str, str | None]) -> dict[str, str]:
@@ -189,12 +235,12 @@ def encode(records: Iterator[dict[str, str]], fmt: str) -> Iterator[str]:
     if fmt not in FORMATS:
         raise InvalidInput(f"format must be csv or jsonl, got {fmt!r}")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv":
-        writer.writeheader()
+        writer.writerow(COLUMNS)
     for count, row in enumerate(records, start=1):
         if fmt == "csv":
-            writer.writerow(_safe_cells(row))
+            writer.writerow([_safe(row[c]) for c in COLUMNS])
         else:
             buffer.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
         if count % 1000 == 0:
@@ -206,16 +252,20 @@ def encode(records: Iterator[dict[str, str]], fmt: str) -> Iterator[str]:
         yield tail
 
 
-def _safe_cells(row: dict[str, str]) -> dict[str, str]:
-    """Cells a spreadsheet would run as a formula (=, +, -, @ first) get a leading quote:
+_FORMULA = frozenset("=+-@\t\r")
+
+
+def _safe(value: str) -> str:
+    """A cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading quote:
     a reason typed by anyone must not become code on a finance laptop (CSV injection). A
     negative number stays a number."""
-    safe = {}
-    for name, value in row.items():
-        if value[:1] in ("=", "+", "-", "@", "\t", "\r") and not _number(value):
-            value = "'" + value
-        safe[name] = value
-    return safe
+    if value[:1] in _FORMULA and not _number(value):
+        return "'" + value
+    return value
+
+
+def _safe_cells(row: dict[str, str]) -> dict[str, str]:
+    return {name: _safe(value) for name, value in row.items()}
 
 
 def _number(value: str) -> bool:

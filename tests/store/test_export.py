@@ -70,3 +70,48 @@ def test_encodings(store: RecordStore) -> None:
     cells = export._safe_cells({"a": "=1+1", "b": "-5", "c": "@x", "d": "ok"})
     assert cells == {"a": "'=1+1", "b": "-5", "c": "'@x", "d": "ok"}
     assert "".join(encode(iter([]), "csv")).startswith("id,api,")
+
+
+def test_a_record_moved_into_an_index_already_read_is_found_at_the_end(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed record replayed (back to queued) after the queued index was read and before
+    the failed one is: the final sweep of every index from the start on finds it, once."""
+    from adjustments import lifecycle
+
+    monkeypatch.setattr(export, "PAGE", 100)
+    fill(store, 250)
+    failed = store.create(CancelRequest("v1", "ev", "bad"), now=NOW)[0]
+    claim = store.claim(failed.id, now=NOW, lease_s=30)
+    lifecycle.finish(store, failed, Status.FAILED, token=claim.token, now=NOW)
+    stream = rows(store, ExportFilter(statuses=[Status.QUEUED, Status.FAILED]))
+    first = [next(stream) for _ in range(250)]  # the queued index, all of it
+    moved = store.get(failed.id)
+    assert lifecycle.requeue_for_replay(store, moved, now=datetime.now(UTC))
+    rest = list(stream)
+    assert [r["id"] for r in rest] == [failed.id] and rest[0]["status"] == "queued"
+    assert len({r["id"] for r in first}) == 250
+
+
+def test_ties_of_one_score_page_in_linear_time(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel_many writes thousands of records with one score: paging by rank reads each
+    once, and a record leaving the index mid-tie neither skips nor repeats another."""
+    monkeypatch.setattr(export, "PAGE", 100)
+    ids = fill(store, 1000)
+    calls: list[int] = []
+    original = store.client.zrange
+
+    def counted(*args: object, **kw: object) -> object:
+        calls.append(1)
+        return original(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.client, "zrange", counted)
+    stream = rows(store, ExportFilter(statuses=[Status.QUEUED]))
+    first = [next(stream)["id"] for _ in range(150)]
+    for _ in range(30):  # leave the tie (deadline order: the earliest ones, read already)
+        store.claim_next(now=datetime.now(UTC), lease_s=30)
+    seen = first + [r["id"] for r in stream]
+    assert sorted(seen) == sorted(ids)
+    assert len(calls) <= 12
