@@ -141,7 +141,11 @@ def _csv_rows(stream: IO[str]) -> Iterator[tuple[int, Row | str]]:
             f"the CSV header has no {' or '.join(absent)} column (it reads {shown!r}): "
             + CSV_HEADER_HINT
         )
-    header_unknown = sorted(set(fieldnames) - set(FIELDS))
+    header_unknown = sorted(
+        f
+        for f in set(fieldnames) - set(FIELDS)
+        if not f.startswith("payload.") and f != "timestamp"
+    )
     try:
         for raw in reader:
             line = reader.line_num

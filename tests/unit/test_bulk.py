@@ -11,6 +11,22 @@ from adjustments.errors import InvalidInput
 
 
 class TestReadRows:
+    def test_csv_payload_and_timestamp_columns_make_the_original_event(self) -> None:
+        """payload.<key> and timestamp columns become the row's original_event (epoch
+        seconds as a number); a row with them empty has none; reason is a plain column."""
+        text = (
+            "event_name,identifier,reason,payload.stripe_customer_id,payload.value,timestamp\n"
+            "ev,a,dup,cus_1,5,1763719200\n"
+            "ev,b,,,,\n"
+        )
+        rows = list(read_rows(io.StringIO(text), "csv"))
+        assert rows == [
+            (2, {"event_name": "ev", "identifier": "a", "reason": "dup",
+                 "original_event": {"payload": {"stripe_customer_id": "cus_1", "value": "5"},
+                                    "timestamp": 1763719200.0}}),
+            (3, {"event_name": "ev", "identifier": "b"}),
+        ]  # fmt: skip
+
     def test_jsonl_good_and_bad_lines(self) -> None:
         """JSONL: good lines become rows, each bad one a reason at its line number."""
         text = (
