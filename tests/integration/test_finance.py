@@ -19,6 +19,7 @@ from typing import cast
 
 import pytest
 import redis
+import stripe
 
 from adjustments.config import Settings
 from adjustments.errors import RecordNotFound
@@ -26,7 +27,7 @@ from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
 
-from .conftest import run_cli, wait_until
+from .conftest import SECRET, run_cli, wait_until
 
 EXPORT_RECORDS = 20_000
 EXPORT_RSS_LIMIT_KB = 150 * 1024  # the bound for a million records; flat, so it holds here
@@ -86,6 +87,12 @@ def test_the_dry_run_plan_equals_what_is_then_sent(
     rows = cast(list[dict[str, str]], plan["by_customer"])
     planned = {row["customer"]: Decimal(row["total_value"]) for row in rows}
     assert planned == dict(sent)
+    # The customer's summed usage, as Stripe's event summaries give it (through the SDK).
+    client = stripe.StripeClient(SECRET, base_addresses={"api": sandbox.url})
+    summary = client.v1.billing.meters.event_summaries.list(
+        meter.id, params={"customer": "cus_0", "start_time": ts - 60, "end_time": ts + 60}
+    )
+    assert Decimal(str(summary.data[0].aggregated_value)) == sent["cus_0"]
 
 
 def test_the_dry_run_command_prints_the_plan_and_refuses_without_yes(
