@@ -161,23 +161,30 @@ def _scan(
     high = to_ms(flt.until) if flt.until else None
     client = store.client
     start = int(client.zcount(key, "-inf", f"({low}")) if low is not None else 0
-    tie: set[str] = set()  # ids read at the last page's top score (a restart skips them)
+    read_up_to: tuple[float, str] | None = None  # after a restart: (score, id) read already
     while True:
         page = cast(
             list[tuple[str, float]], client.zrange(key, start, start + PAGE - 1, withscores=True)
         )
-        inside = [(i, sc) for i, sc in page if (high is None or sc <= high) and i not in tie]
+        inside = [
+            (i, sc)
+            for i, sc in page
+            if (high is None or sc <= high) and (read_up_to is None or (sc, i) > read_up_to)
+        ]
         yield from _read(store, [i for i, _ in inside])
         if len(page) < PAGE or (high is not None and page[-1][1] > high):
             return
-        top = page[-1][1]
-        tie = {i for i, sc in page if sc == top} | (tie if page[0][1] == top else set())
-        start = _after(store, key, page, top)
+        start, restarted = _after(store, key, page)
+        last_id, last_score = page[-1]
+        # Redis orders equal scores by id, so after a restart at the start of the last
+        # score's entries, those up to the last id read are skipped: no set of ids is kept
+        # (a cancel_many of a million records gives them all one score).
+        read_up_to = (last_score, last_id) if restarted else None
 
 
-def _after(store: RecordStore, key: str, page: list[tuple[str, float]], top: float) -> int:
+def _after(store: RecordStore, key: str, page: list[tuple[str, float]]) -> tuple[int, bool]:
     """The rank after the last entry of ``page`` still in the index with its score; if none
-    of the last few is, the rank where ``top``'s entries begin (``tie`` skips repeats)."""
+    of the last few is, the rank where the last score's entries begin (and True)."""
     pipe = store.client.pipeline(transaction=False)
     tail = page[-ANCHORS:][::-1]
     for record_id, _ in tail:
@@ -187,8 +194,8 @@ def _after(store: RecordStore, key: str, page: list[tuple[str, float]], top: flo
     for n, (_, score) in enumerate(tail):
         rank, now_score = answers[2 * n], answers[2 * n + 1]
         if rank is not None and now_score == score:
-            return int(rank) + 1
-    return int(store.client.zcount(key, "-inf", f"({top}"))
+            return int(rank) + 1, False
+    return int(store.client.zcount(key, "-inf", f"({page[-1][1]}")), True
 
 
 def _read(store: RecordStore, ids: list[str]) -> Iterator[tuple[str, dict[str, str]]]:

@@ -17,7 +17,7 @@ SCENARIOS = {
     "shared limit (3 procs, 50/s; sandbox 60/s)", "adaptive limit (50/s; sandbox 30/s)",
     "durability (appendfsync everysec)", "durability (appendfsync always)",
     "backlog 1,000 at 20/s", "http enqueue", "header guard",
-    "deadline first (300 fresh, then 30 closing in 2 s; 100/s)",
+    "deadline first (300 fresh, then 30 closing in 2 s; 100/s)", "finance export",
 }  # fmt: skip
 
 

@@ -115,3 +115,19 @@ def test_ties_of_one_score_page_in_linear_time(
     seen = first + [r["id"] for r in stream]
     assert sorted(seen) == sorted(ids)
     assert len(calls) <= 12
+
+
+def test_a_restart_after_the_anchors_left_skips_by_id_not_by_memory(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every entry the next page could anchor on left the index, the scan restarts at
+    the start of their score and skips the ids read already (Redis orders equal scores by
+    id): nothing is given twice or lost, and no set of ids is kept."""
+    monkeypatch.setattr(export, "PAGE", 100)
+    monkeypatch.setattr(export, "ANCHORS", 3)
+    ids = fill(store, 500)  # one score for all
+    stream = rows(store, ExportFilter(statuses=[Status.QUEUED]))
+    first = [next(stream)["id"] for _ in range(100)]
+    store.client.zrem(store.index_key(Status.QUEUED), *first[-3:])  # the anchors leave
+    seen = first + [r["id"] for r in stream]
+    assert sorted(seen) == sorted(ids)
