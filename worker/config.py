@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +143,62 @@ def _number(label: str, knob: _Knob, value: object) -> float | int:
     return number if knob.kind == "int" else float(number)
 
 
+PLATFORMS_ENV = "ADJUSTMENTS_PLATFORMS"
+_PLATFORM_NAME = re.compile(r"[a-z0-9-]{1,32}")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One Stripe account of the deployment's own (issue 21): its name, its key and,
+    optionally, its own API base and rate limit (None: the deployment's)."""
+
+    name: str
+    api_key: str | None = field(default=None, repr=False)
+    api_base: str | None = None
+    rate_limit_per_s: float | None = None
+
+    @staticmethod
+    def env_suffix(name: str) -> str:
+        """``eu-2`` → ``EU_2``: how a platform's own variables are named."""
+        return name.upper().replace("-", "_")
+
+    @classmethod
+    def from_env(cls, name: str, env: Mapping[str, str]) -> Platform:
+        suffix = cls.env_suffix(name)
+        limit = _get(env, f"ADJUSTMENTS_RATE_LIMIT_{suffix}")
+        rate: float | None = None
+        if limit is not None:
+            try:
+                rate = float(limit)
+            except ValueError:
+                raise ConfigError(
+                    f"ADJUSTMENTS_RATE_LIMIT_{suffix} must be a number, got {limit!r}"
+                ) from None
+        return cls(
+            name,
+            _get(env, f"STRIPE_API_KEY_{suffix}"),
+            _get(env, f"STRIPE_API_BASE_{suffix}"),
+            rate,
+        )
+
+
+def parse_platform_names(raw: str) -> tuple[str, ...]:
+    """``us,eu`` → ``("us", "eu")``; ConfigError for a bad or repeated name."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for name in names:
+        if not _PLATFORM_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{PLATFORMS_ENV}: {name!r} is not a platform name (lower-case letters, digits "
+                "and -, up to 32)"
+            )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{PLATFORMS_ENV} names {repeated[0]!r} twice")
+    if not names:
+        raise ConfigError(f"{PLATFORMS_ENV} is set but names no platform")
+    return names
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; see the README's configuration table.
@@ -193,16 +250,50 @@ class Settings:
     api_tokens: str | None = field(default=None, repr=False)
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    # Several Stripe accounts of one's own (ADJUSTMENTS_PLATFORMS); empty: STRIPE_API_KEY alone.
+    platforms: tuple[Platform, ...] = ()
 
     def __post_init__(self) -> None:
         for name, knob in KNOBS.items():
             value = self._checked(name, knob, getattr(self, name))
             object.__setattr__(self, name, value)
+        self._check_platforms()
         if self.claim_lease_s <= self.stripe_timeout_s:
             raise ConfigError(
                 f"lease_s ({KNOBS['lease_s'].env}) must be longer than stripe_timeout_s "
                 f"({KNOBS['stripe_timeout_s'].env})"
             )
+
+    def _check_platforms(self) -> None:
+        if not isinstance(self.platforms, tuple) or not all(
+            isinstance(p, Platform) for p in self.platforms
+        ):
+            raise ConfigError("platforms must be a tuple of adjustments.config.Platform")
+        parse_platform_names(",".join(p.name for p in self.platforms) or "x")
+        for p in self.platforms:
+            if p.rate_limit_per_s is not None and not 0 <= p.rate_limit_per_s < float("inf"):
+                raise ConfigError(
+                    f"ADJUSTMENTS_RATE_LIMIT_{Platform.env_suffix(p.name)} must be >= 0"
+                )
+
+    @property
+    def platform_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.platforms)
+
+    def platform(self, name: str | None) -> Platform:
+        """The platform ``name`` (None: the default, the first), or the single-key
+        deployment's own as an unnamed platform; ConfigError for an unknown name."""
+        if not self.platforms:
+            if name is not None:
+                raise ConfigError(f"no platforms are configured ({PLATFORMS_ENV}), got {name!r}")
+            return Platform("", self.stripe_api_key, self.stripe_api_base, None)
+        if name is None:
+            return self.platforms[0]
+        for p in self.platforms:
+            if p.name == name:
+                return p
+        known = ", ".join(self.platform_names)
+        raise ConfigError(f"unknown platform {name!r}; configured: {known}")
 
     def _checked(self, name: str, knob: _Knob, value: object) -> object:
         label = f"{knob.env} ({name})" if knob.env != name else name
@@ -223,24 +314,38 @@ class Settings:
             raw = _get(env, knob.env)
             if raw is not None:
                 given[name] = _from_text(knob, raw)
+        names = _get(env, PLATFORMS_ENV)
+        if names is not None:
+            given["platforms"] = tuple(
+                Platform.from_env(n, env) for n in parse_platform_names(names)
+            )
         return cls(**given)
 
     def worker_key_problem(self) -> str | None:
-        """Why the worker could never finish a task with this STRIPE_API_KEY, or None.
+        """Why the worker could never finish a task with this STRIPE_API_KEY (or, with
+        platforms, one of theirs), or None. Checked when a worker starts (not by producers,
+        which never call Stripe); the message names the variable, never the key."""
+        if not self.platforms:
+            return self._key_problem("STRIPE_API_KEY", self.stripe_api_key)
+        for p in self.platforms:
+            variable = f"STRIPE_API_KEY_{Platform.env_suffix(p.name)}"
+            problem = self._key_problem(variable, p.api_key)
+            if problem:
+                return f"platform {p.name}: {problem}"
+        return None
 
-        Checked when a worker starts (not by producers, which never call Stripe)."""
-        key = self.stripe_api_key
+    def _key_problem(self, variable: str, key: str | None) -> str | None:
         if not key:
-            return "STRIPE_API_KEY is not set: the worker cannot call Stripe"
+            return f"{variable} is not set: the worker cannot call Stripe"
         if key.startswith(("pk_", "pub_")):
-            return "STRIPE_API_KEY is a publishable key: the worker needs a secret key (sk_...)"
+            return f"{variable} is a publishable key: the worker needs a secret key (sk_...)"
         if key.startswith("rk_") and self.default_api == "v2":
             return (
-                "STRIPE_API_KEY is a restricted key (rk_...), which v2 endpoints refuse: use a "
+                f"{variable} is a restricted key (rk_...), which v2 endpoints refuse: use a "
                 "secret key (sk_...) or set ADJUSTMENTS_STRIPE_API=v1"
             )
         if not key.startswith(("sk_", "rk_")):
-            return "STRIPE_API_KEY must be a secret (sk_...) or restricted (rk_...) key"
+            return f"{variable} must be a secret (sk_...) or restricted (rk_...) key"
         return None
 
     def redis_target(self, url: str | None = None) -> RedisTarget:

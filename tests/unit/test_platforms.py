@@ -1,0 +1,61 @@
+"""Several Stripe accounts of one's own (issue 21): the platforms' configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from adjustments.config import Platform, Settings
+from adjustments.errors import ConfigError
+
+ENV = {
+    "ADJUSTMENTS_PLATFORMS": "us,eu-2",
+    "STRIPE_API_KEY_US": "sk_test_us_0000000000",
+    "STRIPE_API_KEY_EU_2": "sk_test_eu_0000000000",
+    "STRIPE_API_BASE_EU_2": "http://127.0.0.1:9",
+    "ADJUSTMENTS_RATE_LIMIT_EU_2": "5",
+}
+
+
+def test_platforms_come_from_their_own_variables() -> None:
+    """Names from ADJUSTMENTS_PLATFORMS; each key, base and limit from its suffixed variable;
+    the first is the default; no key in the settings' repr."""
+    settings = Settings.from_env(ENV)
+    assert settings.platform_names == ("us", "eu-2")
+    assert settings.platform(None).name == "us"
+    eu = settings.platform("eu-2")
+    assert (eu.api_base, eu.rate_limit_per_s) == ("http://127.0.0.1:9", 5.0)
+    assert "sk_test" not in repr(settings)
+    with pytest.raises(ConfigError, match="unknown platform 'asia'"):
+        settings.platform("asia")
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [("US", "not a platform name"), ("us,us", "twice"), (" , ", "names no platform"),
+     ("us_1", "not a platform name")],
+)  # fmt: skip
+def test_bad_names_are_refused(names: str, says: str) -> None:
+    """Names are lower-case letters, digits and -, each once."""
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({**ENV, "ADJUSTMENTS_PLATFORMS": names})
+
+
+def test_a_missing_or_unusable_key_names_the_platform_never_the_key() -> None:
+    """The worker's start check names the platform and its variable."""
+    env = {k: v for k, v in ENV.items() if k != "STRIPE_API_KEY_EU_2"}
+    problem = Settings.from_env(env).worker_key_problem()
+    assert problem == "platform eu-2: STRIPE_API_KEY_EU_2 is not set: the worker cannot call Stripe"
+    published = Settings.from_env({**ENV, "STRIPE_API_KEY_US": "pk_live_abc"})
+    assert "platform us: STRIPE_API_KEY_US is a publishable key" in str(
+        published.worker_key_problem()
+    )
+    assert Settings.from_env(ENV).worker_key_problem() is None
+
+
+def test_without_platforms_the_single_key_works_as_before() -> None:
+    """No ADJUSTMENTS_PLATFORMS: STRIPE_API_KEY alone, an unnamed platform."""
+    settings = Settings.from_env({"STRIPE_API_KEY": "sk_test_one_000000000"})
+    assert settings.platforms == () and settings.platform(None) == Platform(
+        "", "sk_test_one_000000000", None, None
+    )
+    assert settings.worker_key_problem() is None
