@@ -22,6 +22,7 @@ FIELDS = (
     "original_event",
     "reason",
     "requested_by",
+    "platform",
 )
 REQUIRED = ("event_name", "identifier")
 

@@ -304,10 +304,11 @@ def run(
     now: datetime,
     timestamp_mode: str,
     dry_run: bool,
-    meters: MeterCache | None,
+    meters: Callable[[str | None], MeterCache] | None,
 ) -> CompensationReport:
     """Plan (and unless ``dry_run``, begin) the compensation of the expired records ``flt``
-    selects. With ``meters`` each record's meter is checked as the worker will: an unsound
+    selects. With ``meters`` (a platform's meters) each record's meter is checked as the
+    worker will: an unsound
     one is skipped in the plan and, for real, marked with the reason; without, the plan
     assumes Stripe's default payload keys (``stripe_customer_id``, ``value``)."""
     if flt.status is not Status.EXPIRED:
@@ -323,7 +324,7 @@ def run(
         if meters is None:
             plan.add(record, "stripe_customer_id", "value")
             continue
-        meter = meters.find(record.stripe_account, record.event_name)
+        meter = meters(record.platform).find(record.stripe_account, record.event_name)
         why = unsound(meter, record)
         if why is not None or meter is None:
             plan.skipped.append((record.id, why or "no meter"))

@@ -19,7 +19,9 @@ LOCK = "lock"
 
 def request_digest(req: CancelRequest) -> str:
     """A stable digest of what is cancelled, where: the dedupe identity of a request."""
-    parts = (req.api, req.stripe_account or "", req.event_name, req.identifier)
+    parts: tuple[str, ...] = (req.api, req.stripe_account or "", req.event_name, req.identifier)
+    if req.platform:  # a single-key deployment's digests stay what they always were
+        parts = (*parts, f"platform={req.platform}")
     # Unit separators keep ("a", "bc") and ("ab", "c") apart.
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 

@@ -266,6 +266,8 @@ class CancelRequest:
     original_event: OriginalEvent | None = field(default=None, compare=False)
     reason: str | None = field(default=None, compare=False)
     requested_by: str | None = field(default=None, compare=False)
+    # The deployment's own Stripe account it goes to (issue 21): part of what identifies it.
+    platform: str | None = None
 
     @classmethod
     def build(
@@ -279,6 +281,7 @@ class CancelRequest:
         original_event: object = None,
         reason: object = None,
         requested_by: object = None,
+        platform: str | None = None,
         now: datetime,
     ) -> CancelRequest:
         """Validate raw input; raise InvalidInput with a one-line reason."""
@@ -305,6 +308,7 @@ class CancelRequest:
             OriginalEvent.build(original_event, now=now),
             check_reason(reason),
             check_requested_by(requested_by),
+            platform or None,
         )
 
     @property
@@ -390,6 +394,7 @@ class Record:
     compensation_identifier: str | None = None
     compensation_error: str | None = None
     compensate_by: datetime | None = None  # the compensation's own deadline (Stripe's 35 days)
+    platform: str | None = None  # the deployment's Stripe account it goes to (its name)
     # Not stored: True only on the record ``cancel()`` returns when that call wrote it; False
     # when the call matched an existing request (a duplicate), and on records read back.
     created: bool = field(default=False, compare=False)
@@ -445,6 +450,7 @@ class Record:
             compensation_identifier=data.get("compensation_identifier") or None,
             compensation_error=data.get("compensation_error") or None,
             compensate_by=parse_iso(data.get("compensate_by", "")),
+            platform=data.get("platform") or None,
         )
 
     @property
@@ -475,6 +481,7 @@ def _first_key(data: dict[str, str]) -> str:
         data["event_name"],
         data["identifier"],
         data.get("stripe_account") or None,
+        platform=data.get("platform") or None,
     )
     return keys.idempotency_key(keys.request_digest(request), 0)
 

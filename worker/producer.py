@@ -33,6 +33,7 @@ from .config import Settings, load_settings
 from .embedded import EMBEDDED, missing_redis, start_announced
 from .errors import (
     AcceptanceUnknown,
+    ConfigError,
     InvalidInput,
     NotAccepted,
     RecordNotFound,
@@ -163,6 +164,7 @@ class Producer:
         original_event: Mapping[str, Any] | None = None,
         reason: str | None = None,
         requested_by: str | None = None,
+        platform: str | None = None,
         now: datetime | None = None,
     ) -> Record:
         """Enqueue the cancellation of one meter event and return its record.
@@ -177,10 +179,12 @@ class Producer:
         was sent to Stripe (string values; its timestamp as epoch seconds, an aware datetime
         or ISO 8601, within 35 days): what a compensation needs if the window is missed.
         ``reason`` (up to 500 characters) and ``requested_by`` (who asked) are kept on the
-        record for finance. ``now``: the current time, a timezone-aware datetime (for tests).
+        record for finance. ``platform``: which of the deployment's own Stripe accounts
+        (``ADJUSTMENTS_PLATFORMS``; default the first); part of what identifies the request.
+        ``now``: the current time, a timezone-aware datetime (for tests).
 
         ``record.created`` is True when this call enqueued the request and False when the same
-        (api, account, event_name, identifier) was already known: that record is returned.
+        (api, account, event_name, identifier, platform) was already known: that record is returned.
         Raises InvalidInput (a ValueError) for bad input and NotAccepted or AcceptanceUnknown
         (both StoreError) when Redis fails; nothing is written on InvalidInput or NotAccepted.
         """
@@ -196,6 +200,7 @@ class Producer:
                 "original_event": original_event,
                 "reason": reason,
                 "requested_by": requested_by,
+                "platform": platform,
             },
         )
         with self._writing():
@@ -213,16 +218,23 @@ class Producer:
         original_event: Mapping[str, Any] | None = None,
         reason: str | None = None,
         requested_by: str | None = None,
+        platform: str | None = None,
     ) -> Record:
         """``cancel()`` for asyncio code, without blocking the event loop on Redis.
 
         ``event_name``, ``identifier``, ``api``, ``stripe_account``, ``event_received_at``,
-        ``original_event``, ``reason`` and ``requested_by`` are ``cancel()``'s, validated the
-        same way; the record and the errors are the same too. Concurrent calls on one loop
-        share round trips (see ``batching``), so a web server that enqueues at its request
-        rate makes a few Redis round trips per batch of requests instead of one per request."""
+        ``original_event``, ``reason``, ``requested_by`` and ``platform`` are ``cancel()``'s,
+        validated the same way; the record and the errors are the same too. Concurrent calls
+        on one loop share round trips (see ``batching``), so a web server that enqueues at
+        its request rate makes a few Redis round trips per batch of requests instead of one
+        per request."""
         now = _aware_now(None)
-        extra = {"original_event": original_event, "reason": reason, "requested_by": requested_by}
+        extra = {
+            "original_event": original_event,
+            "reason": reason,
+            "requested_by": requested_by,
+            "platform": platform,
+        }
         request = self._build(
             event_name, identifier, api, stripe_account, event_received_at, now=now, extra=extra
         )
@@ -248,6 +260,7 @@ class Producer:
             original_event=original_event,
             reason=reason,
             requested_by=requested_by,
+            platform=platform,
             now=now,
         )
 
@@ -262,17 +275,24 @@ class Producer:
         *,
         api: str | None = None,
         stripe_account: str | None = None,
+        platform: str | None = None,
         with_history: bool = False,
     ) -> Record:
         """The record of the request ``cancel()`` would make of these arguments.
 
-        ``event_name``, ``identifier``, ``api`` (default ``settings.default_api``) and
-        ``stripe_account`` identify the request as in ``cancel()``; ``with_history`` adds
-        the attempt history. Raises InvalidInput for bad arguments, RecordNotFound when no
-        such request is known (never enqueued, or past retention), StoreError when Redis
-        cannot be read."""
+        ``event_name``, ``identifier``, ``api`` (default ``settings.default_api``),
+        ``stripe_account`` and ``platform`` identify the request as in ``cancel()``;
+        ``with_history`` adds the attempt history. Raises InvalidInput for bad arguments,
+        RecordNotFound when no such request is known (never enqueued, or past retention),
+        StoreError when Redis cannot be read."""
         request = self._build(
-            event_name, identifier, api, stripe_account, None, now=datetime.now().astimezone()
+            event_name,
+            identifier,
+            api,
+            stripe_account,
+            None,
+            now=datetime.now().astimezone(),
+            extra={"platform": platform},
         )
         with self._reading():
             record = self._store.find_request(request, with_history=with_history)
@@ -325,8 +345,8 @@ class Producer:
 
         ``items``: mappings with the keyword arguments of ``cancel()`` (``event_name``,
         ``identifier``, optional ``api``, ``stripe_account``, ``event_received_at``,
-        ``original_event``, ``reason``, ``requested_by``); any other key makes the item
-        invalid. ``now``: the current time, timezone-aware (for tests).
+        ``original_event``, ``reason``, ``requested_by``, ``platform``); any other key makes
+        the item invalid. ``now``: the current time, timezone-aware (for tests).
         Invalid items are reported in ``invalid`` with their position and skipped; every valid
         one is enqueued once. Raises InvalidInput when ``items`` is not an iterable of
         mappings, StoreError when Redis fails (earlier chunks stay written).
@@ -375,7 +395,9 @@ class Producer:
             item.get("stripe_account"),
             item.get("event_received_at"),
             now=now,
-            extra={k: item.get(k) for k in ("original_event", "reason", "requested_by")},
+            extra={
+                k: item.get(k) for k in ("original_event", "reason", "requested_by", "platform")
+            },
         )
 
     def _build(
@@ -389,8 +411,9 @@ class Producer:
         now: datetime,
         extra: Mapping[str, object] | None = None,
     ) -> CancelRequest:
-        """The validated request, with the default API where none is given. ``extra``:
-        ``original_event``, ``reason`` and ``requested_by`` (absent or None: not given)."""
+        """The validated request, with the default API (and platform) where none is given.
+        ``extra``: ``original_event``, ``reason``, ``requested_by`` and ``platform`` (absent
+        or None: not given)."""
         extra = extra or {}
         return CancelRequest.build(
             event_name,
@@ -402,8 +425,19 @@ class Producer:
             original_event=extra.get("original_event"),
             reason=extra.get("reason"),
             requested_by=extra.get("requested_by"),
+            platform=self._platform(extra.get("platform")),
             now=now,
         )
+
+    def _platform(self, name: object) -> str | None:
+        """The platform's name (the default, the first, for None); InvalidInput for one
+        that is not configured. None in a deployment without platforms."""
+        if name is not None and not isinstance(name, str):
+            raise InvalidInput(f"platform must be a string, got {type(name).__name__}")
+        try:
+            return self.settings.platform(name).name or None
+        except ConfigError as exc:
+            raise InvalidInput(str(exc)) from None
 
     def replay(
         self,
@@ -456,9 +490,18 @@ class Producer:
 
         flt = flt or ReplayFilter(**{"status": Status.EXPIRED, **filters})
         meters = None
-        if check_meters and self.settings.stripe_api_key:
-            client = stripe_api.shared_client(self.settings)
-            meters = MeterCache(fetch=partial(stripe_api.list_meters, client))
+        settings = self.settings
+        if check_meters and all(
+            settings.platform(n).api_key for n in settings.platform_names or (None,)
+        ):
+            caches: dict[str | None, MeterCache] = {}
+
+            def meters(platform: str | None) -> MeterCache:
+                if platform not in caches:
+                    client = stripe_api.shared_client(settings, platform)
+                    caches[platform] = MeterCache(fetch=partial(stripe_api.list_meters, client))
+                return caches[platform]
+
         with self._writing():
             return compensation.run(
                 self._store,

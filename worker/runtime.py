@@ -68,11 +68,25 @@ class Runtime:
             retention_s=settings.retention_s,
             order=settings.order,
         )
-        stripe_client = stripe_api.shared_client(settings)
+        for name in settings.platform_names or (None,):  # every key usable, or no start
+            stripe_api.shared_client(settings, name)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         limiter = SharedRateLimiter(client, rate_policy(settings), prefix=settings.key_prefix)
-        meters = MeterCache(fetch=partial(stripe_api.list_meters, stripe_client))
-        send = partial(stripe_api.send, stripe_client, meters, settings.compensation_timestamp)
+        caches: dict[str | None, MeterCache] = {}
+
+        def meters(platform: str | None) -> MeterCache:
+            cache = caches.get(platform)
+            if cache is None:  # a race builds two: the same meters, cached twice
+                client = stripe_api.shared_client(settings, platform)
+                cache = caches[platform] = MeterCache(fetch=partial(stripe_api.list_meters, client))
+            return cache
+
+        send = partial(
+            stripe_api.send,
+            partial(stripe_api.shared_client, settings),
+            meters,
+            settings.compensation_timestamp,
+        )
         return cls(settings, store, send, policy, limiter)
 
 

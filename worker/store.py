@@ -70,6 +70,7 @@ def request_of(record: Record) -> CancelRequest:
         record.identifier,
         record.stripe_account,
         record.event_received_at,
+        platform=record.platform,
     )
 
 
@@ -181,6 +182,7 @@ class RecordStore:
             "original_event": req.original_event.to_json() if req.original_event else "",
             "reason": req.reason or "",
             "requested_by": req.requested_by or "",
+            "platform": req.platform or "",
         }
 
     def create_args(

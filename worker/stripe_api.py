@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import types
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -16,16 +17,23 @@ from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
 from .redact import redact
 
 
-def build_client(settings: Settings) -> stripe.StripeClient:
-    """A StripeClient with the SDK's retries off (the queue retries) and our timeout."""
-    if not settings.stripe_api_key:
-        raise stripe.AuthenticationError("STRIPE_API_KEY is not set")
+def build_client(settings: Settings, platform: str | None = None) -> stripe.StripeClient:
+    """A StripeClient for the platform (None: the default, or the single STRIPE_API_KEY) with
+    the SDK's retries off (the queue retries) and our timeout."""
+    chosen = settings.platform(platform)
+    if not chosen.api_key:
+        raise stripe.AuthenticationError(
+            f"no Stripe key for platform {chosen.name}"
+            if chosen.name
+            else "STRIPE_API_KEY is not set"
+        )
     stripe.enable_telemetry = False
     base: dict[str, str] = {}
-    if settings.stripe_api_base:
-        base = {"api": settings.stripe_api_base.rstrip("/")}
+    api_base = chosen.api_base or settings.stripe_api_base
+    if api_base:
+        base = {"api": api_base.rstrip("/")}
     return stripe.StripeClient(
-        settings.stripe_api_key,
+        chosen.api_key,
         base_addresses=base,  # type: ignore[arg-type]
         stripe_version=settings.stripe_api_version,
         max_network_retries=0,
@@ -57,15 +65,16 @@ def _http_client(timeout_s: float) -> stripe.HTTPClient:
 
 
 _lock = threading.Lock()
-_clients: dict[Settings, stripe.StripeClient] = {}
+_clients: dict[tuple[Settings, str | None], stripe.StripeClient] = {}
 
 
-def shared_client(settings: Settings) -> stripe.StripeClient:
-    """The process's client for these settings, created on first use and then reused."""
+def shared_client(settings: Settings, platform: str | None = None) -> stripe.StripeClient:
+    """The process's client for these settings and platform, created on first use and then
+    reused."""
     with _lock:
-        client = _clients.get(settings)
+        client = _clients.get((settings, platform))
         if client is None:
-            client = _clients[settings] = build_client(settings)
+            client = _clients[(settings, platform)] = build_client(settings, platform)
         return client
 
 
@@ -133,19 +142,21 @@ def list_meters(client: stripe.StripeClient, account: str | None) -> list[dict[s
 
 
 def send(
-    client: stripe.StripeClient,
-    meters: Any,
+    clients: Callable[[str | None], stripe.StripeClient],
+    meters: Callable[[str | None], Any],
     timestamp_mode: str,
     record: Record,
 ) -> Answer:
-    """The call ``record`` needs now: its cancellation, or, in the compensation phase, the
-    negative meter event (after checking the meter makes it sound)."""
+    """The call ``record`` needs now, with its platform's client: its cancellation, or, in
+    the compensation phase, the negative meter event (after checking the meter makes it
+    sound, with the platform's meters)."""
+    client = clients(record.platform)
     if record.phase != "compensate":
         return cancel(client, record)
     from .compensation import negated, unsound
 
     try:
-        meter = meters.find(record.stripe_account, record.event_name)
+        meter = meters(record.platform).find(record.stripe_account, record.event_name)
     except stripe.StripeError as exc:
         return to_rejected(exc)
     why = unsound(meter, record)

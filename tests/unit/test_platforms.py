@@ -59,3 +59,19 @@ def test_without_platforms_the_single_key_works_as_before() -> None:
         "", "sk_test_one_000000000", None, None
     )
     assert settings.worker_key_problem() is None
+
+
+def test_the_platform_is_part_of_the_identity_and_a_single_key_digest_is_unchanged() -> None:
+    """The same identifier on two platforms is two requests (and two idempotency keys); with
+    no platform the digest is what it always was, so existing records keep deduplicating."""
+    import hashlib
+
+    from adjustments import keys
+    from adjustments.models import CancelRequest
+
+    plain = CancelRequest("v2", "ev", "i1")
+    before = hashlib.sha256("\x1f".join(("v2", "", "ev", "i1")).encode()).hexdigest()
+    assert keys.request_digest(plain) == before
+    us = CancelRequest("v2", "ev", "i1", platform="us")
+    eu = CancelRequest("v2", "ev", "i1", platform="eu")
+    assert len({keys.request_digest(r) for r in (plain, us, eu)}) == 3

@@ -75,6 +75,9 @@ def cli() -> None:
 )
 @click.option("--reason", help="Why it is cancelled (up to 500 characters), for finance.")
 @click.option("--requested-by", help="Who asked (default: the OS user).")
+@click.option(
+    "--platform", help="Which Stripe account of ADJUSTMENTS_PLATFORMS (default: the first)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
 def cancel(
     event_name: str,
@@ -86,26 +89,31 @@ def cancel(
     event_timestamp: str | None,
     reason: str | None,
     requested_by: str | None,
+    platform: str | None,
     as_json: bool,
 ) -> None:
     """Enqueue the cancellation of one meter event and print its record (a request already
     known is not enqueued again: its record is printed, marked as a duplicate)."""
     cfg = settings()
     now = datetime.now().astimezone()
-    extra = {
-        "original_event": _original_event(payload, event_timestamp),
-        "reason": reason,
-        "requested_by": requested_by if requested_by is not None else _os_user(),
-    }
+    original = _original_event(payload, event_timestamp)
+    who = requested_by if requested_by is not None else _os_user()
     # Validate before touching Redis, so bad input writes nothing (and starts nothing).
+    try:
+        chosen = cfg.platform(platform).name or None
+    except ConfigError as exc:
+        raise InvalidInput(str(exc)) from None
     CancelRequest.build(
         event_name,
         identifier,
         api=api or cfg.default_api,
         stripe_account=stripe_account,
         event_received_at=received_at,
+        original_event=original,
+        reason=reason,
+        requested_by=who,
+        platform=chosen,
         now=now,
-        **extra,
     )
     with producer_for(cfg) as producer:
         record = producer.cancel(
@@ -114,8 +122,11 @@ def cancel(
             api=api,
             stripe_account=stripe_account,
             event_received_at=received_at,
+            original_event=original,
+            reason=reason,
+            requested_by=who,
+            platform=platform,
             now=now,
-            **extra,  # type: ignore[arg-type]
         )
     if as_json:
         emit({**record.to_dict(), "created": record.created}, True)

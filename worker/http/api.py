@@ -34,7 +34,7 @@ IN_FLIGHT_TTL_S = 60  # a claimed key whose request never finished (a crash) fre
 # requested_by is not among them: over HTTP it is the name of the token used.
 CANCEL_FIELDS = frozenset(
     {"event_name", "identifier", "api", "stripe_account", "event_received_at", "original_event",
-     "reason"}
+     "reason", "platform"}
 )  # fmt: skip
 COMPENSATE_FIELDS = frozenset({"ids", "event_name", "since", "until", "limit", "dry_run"})
 EXPORT_PARAMS = frozenset({"format", "since", "until", "status", "event_name", "account"})

@@ -97,6 +97,7 @@ class StripeLogic:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
+        self._local = threading.local()  # the key of the request this thread answers
         self.reset()
 
     def reset(self) -> None:
@@ -105,7 +106,7 @@ class StripeLogic:
             self._inflight: set[tuple[str, str, str]] = set()
             self._seen: Counter[tuple[str, str, str]] = Counter()
             self.executions: Counter[str] = Counter()
-            self._cancelled: set[tuple[str, str, str]] = set()
+            self._cancelled: set[tuple[str, str, str, str]] = set()
             self._scripts: dict[str, deque[str]] = {}
             self.requests: dict[str, list[dict[str, Any]]] = {}
             self.meters = MeterBook()
@@ -158,6 +159,7 @@ class StripeLogic:
         if not auth or not auth.startswith("Bearer "):
             return self._error(api, 401, "You did not provide an API key.", "api_key_required")
         secret = auth[len("Bearer ") :]
+        self._local.secret = secret
         if not secret.startswith(("sk_", "rk_")) or (api == "v2" and not secret.startswith("sk_")):
             return self._error(
                 api,
@@ -358,7 +360,8 @@ class StripeLogic:
         return reply
 
     def _accept(self, api: str, adj: Adjustment, secret: str, account: str | None) -> Reply:
-        target = (account or "", adj.event_name, adj.identifier)
+        # Another key is another Stripe account: its events are its own.
+        target = (secret, account or "", adj.event_name, adj.identifier)
         with self._lock:
             if api == "v2" and target in self._cancelled:
                 already = True
@@ -447,6 +450,9 @@ class StripeLogic:
             "outcome": outcome,
             "http_status": status,
             "account": account,
+            # The key's last characters: which of several accounts' keys came (a test double:
+            # never the whole key).
+            "key_tail": getattr(self._local, "secret", "")[-6:],
         }
         with self._lock:
             self.requests.setdefault(identifier, []).append(row)
