@@ -246,6 +246,16 @@ def check_reason(value: object) -> str | None:
     return value
 
 
+def _check_platform(value: object) -> str | None:
+    """A platform's name as given (the producer resolves the default and checks it is one
+    of the configured ones)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"platform must be a string, got {type(value).__name__}")
+    return value
+
+
 def check_requested_by(value: object) -> str | None:
     """``requested_by``: who asked (a token's name, an OS user, a person); None: not given."""
     if value is None or value == "":
@@ -281,7 +291,7 @@ class CancelRequest:
         original_event: object = None,
         reason: object = None,
         requested_by: object = None,
-        platform: str | None = None,
+        platform: object = None,
         now: datetime,
     ) -> CancelRequest:
         """Validate raw input; raise InvalidInput with a one-line reason."""
@@ -308,7 +318,7 @@ class CancelRequest:
             OriginalEvent.build(original_event, now=now),
             check_reason(reason),
             check_requested_by(requested_by),
-            platform or None,
+            _check_platform(platform),
         )
 
     @property
