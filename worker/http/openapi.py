@@ -76,6 +76,11 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "platform": {
+                "type": ["string", "null"],
+                "description": "Which of the deployment's own Stripe accounts "
+                "(ADJUSTMENTS_PLATFORMS); the first if absent.",
+            },
             "reason": {
                 "type": ["string", "null"],
                 "maxLength": 500,
@@ -128,6 +133,7 @@ def document() -> dict[str, Any]:
                 "description": "Why an expired record was not compensated.",
             },
             "compensate_by": {"type": ["string", "null"], "format": "date-time"},
+            "platform": {"type": ["string", "null"]},
         },
     }
     return {
