@@ -29,6 +29,7 @@ PAGE = 2000
 ANCHORS = 8  # entries tried as the next page's anchor before re-reading a tie
 COLUMNS = (
     "id",
+    "platform",
     "api",
     "event_name",
     "identifier",
@@ -49,6 +50,7 @@ COLUMNS = (
 # The hash fields a row is made of (absent ones read as empty; see Record.from_hash).
 _FIELDS = (
     "id",
+    "platform",
     "api",
     "event_name",
     "identifier",
@@ -72,17 +74,20 @@ CUSTOMER_KEY, VALUE_KEY = "stripe_customer_id", "value"  # Stripe's default payl
 
 @dataclass(frozen=True)
 class ExportFilter:
-    """Which records: statuses (default all), a range on ``updated_at``, an event name, an
-    account ("" for the platform's own)."""
+    """Which records: statuses (default all), a range on ``updated_at``, an event name, a
+    connected account ("" for the Stripe account's own), a platform."""
 
     statuses: Sequence[Status] = tuple(Status)
     since: datetime | None = None
     until: datetime | None = None
     event_name: str | None = None
     account: str | None = None
+    platform: str | None = None  # one of ADJUSTMENTS_PLATFORMS
 
     def keeps(self, row: dict[str, str]) -> bool:
         if self.event_name is not None and row["event_name"] != self.event_name:
+            return False
+        if self.platform is not None and row["platform"] != self.platform:
             return False
         return self.account is None or row["account"] == self.account
 
@@ -218,6 +223,7 @@ def _row(data: dict[str, str | None]) -> dict[str, str]:
     error = ErrorInfo.from_json(get("last_error"))
     return {
         "id": get("id"),
+        "platform": get("platform"),
         "api": get("api"),
         "event_name": get("event_name"),
         "identifier": get("identifier"),

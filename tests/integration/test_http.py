@@ -264,7 +264,7 @@ class TestFinance:
         status, headers, body = api.request("GET", "/api/v1/exports?format=csv", role="read")
         assert status == 200 and headers["content-type"].startswith("text/csv")
         lines = body.decode().splitlines()
-        assert lines[0].startswith("id,api,event_name,identifier")
+        assert lines[0].startswith("id,platform,api,event_name,identifier")
         assert sum(1 for line in lines if ",exp_" in line) == 3
         status, headers, body = api.request(
             "GET", "/api/v1/exports?format=jsonl&status=queued", role="read"

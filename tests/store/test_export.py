@@ -69,7 +69,7 @@ def test_encodings(store: RecordStore) -> None:
     assert {json.loads(line)["reason"] for line in lines} == {"why 0", "why 1"}
     cells = export._safe_cells({"a": "=1+1", "b": "-5", "c": "@x", "d": "ok"})
     assert cells == {"a": "'=1+1", "b": "-5", "c": "'@x", "d": "ok"}
-    assert "".join(encode(iter([]), "csv")).startswith("id,api,")
+    assert "".join(encode(iter([]), "csv")).startswith("id,platform,api,")
 
 
 def test_a_record_moved_into_an_index_already_read_is_found_at_the_end(
@@ -131,3 +131,12 @@ def test_a_restart_after_the_anchors_left_skips_by_id_not_by_memory(
     store.client.zrem(store.index_key(Status.QUEUED), *first[-3:])  # the anchors leave
     seen = first + [r["id"] for r in stream]
     assert sorted(seen) == sorted(ids)
+
+
+def test_the_platform_is_a_column_and_a_filter(store: RecordStore) -> None:
+    """Each row names its platform (issue 21); the filter keeps one platform's records."""
+    for platform in ("us", "eu"):
+        store.create(CancelRequest("v1", "ev", "same", platform=platform), now=NOW)
+    exported = list(rows(store, ExportFilter()))
+    assert sorted(r["platform"] for r in exported) == ["eu", "us"]
+    assert [r["platform"] for r in rows(store, ExportFilter(platform="eu"))] == ["eu"]

@@ -327,7 +327,8 @@ def _show_plan(data: dict[str, Any], as_json: bool, *, verb: str) -> None:
     help="Only records in this status (repeatable; default all).",
 )  # fmt: skip
 @click.option("--event-name", help="Only records of this event name.")
-@click.option("--account", help="Only records of this connected account ('' for the platform).")
+@click.option("--account", help="Only records of this connected account ('' for none).")
+@click.option("--platform", help="Only records of this platform (ADJUSTMENTS_PLATFORMS).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
               help="Write to this file instead of stdout.")  # fmt: skip
 def export_cmd(
@@ -337,6 +338,7 @@ def export_cmd(
     statuses: tuple[str, ...],
     event_name: str | None,
     account: str | None,
+    platform: str | None,
     output: str | None,
 ) -> None:
     """Stream every record in range for finance: status, reason, who asked, the customer and
@@ -347,6 +349,7 @@ def export_cmd(
         until=parse_time("--until", until),
         event_name=event_name,
         account=account,
+        platform=platform,
     )
     cfg = settings()
     count = 0

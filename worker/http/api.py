@@ -37,7 +37,9 @@ CANCEL_FIELDS = frozenset(
      "reason", "platform"}
 )  # fmt: skip
 COMPENSATE_FIELDS = frozenset({"ids", "event_name", "since", "until", "limit", "dry_run"})
-EXPORT_PARAMS = frozenset({"format", "since", "until", "status", "event_name", "account"})
+EXPORT_PARAMS = frozenset(
+    {"format", "since", "until", "status", "event_name", "account", "platform"}
+)
 REPLAY_FIELDS = frozenset(
     {"ids", "status", "event_name", "error_code", "since", "until", "limit", "force", "dry_run"}
 )
@@ -285,6 +287,7 @@ class Api:
             until=time_of(params["until"], "until") if params.get("until") else None,
             event_name=params.get("event_name") or None,
             account=params.get("account"),
+            platform=params.get("platform") or None,
         )
         chunks = encode(self.producer.export(flt), fmt)
         first = await run_in_threadpool(next, chunks, "")  # a Redis failure is still a 503

@@ -301,6 +301,7 @@ def document() -> dict[str, Any]:
                         _query("status", {"type": "string", "enum": [s.value for s in Status]}),
                         _query("event_name", {"type": "string"}),
                         _query("account", {"type": "string"}),
+                        _query("platform", {"type": "string"}),
                     ],
                     "responses": {
                         "200": {
