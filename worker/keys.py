@@ -87,6 +87,11 @@ def health_probe(prefix: str) -> str:
     return f"{prefix}:health:probe"
 
 
+def key_modes(prefix: str) -> str:
+    """Hash: each platform's key mode (test or live), written by the first worker to start."""
+    return f"{prefix}:key-modes"
+
+
 def lock(prefix: str, name: str) -> str:
     return f"{prefix}:{LOCK}:{name}"
 

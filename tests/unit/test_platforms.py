@@ -75,3 +75,24 @@ def test_the_platform_is_part_of_the_identity_and_a_single_key_digest_is_unchang
     us = CancelRequest("v2", "ev", "i1", platform="us")
     eu = CancelRequest("v2", "ev", "i1", platform="eu")
     assert len({keys.request_digest(r) for r in (plain, us, eu)}) == 3
+
+
+def test_a_key_of_the_other_mode_for_the_same_platform_is_refused() -> None:
+    """The first worker keeps each platform's key mode in Redis; a later worker with a live
+    key where the deployment uses a test key (or the reverse) is refused, naming the platform
+    and never the key; the same mode starts."""
+    import fakeredis
+
+    from adjustments.cli.run import check_key_modes
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    check_key_modes(Settings.from_env(ENV), client)
+    check_key_modes(Settings.from_env(ENV), client)  # the same modes: fine
+    live = {**ENV, "STRIPE_API_KEY_EU_2": "sk_live_eu_0000000000"}
+    with pytest.raises(ConfigError, match="platform eu-2: this worker has a live-mode key") as err:
+        check_key_modes(Settings.from_env(live), client)
+    assert "sk_live" not in str(err.value)
+    single = Settings.from_env({"STRIPE_API_KEY": "sk_test_one_000000000"})
+    check_key_modes(single, client)
+    with pytest.raises(ConfigError, match="STRIPE_API_KEY: this worker has a live-mode key"):
+        check_key_modes(Settings.from_env({"STRIPE_API_KEY": "sk_live_one_00000000"}), client)

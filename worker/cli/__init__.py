@@ -382,7 +382,7 @@ def worker_cmd(
     cfg = settings()
     check_worker(cfg)
     with redis_url(cfg.redis_url, cfg.data_dir) as url:
-        check_redis(cfg, url)
+        check_redis(cfg, url, check_modes=True)
         from ..celery_app import app
 
         argv = [

@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
 
+from .. import keys
 from ..config import Settings
 from ..errors import ConfigError
 from ..logging import get_logger
@@ -24,9 +25,12 @@ log = get_logger("adjustments.cli")
 REDIS_WAIT_S = 60.0
 
 
-def check_redis(cfg: Settings, url: str, *, wait_s: float = REDIS_WAIT_S) -> None:
+def check_redis(
+    cfg: Settings, url: str, *, wait_s: float = REDIS_WAIT_S, check_modes: bool = False
+) -> None:
     """Read the server's guarantees (waiting up to ``wait_s`` for it to be reachable): raise
-    UnsafeRedis for a fatal problem, log the rest."""
+    UnsafeRedis for a fatal problem, log the rest. ``check_modes`` (a worker): the key modes
+    too (see ``check_key_modes``)."""
     client = cfg.redis_target(url).client()
     deadline = time.monotonic() + wait_s
     try:
@@ -35,6 +39,8 @@ def check_redis(cfg: Settings, url: str, *, wait_s: float = REDIS_WAIT_S) -> Non
                 warnings = check_server(
                     client, durability=cfg.durability, allow_eviction=cfg.allow_eviction
                 )
+                if check_modes:
+                    check_key_modes(cfg, client)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if "certificate" in str(exc).lower():  # not a blip: it will never verify
@@ -53,6 +59,37 @@ def check_worker(cfg: Settings) -> None:
     problem = cfg.worker_key_problem()
     if problem:
         raise ConfigError(problem)
+
+
+def key_mode(key: str | None) -> str:
+    """``live`` for a live-mode key (sk_live_, rk_live_), else ``test``."""
+    return "live" if (key or "").startswith(("sk_live_", "rk_live_")) else "test"
+
+
+def check_key_modes(cfg: Settings, client: redis.Redis) -> None:
+    """Each platform's key mode (test or live) is kept in Redis by the first worker to start;
+    a worker whose key for the same platform is of the other mode is refused (ConfigError
+    naming the platform, never the key): a test key and a live key never share objects, so
+    the records of one deployment would go to two different Stripe worlds."""
+    pipe = client.pipeline(transaction=False)
+    names = cfg.platform_names or ("",)
+    for name in names:
+        pipe.hsetnx(
+            keys.key_modes(cfg.key_prefix),
+            name or "default",
+            key_mode(cfg.platform(name or None).api_key),
+        )
+    pipe.hgetall(keys.key_modes(cfg.key_prefix))
+    stored = cast(dict[str, str], pipe.execute()[-1])
+    for name in names:
+        mine = key_mode(cfg.platform(name or None).api_key)
+        theirs = stored.get(name or "default", mine)
+        if theirs != mine:
+            label = f"platform {name}" if name else "STRIPE_API_KEY"
+            raise ConfigError(
+                f"{label}: this worker has a {mine}-mode key, but the deployment's workers "
+                f"use a {theirs}-mode key for it; a test key and a live key never share objects"
+            )
 
 
 def run_celery(app: Celery[Any], argv: Sequence[str]) -> int:
