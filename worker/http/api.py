@@ -289,21 +289,26 @@ class Api:
             account=params.get("account"),
             platform=params.get("platform") or None,
         )
-        chunks = encode(self.producer.export(flt), fmt)
-        first = await run_in_threadpool(next, chunks, "")  # a Redis failure is still a 503
-        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
-        name = f"adjustments-export.{fmt}"
+        return await export_response(self.producer, flt, fmt)
 
-        async def body() -> AsyncIterator[str]:
-            yield first
-            async for chunk in iterate_in_threadpool(chunks):
-                yield chunk
 
-        return StreamingResponse(
-            body(),
-            media_type=media,
-            headers={"content-disposition": f'attachment; filename="{name}"'},
-        )
+async def export_response(producer: Producer, flt: ExportFilter, fmt: str) -> Response:
+    """The export streamed as a download, a page of rows at a time. Its first chunk is read
+    before the answer starts, so Redis being down is still a 503, not a cut-off file."""
+    chunks = encode(producer.export(flt), fmt)
+    first = await run_in_threadpool(next, chunks, "")
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+
+    async def body() -> AsyncIterator[str]:
+        yield first
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type=media,
+        headers={"content-disposition": f'attachment; filename="adjustments-export.{fmt}"'},
+    )
 
 
 def flag(value: object, name: str) -> bool:

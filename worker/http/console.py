@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..errors import AdjustmentsError, InvalidInput, RecordNotFound, StoreError
-from ..export import ExportFilter, encode
+from ..export import ExportFilter
 from ..models import Status, parse_iso
 from ..producer import Producer
 from ..replay import ReplayFilter
 from ..text import printable
-from .api import HTTPProblem, list_query, replay_filter
+from .api import HTTPProblem, export_response, list_query, replay_filter
 from .auth import ROLES, SESSION_S, Auth, Session, allowed, fingerprint, new_session_id
 
 HERE = Path(__file__).parent
@@ -436,19 +436,7 @@ class Console:
             statuses=[Status.parse(query["status"])] if query.get("status") else tuple(Status),
             event_name=query.get("event_name") or None,
         )
-        chunks = encode(self.producer.export(flt), "csv")
-        first = await run_in_threadpool(next, chunks, "")
-
-        async def body() -> AsyncIterator[str]:
-            yield first
-            async for chunk in iterate_in_threadpool(chunks):
-                yield chunk
-
-        return StreamingResponse(
-            body(),
-            media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": 'attachment; filename="adjustments-export.csv"'},
-        )
+        return await export_response(self.producer, flt, "csv")
 
     def _selected(self, flt: ReplayFilter) -> list[Any]:
         return [self.producer.get(i) for i in flt.ids] if flt.ids else []

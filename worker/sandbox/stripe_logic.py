@@ -182,29 +182,12 @@ class StripeLogic:
         if not self._take_token() or self._scripted_rate_limit(adj.identifier):
             # Stripe's rate limiters run before its idempotency layer: a 429 can come back even
             # for a key whose first request was executed.
-            self._log(adj.identifier, key, "rate_limited", 429, account)
-            return self._error(
-                api,
-                429,
-                "Too many requests hit the API too quickly.",
-                "rate_limit",
-                headers={"Stripe-Rate-Limited-Reason": RATE_LIMITED_REASON},
-            )
+            return self._rate_limited(api, adj.identifier, key, account)
         scope = (secret, account or "", key)
         fingerprint = f"{api}|{body!r}"
-        with self._lock:
-            stored = self._stored.get(scope)
-            if stored is None and scope in self._inflight:
-                return self._error(
-                    api,
-                    409,
-                    "There is currently another in-progress request using this Idempotency-Key.",
-                    "idempotency_key_in_use",
-                )
-            if stored is None:
-                self._inflight.add(scope)
-            self._seen[scope] += 1
-            attempt = self._seen[scope]
+        conflict, stored, attempt = self._admit(api, scope)
+        if conflict is not None:
+            return conflict
         if stored is not None:
             return self._replay(api, adj, key, stored, fingerprint)
         try:
@@ -212,6 +195,37 @@ class StripeLogic:
         finally:
             with self._lock:
                 self._inflight.discard(scope)
+
+    def _rate_limited(self, api: str, identifier: str, key: str, account: str | None) -> Reply:
+        self._log(identifier, key, "rate_limited", 429, account)
+        return self._error(
+            api,
+            429,
+            "Too many requests hit the API too quickly.",
+            "rate_limit",
+            headers={"Stripe-Rate-Limited-Reason": RATE_LIMITED_REASON},
+        )
+
+    def _admit(
+        self, api: str, scope: tuple[str, str, str]
+    ) -> tuple[Reply | None, _Stored | None, int]:
+        """The idempotency layer's door: (a 409 while the key's first request is still being
+        answered, or None; its stored answer, if any; this request's attempt number under
+        the key). A request let in is in flight until the caller discards its scope."""
+        with self._lock:
+            stored = self._stored.get(scope)
+            if stored is None and scope in self._inflight:
+                conflict = self._error(
+                    api,
+                    409,
+                    "There is currently another in-progress request using this Idempotency-Key.",
+                    "idempotency_key_in_use",
+                )
+                return conflict, None, 0
+            if stored is None:
+                self._inflight.add(scope)
+            self._seen[scope] += 1
+            return None, stored, self._seen[scope]
 
     def _meter_event(
         self, api: str, secret: str, account: str | None, key: str, body: bytes
@@ -223,29 +237,12 @@ class StripeLogic:
         except MeterError as exc:
             return self._error(api, 400, str(exc), exc.code)
         if not self._take_token():
-            self._log(identifier, key, "rate_limited", 429, account)
-            return self._error(
-                api,
-                429,
-                "Too many requests hit the API too quickly.",
-                "rate_limit",
-                headers={"Stripe-Rate-Limited-Reason": RATE_LIMITED_REASON},
-            )
+            return self._rate_limited(api, identifier, key, account)
         scope = (secret, account or "", key)
         fingerprint = f"meter_event|{api}|{body!r}"
-        with self._lock:
-            stored = self._stored.get(scope)
-            if stored is None and scope in self._inflight:
-                return self._error(
-                    api,
-                    409,
-                    "There is currently another in-progress request using this Idempotency-Key.",
-                    "idempotency_key_in_use",
-                )
-            if stored is None:
-                self._inflight.add(scope)
-            self._seen[scope] += 1
-            attempt = self._seen[scope]
+        conflict, stored, attempt = self._admit(api, scope)
+        if conflict is not None:
+            return conflict
         if stored is not None:
             return self._replay(api, Adjustment("", identifier), key, stored, fingerprint)
         try:
