@@ -38,6 +38,7 @@ MARGIN = timedelta(hours=1)
 # but a correction should not trail the invoice by more than this.
 NOW_MODE_WINDOW = timedelta(days=7)
 METER_CACHE_S = 300.0
+MISS_REFRESH_S = 1.0  # an unknown event name looks the meters up again after this
 
 
 def identifier_for(record_id: str) -> str:
@@ -208,6 +209,11 @@ def negated(value: str) -> str | None:
     return str(-number)
 
 
+def _stale(cached: tuple[float, dict[str, MeterInfo]], event_name: str, ttl_s: float) -> bool:
+    age = time.monotonic() - cached[0]
+    return age > ttl_s or (event_name not in cached[1] and age > MISS_REFRESH_S)
+
+
 @dataclass
 class MeterCache:
     """Meters by (account, event name), fetched with ``fetch(account)`` at most every
@@ -219,10 +225,13 @@ class MeterCache:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def find(self, account: str | None, event_name: str) -> MeterInfo | None:
+        """The active meter for ``event_name``. A name the cache does not know is looked up
+        again (at most once a MISS_REFRESH_S): a meter created after the cache was filled
+        must not make a record look uncompensable for the rest of the TTL."""
         slot = account or ""
         with self._lock:
             cached = self._by_account.get(slot)
-        if cached is None or time.monotonic() - cached[0] > self.ttl_s:
+        if cached is None or _stale(cached, event_name, self.ttl_s):
             meters = {}
             for raw in self.fetch(account):
                 if raw.get("status", "active") == "active":

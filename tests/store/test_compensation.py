@@ -212,3 +212,34 @@ class TestPlan:
             ("cus_B", "api_sum"): Decimal("-1"),
         }
         assert len(plan.records) == 3 and len(plan.skipped) == 1
+
+
+class TestMeterCache:
+    def test_a_meter_created_after_the_cache_filled_is_found(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Known names are served from the cache; an unknown one looks the meters up again
+        (at most once a second), so a new meter is not taken for a missing one for minutes."""
+        from adjustments.compensation import MeterCache
+
+        meters: list[dict[str, object]] = [
+            {"id": "mtr_1", "event_name": "a", "default_aggregation": {"formula": "sum"}}
+        ]
+        calls: list[str | None] = []
+
+        def fetch(account: str | None) -> list[dict[str, object]]:
+            calls.append(account)
+            return list(meters)
+
+        clock = [1000.0]
+        import time
+
+        monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+        cache = MeterCache(fetch=fetch)
+        assert cache.find(None, "a") is not None and cache.find(None, "a") is not None
+        assert len(calls) == 1
+        meters.append({"id": "mtr_2", "event_name": "b", "default_aggregation": {"formula": "sum"}})
+        assert cache.find(None, "b") is None and len(calls) == 1  # looked up a moment ago
+        clock[0] += 2
+        found = cache.find(None, "b")
+        assert found is not None and found.id == "mtr_2" and len(calls) == 2
