@@ -12,7 +12,7 @@ from . import lifecycle, metrics
 from .logging import get_logger
 from .models import Record, Status
 from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
-from .ratelimit import SharedRateLimiter, Slot
+from .ratelimit import VOID, Budgets, Reservation, SharedRateLimiter
 from .retry import Decision, Policy, decide, key_outcome_after
 from .store import Claim, RecordStore
 
@@ -52,8 +52,7 @@ def run_attempt(
     send: Sender,
     policy: Policy,
     lease_s: float,
-    limiter: SharedRateLimiter | None = None,
-    slot: Slot | None = None,
+    limiter: Budgets | SharedRateLimiter | None = None,
     clock: Clock = utcnow,
     wait: Waiter = plain_wait,
     rng: random.Random | None = None,
@@ -67,22 +66,22 @@ def run_attempt(
     message of its own, so none waits for ever; a message with nothing left to send (its
     record went with another's message) ends without a slot or a call.
 
-    With a ``limiter``, the attempt first waits for a slot of the shared Stripe rate, holding
-    its one message (``slot``: a reservation an older message carries); the record is chosen
-    when the slot comes, so one that became urgent meanwhile goes first. ``wait`` returning
-    False (the worker is stopping) ends the wait: the message goes back to the queue.
+    With a ``limiter`` (each platform's budget), the attempt first chooses the platform whose
+    slot comes first among those with a record ready and waits for that slot, holding its one
+    message; the record is chosen when the slot comes, so one that became urgent meanwhile
+    goes first. ``wait`` returning False (the worker is stopping) ends the wait: the message
+    goes back to the queue.
     """
+    budgets = Budgets({"": limiter}) if isinstance(limiter, SharedRateLimiter) else limiter
     ready_in = store.ready_in(clock())
     if ready_in is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
     if ready_in > 0 and not wait(ready_in):  # a retry's message, a moment early
         return AttemptResult("shutting_down", None, requeue=True)
-    if limiter is not None and limiter.enabled:
-        ready = _wait_for_slot(record_id, limiter, slot, wait)
-        if not ready:
-            return AttemptResult("shutting_down", None, requeue=True)
-    claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id, on_expired=on_expired)
+    claim = _slot_and_claim(record_id, store, budgets, lease_s, clock, wait, on_expired)
+    if isinstance(claim, _Stopping):
+        return AttemptResult("shutting_down", None, requeue=True)
     if claim.kind != "claimed" or claim.record is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
@@ -95,7 +94,7 @@ def run_attempt(
     if isinstance(answer, Unsound):
         return _not_compensated(store, record, claim.token, answer, clock(), on_expired)
     outcome: Outcome = answer
-    _observe(record, outcome, duration_ms, limiter)
+    _observe(record, outcome, duration_ms, budgets)
     now = clock()
     key_outcome = key_outcome_after(record.key_outcome, outcome)
     decision = decide(
@@ -155,16 +154,15 @@ def _observe_first_call(record: Record, now: datetime) -> None:
         metrics.FIRST_CALL_SECONDS.observe(max(0.0, waited.total_seconds()))
 
 
-def _observe(
-    record: Record, outcome: Outcome, duration_ms: float, limiter: SharedRateLimiter | None
-) -> None:
+def _observe(record: Record, outcome: Outcome, duration_ms: float, budgets: Budgets | None) -> None:
     metrics.STRIPE_SECONDS.labels(record.api).observe(duration_ms / 1000)
     if isinstance(outcome, Rejected) and outcome.http_status == 429:
         metrics.STRIPE_429.labels(outcome.rate_limited_reason or "none").inc()
-    if limiter is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
+    if budgets is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
         # A rate limiter's 429 (marked with its reason): someone else spent the account's
-        # budget, so slow everyone down. An unmarked 429 (lock_timeout) is only retried.
-        limiter.penalize()
+        # budget, so slow everyone down on that account (the record's platform), only there.
+        # An unmarked 429 (lock_timeout) is only retried.
+        budgets.penalize(record.platform)
 
 
 def _as_compensation(decision: Decision, outcome: Outcome) -> tuple[Decision, dict[str, str | int]]:
@@ -210,13 +208,19 @@ MAX_EXPIRED_PER_CLAIM = 1000  # lost causes expired on the way to one record to 
 
 
 def _claim_next(
-    store: RecordStore, *, lease_s: float, clock: Clock, hint: str, on_expired: Expired | None
+    store: RecordStore,
+    *,
+    lease_s: float,
+    clock: Clock,
+    hint: str,
+    on_expired: Expired | None,
+    platform: str,
 ) -> Claim:
-    """The next ready record, claimed; each record whose window closed while it waited is
-    expired on the way (never sent, and the slot goes to the next one)."""
+    """``platform``'s next ready record, claimed; each record whose window closed while it
+    waited is expired on the way (never sent, and the slot goes to the next one)."""
     for _ in range(MAX_EXPIRED_PER_CLAIM):
         now = clock()
-        claim = store.claim_next(now=now, lease_s=lease_s, hint=hint)
+        claim = store.claim_next(now=now, lease_s=lease_s, hint=hint, platform=platform)
         if claim.kind != "window_closed":
             return claim
         record = store.find(claim.record_id)
@@ -227,35 +231,93 @@ def _claim_next(
     return Claim("empty")
 
 
-def _wait_for_slot(
+class _Stopping:
+    """``_take_slot``'s answer when the worker is stopping."""
+
+
+STOPPING = _Stopping()
+MAX_CHOICES = 4  # platforms chosen by one message, at most (see run_attempt)
+
+
+def _slot_and_claim(
     record_id: str,
-    limiter: SharedRateLimiter,
-    reserved: Slot | None,
+    store: RecordStore,
+    budgets: Budgets | None,
+    lease_s: float,
+    clock: Clock,
     wait: Waiter,
-) -> bool:
-    """Wait until the shared limit lets this attempt go; False if the worker is stopping.
+    on_expired: Expired | None,
+) -> Claim | _Stopping:
+    """A rate slot, then the chosen platform's most urgent record claimed. A platform found
+    empty when its slot came (another thread took its last record) is not the end of this
+    message: it is a permit, and another platform may still have work."""
+    claim = Claim("empty")
+    for _ in range(MAX_CHOICES):
+        platform = _take_slot(record_id, store, budgets, clock, wait)
+        if isinstance(platform, _Stopping):
+            return platform
+        if platform is None:
+            break
+        claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id,
+                            on_expired=on_expired, platform=platform)  # fmt: skip
+        if claim.kind == "claimed":
+            break
+    return claim
+
+
+def _take_slot(
+    record_id: str,
+    store: RecordStore,
+    budgets: Budgets | None,
+    clock: Clock,
+    wait: Waiter,
+) -> str | _Stopping | None:
+    """The platform ("" for records without one) this attempt sends for, once its rate
+    slot has come: of the platforms with a record ready, the one whose slot comes first
+    (without limits: the most urgent record's). None when no record is ready; STOPPING when
+    the worker is stopping.
 
     Backpressure: the thread keeps its one message while it waits for its reserved slot,
     instead of re-publishing it, so a worker holds at most ``concurrency`` messages (prefetch
     1) and the rest of a backlog waits in Redis at no cost. When the limit is not the
     bottleneck the slot is at most ``max_sleep_s`` away and nothing is held for long. A
-    reservation made void by a rate cut, or none free within the horizon, is asked for again.
+    reservation made void by a rate cut, or none free within the horizon, means choosing a
+    platform again: one platform's cut never holds a thread another platform could use.
     """
+    if budgets is None:
+        candidates = store.ready_platforms(clock())
+        return min(candidates, key=candidates.__getitem__) if candidates else None
+    reserved: Reservation | None = None
     while True:
-        grant = limiter.acquire(reserved)
+        if reserved is None:
+            candidates = store.ready_platforms(clock())
+            if not candidates:
+                return None
+            platform = budgets.choose(candidates)
+            if not budgets.limiter(platform).enabled:
+                return platform
+            grant = budgets.acquire(platform)
+        else:
+            platform, slot = reserved
+            grant = budgets.acquire(platform, slot)
+            if grant.verdict == VOID:
+                reserved = None
+                continue
         if grant.go:
-            return grant.wait_s <= 0 or wait(grant.wait_s)
-        reserved = grant.slot
-        pause_s = grant.wait_s if reserved else min(grant.wait_s, limiter.policy.horizon_s / 2)
+            return platform if grant.wait_s <= 0 or wait(grant.wait_s) else STOPPING
+        reserved = (platform, grant.slot) if grant.slot else None
+        horizon_s = budgets.limiter(platform).policy.horizon_s
+        pause_s = grant.wait_s if reserved else min(grant.wait_s, horizon_s / 2)
         log.debug(
             "cancellation.waiting_for_slot",
             request_id=record_id,
+            platform=platform or None,
             wait_s=round(pause_s, 3),
             rate_per_s=grant.rate_per_s,
             slot_reserved=reserved is not None,
         )
         if not wait(pause_s):
-            return False
+            return STOPPING
 
 
 def _log_line(

@@ -45,10 +45,12 @@ def deadline(prefix: str) -> str:
     return f"{prefix}:{DEADLINE}"
 
 
-def ready(prefix: str) -> str:
-    """Records ready to be sent, scored by the order they go in: their deadline (ms), or
-    with ``ADJUSTMENTS_ORDER=fifo`` the time they became ready. Workers take the lowest."""
-    return f"{prefix}:ready"
+def ready(prefix: str, platform: str = "") -> str:
+    """One platform's records ready to be sent, scored by the order they go in: their
+    deadline (ms), or with ``ADJUSTMENTS_ORDER=fifo`` the time they became ready. Workers
+    take the lowest. A record without a platform (a single-key deployment) is in the
+    unnamed set; the scripts name a record's set from its ``platform`` field the same way."""
+    return f"{prefix}:ready:{platform}" if platform else f"{prefix}:ready"
 
 
 def claim(prefix: str, token: str) -> str:
@@ -57,9 +59,9 @@ def claim(prefix: str, token: str) -> str:
     return f"{prefix}:claim:{token}"
 
 
-def rate_limiter(prefix: str) -> str:
-    """The shared Stripe rate limiter's state (one per prefix, i.e. per Stripe account)."""
-    return f"{prefix}:ratelimit"
+def rate_limiter(prefix: str, platform: str = "") -> str:
+    """A Stripe account's shared rate limiter state: the single key's, or a platform's."""
+    return f"{prefix}:ratelimit:{platform}" if platform else f"{prefix}:ratelimit"
 
 
 def dead_letter(prefix: str) -> str:

@@ -48,10 +48,9 @@ from .listing import Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status, iso, parse_iso
-from .ratelimit import SharedRateLimiter
+from .ratelimit import Budgets, policies
 from .reconcile import ReconcileReport
 from .replay import ReplayFilter, ReplayReport, replay
-from .runtime import rate_policy
 from .server_checks import check_server
 from .store import Outbox, RecordStore
 
@@ -132,6 +131,7 @@ class Producer:
             durability=self.settings.durability,
             durability_timeout_ms=self.settings.durability_timeout_ms,
             order=self.settings.order,
+            platforms=self.settings.platform_names,
         )
         self._checked = False
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[Any]]
@@ -669,20 +669,40 @@ class Producer:
 
     def stats(self) -> dict[str, object]:
         """Records per status, the queue's depth (messages waiting, not yet taken), dead
-        letters and the shared Stripe rate (configured ceiling, and current value after any
-        429 cuts). Raises StoreError when Redis cannot be read."""
-        limiter = SharedRateLimiter(
-            self._client, rate_policy(self.settings), prefix=self.settings.key_prefix
+        letters, the shared Stripe rate (configured ceiling, and current value after any 429
+        cuts) and the expiry forecast; with platforms, ``platforms`` gives each one's rate,
+        ready records and forecast (the top-level rate is the first platform's, the
+        forecast the sum). Raises StoreError when Redis cannot be read."""
+        budgets = Budgets.build(
+            self._client, policies(self.settings), prefix=self.settings.key_prefix
         )
         with self._reading():
             dead_total = self._client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
-            configured, current, from_workers = limiter.shared()
             records = self._store.counts()
             workers_alive = len(alive(self._client, self.settings.key_prefix))
-            outlook = self.expiry_forecast(
-                rate_per_s=(current if configured > 0 else -1.0) if workers_alive else 0.0
-            )
-            return {
+            platforms = {
+                name: self._platform_stats(budgets, name, workers_alive)
+                for name in self.settings.platform_names or ("",)
+            }
+            if self.settings.platform_names and self._client.zcard(
+                keys.ready(self.settings.key_prefix)
+            ):
+                # records made before platforms were configured: sent on the first one's budget
+                first = self.settings.platform_names[0]
+                platforms[""] = self._platform_stats(budgets, "", workers_alive, rate_of=first)
+            expiring = sum(cast(int, p["expiry_forecast"]) for p in platforms.values())
+            misses = [
+                cast(str, p["expiry_forecast_first_miss"])
+                for p in platforms.values()
+                if p["expiry_forecast_first_miss"]
+            ]
+            if self.settings.order == "fifo" and len(platforms) > 1:
+                # fifo keeps one set of deadlines for all: each platform's forecast is of all
+                # of them at its rate, not a part of a sum (the README says so)
+                expiring = max(cast(int, p["expiry_forecast"]) for p in platforms.values())
+                misses = misses[:1]
+            first_platform = next(iter(platforms.values()))
+            out: dict[str, object] = {
                 "records": records,
                 "queue_depth": self.queue_depth(),  # waiting (kept for compatibility)
                 "queue": {
@@ -695,28 +715,48 @@ class Producer:
                 "workers_alive": workers_alive,
                 # At the rate the workers achieve now (0 with none alive): how many waiting
                 # records will miss their 24 h window, and the nearest deadline missed.
-                "expiry_forecast": outlook.expiring,
-                "expiry_forecast_first_miss": (
-                    iso(datetime.fromtimestamp(outlook.first_miss_ms / 1000, UTC))
-                    if outlook.first_miss_ms is not None
-                    else None
-                ),
-                "rate_limit": {
-                    # The shared limit as the workers use it (from Redis), not this process's
-                    # settings; "source" says which.
-                    "configured_per_s": configured,
-                    "current_per_s": round(current, 2),
-                    "source": "workers" if from_workers else "settings (no worker has sent yet)",
-                },
+                "expiry_forecast": expiring,
+                "expiry_forecast_first_miss": min(misses) if misses else None,
+                "rate_limit": first_platform["rate_limit"],
             }
+            if self.settings.platform_names:
+                out["platforms"] = {name or "(none)": p for name, p in platforms.items()}
+            return out
 
-    def expiry_forecast(self, *, rate_per_s: float) -> Forecast:
-        """How many waiting records will miss their window if the workers go on sending at
-        ``rate_per_s`` (0: none is sent; below 0: no limit), deadline first, and the nearest
-        deadline missed (see ``forecast``). Raises StoreUnavailable when Redis cannot be
+    def _platform_stats(
+        self, budgets: Budgets, name: str, workers_alive: int, *, rate_of: str | None = None
+    ) -> dict[str, object]:
+        """One platform's rate (as the workers use it), ready records and forecast."""
+        configured, current, from_workers = budgets.limiter(rate_of or name).shared()
+        outlook = self.expiry_forecast(
+            rate_per_s=(current if configured > 0 else -1.0) if workers_alive else 0.0,
+            platform=name,
+        )
+        return {
+            "ready": int(self._client.zcard(keys.ready(self.settings.key_prefix, name))),
+            "expiry_forecast": outlook.expiring,
+            "expiry_forecast_first_miss": (
+                iso(datetime.fromtimestamp(outlook.first_miss_ms / 1000, UTC))
+                if outlook.first_miss_ms is not None
+                else None
+            ),
+            "rate_limit": {
+                # The limit as the workers use it (from Redis), not this process's settings;
+                # "source" says which.
+                "configured_per_s": configured,
+                "current_per_s": round(current, 2),
+                "source": "workers" if from_workers else "settings (no worker has sent yet)",
+            },
+        }
+
+    def expiry_forecast(self, *, rate_per_s: float, platform: str = "") -> Forecast:
+        """How many of ``platform``'s waiting records will miss their window if the workers
+        go on sending at ``rate_per_s`` (0: none is sent; below 0: no limit), deadline
+        first, and the nearest deadline missed (see ``forecast``). With order=fifo every
+        platform's known deadlines are read. Raises StoreUnavailable when Redis cannot be
         read."""
         key = (
-            keys.ready(self.settings.key_prefix)
+            keys.ready(self.settings.key_prefix, platform)
             if self.settings.order == "deadline"
             else keys.deadline(self.settings.key_prefix)  # fifo: the deadlines that are known
         )

@@ -12,12 +12,14 @@ feedback, and it has no reservation, so a worker would have to poll for a token.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from . import keys
+from .config import Settings
 from .store import load_script
 
 
@@ -38,13 +40,14 @@ class RatePolicy:
 Slot = tuple[int, int]  # (slot time, reservation time), microseconds on the Redis clock
 
 
-GO, RESERVED, DENIED = 1, 2, 0
+GO, RESERVED, DENIED, VOID = 1, 2, 0, 3
 
 
 @dataclass(frozen=True)
 class Grant:
     """What the limiter said: ``go`` after ``wait_s`` (at most ``max_sleep_s``); or come back
-    after ``wait_s`` holding ``slot`` (reserved); or come back later with nothing (denied)."""
+    after ``wait_s`` holding ``slot`` (reserved); or come back later with nothing (denied);
+    or (``void_ok``) the reservation given was made void by a cut, nothing taken."""
 
     verdict: int
     wait_s: float
@@ -57,12 +60,16 @@ class Grant:
 
 
 class SharedRateLimiter:
-    """The shared limiter; one per process (it holds only a Redis client)."""
+    """One Stripe account's shared limiter; one per process and platform (it holds only a
+    Redis client)."""
 
-    def __init__(self, client: redis.Redis, policy: RatePolicy, *, prefix: str = "adj") -> None:
+    def __init__(
+        self, client: redis.Redis, policy: RatePolicy, *, prefix: str = "adj", platform: str = ""
+    ) -> None:
         self.client = client
         self.policy = policy
-        self.key = keys.rate_limiter(prefix)
+        self.platform = platform
+        self.key = keys.rate_limiter(prefix, platform)
         self._acquire = client.register_script(load_script("rate_acquire.lua"))
         self._penalize = client.register_script(load_script("rate_penalize.lua"))
         self._peek = client.register_script(load_script("rate_peek.lua"))
@@ -71,11 +78,12 @@ class SharedRateLimiter:
     def enabled(self) -> bool:
         return self.policy.limit_per_s > 0
 
-    def acquire(self, reserved: Slot | None = None) -> Grant:
+    def acquire(self, reserved: Slot | None = None, *, void_ok: bool = False) -> Grant:
         """Take the next free slot (reserving it if it is more than ``max_sleep_s`` and at most
         ``horizon_s`` away); with ``reserved``, redeem that earlier reservation instead, unless
-        the rate was cut since it was made. Sends are spaced by the rate even when callers come
-        back late for their slots, so they never arrive in a burst."""
+        the rate was cut since it was made: then a new slot is taken, or with ``void_ok`` the
+        answer is VOID and nothing is taken. Sends are spaced by the rate even when callers
+        come back late for their slots, so they never arrive in a burst."""
         p = self.policy
         if not self.enabled:
             return Grant(GO, 0.0, 0.0)
@@ -93,6 +101,7 @@ class SharedRateLimiter:
                     slot_us,
                     reserved_us,
                     int(p.max_sleep_s * 1e6),
+                    "1" if void_ok else "0",
                 ],
             ),
         )
@@ -134,3 +143,92 @@ class SharedRateLimiter:
         if configured <= 0:
             return configured, configured, from_workers
         return configured, int(rate_milli) / 1000, from_workers
+
+
+# A reservation: the platform ("" for the unnamed one) and the slot its limiter reserved.
+Reservation = tuple[str, Slot]
+
+
+class Budgets:
+    """Each platform's own limiter (issue 21): Stripe's rate limits are per account, so one
+    platform's 429s cut only its own rate. ``limiters`` maps each ready set's platform name
+    to its limiter; ``""`` (records without a platform) to the single key's or the default
+    platform's.
+
+    A worker thread spends its next send on the platform whose slot comes first, among those
+    with records ready (``acquire``): a thread never waits for one platform's far slot while
+    another's is free, so one platform's backlog or cut rate does not hold the threads the
+    others need. Reservations only run as far ahead as the other platforms' slots do."""
+
+    def __init__(self, limiters: Mapping[str, SharedRateLimiter]) -> None:
+        self.limiters = dict(limiters)
+        first = next(iter(self.limiters.values()))
+        self._next = first.client.register_script(load_script("rate_next.lua"))
+
+    @classmethod
+    def build(
+        cls,
+        client: redis.Redis,
+        policies: Mapping[str, RatePolicy],
+        *,
+        prefix: str = "adj",
+    ) -> Budgets:
+        """One limiter per named policy (``{"": policy}`` for a single-key deployment); the
+        unnamed ready set is sent under the first platform's."""
+        limiters = {
+            name: SharedRateLimiter(client, policy, prefix=prefix, platform=name)
+            for name, policy in policies.items()
+        }
+        if "" not in limiters:
+            limiters = {"": next(iter(limiters.values())), **limiters}
+        return cls(limiters)
+
+    def limiter(self, platform: str | None) -> SharedRateLimiter:
+        return self.limiters.get(platform or "") or self.limiters[""]
+
+    @property
+    def enabled(self) -> bool:
+        return any(limiter.enabled for limiter in self.limiters.values())
+
+    def choose(self, candidates: Mapping[str, float]) -> str:
+        """Of ``candidates`` (platform → the score of its first ready record), the platform
+        whose next slot comes first; among equal waits the most urgent record's."""
+        names = list(candidates)
+        if len(names) == 1:
+            return names[0]
+        args: list[float] = []
+        for name in names:
+            p = self.limiter(name).policy
+            args += [p.limit_per_s, p.burst, p.recovery_per_s, p.floor_per_s]
+        waits = cast(
+            list[int],
+            self._next(keys=[self.limiter(n).key for n in names], args=args),
+        )
+        return min(zip(names, waits, strict=True), key=lambda nw: (int(nw[1]), candidates[nw[0]]))[
+            0
+        ]
+
+    def acquire(self, platform: str, reserved: Slot | None = None) -> Grant:
+        """``platform``'s slot (see ``SharedRateLimiter.acquire``); a reservation made void
+        by a cut answers VOID, so the caller chooses a platform again."""
+        return self.limiter(platform).acquire(reserved, void_ok=True)
+
+    def penalize(self, platform: str | None) -> float:
+        return self.limiter(platform).penalize()
+
+
+def rate_policy(settings: Settings, limit_per_s: float | None = None) -> RatePolicy:
+    """The limiter's knobs from ``settings`` (``limit_per_s``: a platform's own limit)."""
+    return RatePolicy(
+        limit_per_s=settings.rate_limit_per_s if limit_per_s is None else limit_per_s,
+        burst=settings.rate_burst,
+        recovery_per_s=settings.rate_recovery_per_s,
+    )
+
+
+def policies(settings: Settings) -> dict[str, RatePolicy]:
+    """Each platform's policy (its ``ADJUSTMENTS_RATE_LIMIT_<NAME>``, else the deployment's
+    ``ADJUSTMENTS_RATE_LIMIT``); ``{"": ...}`` for a single-key deployment."""
+    if not settings.platforms:
+        return {"": rate_policy(settings)}
+    return {p.name: rate_policy(settings, p.rate_limit_per_s) for p in settings.platforms}

@@ -12,7 +12,7 @@ from . import stripe_api
 from .attempt import Sender
 from .compensation import MeterCache
 from .config import Settings, load_settings
-from .ratelimit import RatePolicy, SharedRateLimiter
+from .ratelimit import Budgets, policies
 from .retry import Policy
 from .store import RecordStore
 
@@ -39,21 +39,13 @@ def wait_unless_stopping(seconds: float) -> bool:
     return not STOPPING.wait(seconds)
 
 
-def rate_policy(settings: Settings) -> RatePolicy:
-    return RatePolicy(
-        limit_per_s=settings.rate_limit_per_s,
-        burst=settings.rate_burst,
-        recovery_per_s=settings.rate_recovery_per_s,
-    )
-
-
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     store: RecordStore
     send: Sender
     policy: Policy
-    limiter: SharedRateLimiter
+    budgets: Budgets
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
@@ -67,11 +59,12 @@ class Runtime:
             prefix=settings.key_prefix,
             retention_s=settings.retention_s,
             order=settings.order,
+            platforms=settings.platform_names,
         )
         for name in settings.platform_names or (None,):  # every key usable, or no start
             stripe_api.shared_client(settings, name)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
-        limiter = SharedRateLimiter(client, rate_policy(settings), prefix=settings.key_prefix)
+        budgets = Budgets.build(client, policies(settings), prefix=settings.key_prefix)
         caches: dict[str | None, MeterCache] = {}
 
         def meters(platform: str | None) -> MeterCache:
@@ -87,7 +80,7 @@ class Runtime:
             meters,
             settings.compensation_timestamp,
         )
-        return cls(settings, store, send, policy, limiter)
+        return cls(settings, store, send, policy, budgets)
 
 
 _lock = threading.Lock()

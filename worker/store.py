@@ -135,10 +135,14 @@ class RecordStore:
         durability: Durability | None = None,
         durability_timeout_ms: int = 2000,
         order: Order = "deadline",
+        platforms: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.order = order
+        # Each platform's records wait in a ready set of their own ("": records without a
+        # platform), so each platform's rate budget is spent on its own most urgent ones.
+        self.ready_sets: tuple[str, ...] = ("", *platforms)
         self.retention_s = retention_s
         self.durability = durability or Durability("memory")
         self.durability_timeout_ms = durability_timeout_ms
@@ -197,7 +201,7 @@ class RecordStore:
             self.index_key(Status.QUEUED),
             keys.deadline(self.prefix),
             outbox.queue_key if outbox else keys.deadline(self.prefix),  # unused without outbox
-            keys.ready(self.prefix),
+            keys.ready(self.prefix, req.platform or ""),
         ]
         message = outbox.message_for(record_id) if outbox else ""
         # Absent reads as empty, and as the creation-time value for the fields Record.from_hash
@@ -407,9 +411,12 @@ class RecordStore:
             return Claim(kind, status=str(reply[1]) if len(reply) > 1 else "")
         return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
 
-    def claim_next(self, *, now: datetime, lease_s: float, hint: str = "") -> Claim:
-        """Take the next ready record (deadline first, or oldest first with order=fifo) for
-        one attempt under a lease, making due retries ready first; ``hint`` (the message's
+    def claim_next(
+        self, *, now: datetime, lease_s: float, hint: str = "", platform: str = ""
+    ) -> Claim:
+        """Take ``platform``'s next ready record (deadline first, or oldest first with
+        order=fifo) for one attempt under a lease, making due retries ready first; ``hint``
+        (the message's
         own record) when it is ready and its deadline within HINT_TOLERANCE_MS of the first.
         ``Claim("empty")`` when none is ready; ``Claim("window_closed", record_id=...)`` for
         a record whose window closed while it waited (the caller expires it, asks again)."""
@@ -419,7 +426,7 @@ class RecordStore:
             list[Any],
             self._claim_next(
                 keys=[
-                    keys.ready(self.prefix),
+                    keys.ready(self.prefix, platform),
                     self.index_key(Status.QUEUED),
                     self.index_key(Status.RETRYING),
                     self.index_key(Status.PROCESSING),
@@ -435,6 +442,7 @@ class RecordStore:
                     self.order,
                     hint,
                     HINT_TOLERANCE_MS,
+                    keys.ready(self.prefix),
                 ],
             ),
         )
@@ -450,8 +458,39 @@ class RecordStore:
         return to_ms(now) if self.order == "fifo" else to_ms(record.deadline)
 
     def ready_ids(self, count: int) -> list[str]:
-        """The ``count`` ready records that go first."""
-        return cast(list[str], self.client.zrange(keys.ready(self.prefix), 0, count - 1))
+        """The ``count`` ready records that go first (of all platforms, by score)."""
+        pipe = self.client.pipeline(transaction=False)
+        for platform in self.ready_sets:
+            pipe.zrange(keys.ready(self.prefix, platform), 0, count - 1, withscores=True)
+        heads = cast(list[list[tuple[str, float]]], pipe.execute())
+        merged = sorted((entry for head in heads for entry in head), key=lambda e: e[1])
+        return [record_id for record_id, _ in merged[:count]]
+
+    def ready_platforms(self, now: datetime) -> dict[str, float]:
+        """The platforms ("" for records without one) with a record ready to send now, each
+        with the score of its first (its deadline, or with order=fifo when it became ready;
+        a due retry not yet made ready counts with its due time). One round trip, two when
+        retries are due."""
+        pipe = self.client.pipeline(transaction=False)
+        for platform in self.ready_sets:
+            pipe.zrange(keys.ready(self.prefix, platform), 0, 0, withscores=True)
+        pipe.zrangebyscore(
+            self.index_key(Status.RETRYING), "-inf", to_ms(now), 0, 100, withscores=True
+        )
+        *heads, due = cast(list[list[tuple[str, float]]], pipe.execute())
+        found = {
+            platform: head[0][1]
+            for platform, head in zip(self.ready_sets, heads, strict=True)
+            if head
+        }
+        if due:
+            pipe = self.client.pipeline(transaction=False)
+            for record_id, _ in due:
+                pipe.hget(self.record_key(record_id), "platform")
+            for (_, due_ms), platform in zip(due, pipe.execute(), strict=True):
+                name = str(platform or "")
+                found[name] = min(found.get(name, due_ms), due_ms)
+        return found
 
     def has_ready(self, now: datetime) -> bool:
         """Whether a record is ready to send, or a retry is due within the tolerance."""
@@ -463,7 +502,8 @@ class RecordStore:
         with a countdown may come a moment early: it waits rather than finding nothing),
         None when nothing is. One round trip, no claim."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(keys.ready(self.prefix))
+        for platform in self.ready_sets:
+            pipe.zcard(keys.ready(self.prefix, platform))
         pipe.zrangebyscore(
             self.index_key(Status.RETRYING),
             "-inf",
@@ -472,21 +512,22 @@ class RecordStore:
             1,
             withscores=True,
         )
-        ready, due = cast(tuple[int, list[tuple[str, float]]], pipe.execute())
-        if ready:
+        *ready, due = pipe.execute()
+        if any(ready):
             return 0.0
         if not due:
             return None
-        return max(0.0, (due[0][1] - to_ms(now)) / 1000)
+        return max(0.0, (float(due[0][1]) - to_ms(now)) / 1000)
 
     def make_ready(self, record_ids: Sequence[str], now: datetime) -> None:
         """Put live records back among the ready (reconciliation, after a worker died), each
         in its deadline's place (with order=fifo: now)."""
         records = self.get_many(record_ids) if record_ids else []
-        if records:
-            self.client.zadd(
-                keys.ready(self.prefix), {r.id: self.ready_score(r, now) for r in records}
-            )
+        by_platform: dict[str, dict[str, int]] = {}
+        for r in records:
+            by_platform.setdefault(r.platform or "", {})[r.id] = self.ready_score(r, now)
+        for platform, scores in by_platform.items():
+            self.client.zadd(keys.ready(self.prefix, platform), scores)
 
     def transition(
         self,
@@ -520,7 +561,7 @@ class RecordStore:
                     self.dedupe_key(record),
                     keys.history(self.prefix, record.id),
                     keys.deadline(self.prefix),
-                    keys.ready(self.prefix),
+                    keys.ready(self.prefix, record.platform or ""),
                 ],
                 args=[
                     keys.index_prefix(self.prefix),

@@ -36,10 +36,8 @@ ORPHAN_MIN_AGE_S = 2.0
 def process_cancellation(
     self: Task,  # type: ignore[type-arg]
     record_id: str,
-    slot: list[int] | None = None,
 ) -> str:
-    """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep.
-    ``slot`` is a rate-limit reservation that messages of earlier versions carry."""
+    """One attempt for ``record_id``; a retry is a new message with a countdown, never a sleep."""
     runtime = get_runtime(str(app.conf.adjustments_redis_url))
     try:
         result = run_attempt(
@@ -48,8 +46,7 @@ def process_cancellation(
             send=runtime.send,
             policy=runtime.policy,
             lease_s=runtime.settings.claim_lease_s,
-            limiter=runtime.limiter,
-            slot=(slot[0], slot[1]) if slot else None,
+            limiter=runtime.budgets,
             wait=wait_unless_stopping,
             on_expired=_compensation_hook(runtime),
         )

@@ -32,4 +32,4 @@ def test_the_recovering_rate_is_defined_once() -> None:
     defining = [s.name for s in SCRIPTS if "recovery * (now_us" in s.read_text()]
     assert defining == ["rate_common.lua"]
     callers = {s.name for s in SCRIPTS if "recovered_rate(" in s.read_text()} - {"rate_common.lua"}
-    assert callers == {"rate_acquire.lua", "rate_penalize.lua", "rate_peek.lua"}
+    assert callers == {"rate_acquire.lua", "rate_penalize.lua", "rate_peek.lua", "rate_next.lua"}

@@ -1,7 +1,7 @@
 -- Take a record for one attempt: queued, due retrying, or processing with a lapsed lease.
 -- Returns {'claimed', field, value, ...} or {reason[, status]}.
 local rec = KEYS[1]                     -- the record hash
-local ready = KEYS[2]                   -- ready records, by the order they are sent in
+local ready_base = KEYS[2]              -- the unnamed ready set; a platform's adds ':' .. name
 local index_prefix = ARGV[1]            -- status index keys are this plus the status
 local now = tonumber(ARGV[2])           -- ms
 local lease_until_ms = ARGV[3]
@@ -52,5 +52,9 @@ redis.call('HSET', rec, 'status', 'processing', 'lease_token', lease_token,
 redis.call('HINCRBY', rec, 'attempts', 1)
 redis.call('ZREM', index_prefix .. status, id)
 redis.call('ZADD', index_prefix .. 'processing', lease_until_ms, id)
-redis.call('ZREM', ready, id)
+local platform = redis.call('HGET', rec, 'platform') or ''
+if platform ~= '' then
+  ready_base = ready_base .. ':' .. platform
+end
+redis.call('ZREM', ready_base, id)
 return claimed()

@@ -1,6 +1,6 @@
--- Take the next ready record for one attempt: the lowest-scored in the ready set (its
--- deadline, so the window that closes first goes first; or, with order=fifo, the oldest),
--- after making due retries ready. The message's own record (the hint) is taken instead when
+-- Take the next ready record of one platform for one attempt: the lowest-scored in its ready
+-- set (its deadline, so the window that closes first goes first; or, with order=fifo, the
+-- oldest), after making due retries (of every platform) ready. The message's own record (the hint) is taken instead when
 -- it is ready and its deadline is within `tolerance_ms` of the first one (a trace then
 -- continues in the attempt of its own request). Entries that no longer name a record ready
 -- to send (taken, finished, gone, a retry not yet due, a running lease) are dropped on the
@@ -9,7 +9,7 @@
 -- The same call sent again (its answer lost with a dropped connection) gets the record it
 -- claimed the first time: the claim key remembers it for the lease.
 -- Returns {'claimed', field, value, ...}, {'window_closed', id} or {'empty'}.
-local ready = KEYS[1]                   -- zset: ready record ids by their order
+local ready = KEYS[1]                   -- zset: one platform's ready record ids by their order
 local queued_index = KEYS[2]            -- the status indexes (see keys.index)
 local retrying_index = KEYS[3]          -- ...scored by the next attempt's time (ms)
 local processing_index = KEYS[4]        -- ...scored by the lease's end (ms)
@@ -23,6 +23,7 @@ local retry_early_ms = tonumber(ARGV[6])
 local order = ARGV[7]                   -- 'deadline' or 'fifo'
 local hint = ARGV[8]                    -- the message's own record id ('' for none)
 local tolerance_ms = tonumber(ARGV[9])
+local ready_base = ARGV[10]             -- the unnamed ready set; a platform's adds ':' .. name
 local PROMOTE = 100                     -- due retries made ready per call, at most
 local SCAN = 100                        -- entries looked at per call, at most
 
@@ -54,12 +55,18 @@ local due = redis.call('ZRANGEBYSCORE', retrying_index, '-inf', now + retry_earl
   'WITHSCORES', 'LIMIT', 0, PROMOTE)
 for i = 1, #due, 2 do
   local id, due_ms = due[i], due[i + 1]
-  if not redis.call('ZSCORE', ready, id) then
+  local rec = record_prefix .. id
+  local platform = redis.call('HGET', rec, 'platform') or ''
+  local its_ready = ready_base
+  if platform ~= '' then
+    its_ready = ready_base .. ':' .. platform
+  end
+  if not redis.call('ZSCORE', its_ready, id) then
     local score = due_ms
     if order == 'deadline' then
-      score = deadline_of(record_prefix .. id, now)
+      score = deadline_of(rec, now)
     end
-    redis.call('ZADD', ready, score, id)
+    redis.call('ZADD', its_ready, score, id)
   end
 end
 

@@ -4,7 +4,8 @@
 -- A caller whose slot is near sleeps until it; one whose slot is far is re-queued with that
 -- slot reserved. When it comes back (on time or late) it is let go as soon as the send GCRA
 -- allows: late callers neither lose their slot nor arrive in a burst.
--- Returns {verdict (1 go, 2 reserved, 0 denied), wait_us, rate * 1000, now_us, slot_us, reserved_us}
+-- Returns {verdict (1 go, 2 reserved, 0 denied, 3 void), wait_us, rate * 1000, now_us, slot_us,
+-- reserved_us}
 local limiter = KEYS[1]                   -- tat_us, send_us, rate (after the last cut), cut_us;
                                           -- and the limit, recovery and floor last used
 local limit = tonumber(ARGV[1])           -- configured (req/s)
@@ -15,6 +16,7 @@ local floor = tonumber(ARGV[5])           -- req/s
 local reserved_slot = ARGV[6]             -- a slot this caller reserved earlier ('' if none)
 local reserved_at = ARGV[7]               -- when it reserved it
 local max_sleep = tonumber(ARGV[8])       -- longest wait a caller sleeps through (us)
+local void_returns = ARGV[9] == '1'       -- a void reservation answers 3 (choose again)
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -50,6 +52,10 @@ if reserved_slot ~= '' and tonumber(state[4] or '0') < tonumber(reserved_at) the
   -- A reservation made since the last cut: honoured (early: wait for it; late: go now).
   local slot = tonumber(reserved_slot)
   return go(math.max(now, slot), slot, tonumber(reserved_at))
+end
+if reserved_slot ~= '' and void_returns then
+  -- Made before a cut: void. The caller chooses again (another platform may be freer).
+  return {3, 0, math.floor(rate * 1000), now, 0, 0}
 end
 
 local tat = math.max(tonumber(state[1] or '0'), now)

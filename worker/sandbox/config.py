@@ -33,7 +33,7 @@ class SandboxConfig:
     # 429 lock_timeout (not a rate limiter: no Stripe-Rate-Limited-Reason), no Should-Retry
     error_429: float = 0.0
     error_429_retry: float = 0.0  # the same 429, with Stripe-Should-Retry: true
-    rps_limit: float = 0.0  # 0: unlimited; above it, 429 rate_limit marked endpoint-rate
+    rps_limit: float = 0.0  # per key (account); 0: unlimited; above it, a marked 429
     slow: float = 0.0  # executes, then answers after slow_s (past the client's timeout)
     slow_s: float = 3.0
     drop: float = 0.0  # closes the connection without an answer, before executing

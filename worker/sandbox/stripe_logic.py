@@ -110,8 +110,9 @@ class StripeLogic:
             self._scripts: dict[str, deque[str]] = {}
             self.requests: dict[str, list[dict[str, Any]]] = {}
             self.meters = MeterBook()
-            self._tokens = float("inf")  # a full bucket (clamped to its size on first use)
-            self._refilled = time.monotonic()
+            # rps_limit's token buckets, one per key (Stripe's limits are per account): each
+            # starts full (clamped to its size on first use)
+            self._buckets: dict[str, tuple[float, float]] = {}
 
     def configure(self, changes: dict[str, Any]) -> SandboxConfig:
         with self._lock:
@@ -420,18 +421,19 @@ class StripeLogic:
         return False
 
     def _take_token(self) -> bool:
+        """One token of this request's key's bucket (``rps_limit`` per account)."""
         rate = self.config.rps_limit
         if rate <= 0:
             return True
         size = self.config.burst or max(1.0, rate / 5)
+        secret = getattr(self._local, "secret", "")
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(size, self._tokens + (now - self._refilled) * rate)
-            self._refilled = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return True
-            return False
+            tokens, refilled = self._buckets.get(secret, (float("inf"), now))
+            tokens = min(size, tokens + (now - refilled) * rate)
+            taken = tokens >= 1
+            self._buckets[secret] = (tokens - 1 if taken else tokens, now)
+            return taken
 
     def _log(
         self,
