@@ -139,7 +139,9 @@ def run_attempt(
         _log_line(record, name, decision.status, outcome, duration_ms, decision=decision,
                   found_status=written.before)  # fmt: skip
         return AttemptResult(name, None)
-    metrics.ATTEMPTS.labels(record.api, decision.reason, str(outcome.http_status or "none")).inc()
+    metrics.ATTEMPTS.labels(
+        record.api, decision.reason, str(outcome.http_status or "none"), record.platform or ""
+    ).inc()
     if decision.retry_in_s is not None:
         metrics.RETRIES.labels(record.api).inc()
     _log_line(record, decision.reason, decision.status, outcome, duration_ms, decision=decision)
@@ -157,7 +159,9 @@ def _observe_first_call(record: Record, now: datetime) -> None:
 def _observe(record: Record, outcome: Outcome, duration_ms: float, budgets: Budgets | None) -> None:
     metrics.STRIPE_SECONDS.labels(record.api).observe(duration_ms / 1000)
     if isinstance(outcome, Rejected) and outcome.http_status == 429:
-        metrics.STRIPE_429.labels(outcome.rate_limited_reason or "none").inc()
+        metrics.STRIPE_429.labels(
+            outcome.rate_limited_reason or "none", record.platform or ""
+        ).inc()
     if budgets is not None and isinstance(outcome, Rejected) and outcome.rate_limited:
         # A rate limiter's 429 (marked with its reason): someone else spent the account's
         # budget, so slow everyone down on that account (the record's platform), only there.

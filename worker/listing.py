@@ -6,9 +6,9 @@ score returned and how many records with exactly that score were already returne
 page costs one ZREVRANGEBYSCORE per index however deep it is. Records that change status
 between two pages may be missed or seen twice, as in any live listing.
 
-Filters that no index holds (event name, identifier, error code) are applied to the records
-read; a page then scans at most ``SCAN_LIMIT`` candidates and may return fewer than ``limit``
-records with a cursor to go on.
+Filters that no index holds (event name, identifier, error code, platform) are applied to the
+records read; a page then scans at most ``SCAN_LIMIT`` candidates and may return fewer than
+``limit`` records with a cursor to go on.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Query:
     event_name: str | None = None
     identifier: str | None = None
     error_code: str | None = None
+    platform: str | None = None  # a platform's name; "" for records without one
     since: datetime | None = None  # when the record reached its status
     until: datetime | None = None
     limit: int = 50
@@ -47,12 +48,17 @@ class Query:
             return False
         if self.identifier is not None and record.identifier != self.identifier:
             return False
+        if self.platform is not None and (record.platform or "") != self.platform:
+            return False
         code = record.last_error.code if record.last_error else None
         return self.error_code is None or code == self.error_code
 
     @property
     def filtered(self) -> bool:
-        return any(v is not None for v in (self.event_name, self.identifier, self.error_code))
+        return any(
+            v is not None
+            for v in (self.event_name, self.identifier, self.error_code, self.platform)
+        )
 
 
 @dataclass

@@ -44,7 +44,7 @@ from .export import ExportFilter
 from .export import rows as export_rows
 from .forecast import Forecast
 from .heartbeat import WorkerInfo, alive
-from .listing import Page, Query, page
+from .listing import MAX_LIMIT, Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status, iso, parse_iso
@@ -545,6 +545,24 @@ class Producer:
                 ),
             )
 
+    def records_of(
+        self, platform: str, status: Status | str | None = None, limit: int = 50
+    ) -> builtins.list[Record]:
+        """The newest records of one platform (its name; InvalidInput for one that is not
+        configured), newest first, at most ``limit``: ``list`` with a platform filter."""
+        name = self._platform(platform) or ""
+        statuses = [Status.parse(status)] if status is not None else list(Status)
+        found: builtins.list[Record] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            query = Query(statuses, platform=name, limit=min(MAX_LIMIT, limit - len(found)))
+            result = self.page(query, cursor)
+            found += result.records
+            cursor = result.next_cursor
+            if cursor is None:
+                break
+        return found
+
     def page(self, query: Query | None = None, cursor: str | None = None) -> Page:
         """One page of records, newest first, and the cursor of the next (None at the end).
 
@@ -710,6 +728,7 @@ class Producer:
                     "held_by_workers": int(self._client.hlen(UNACKED_KEY)),  # taken, not acked
                     "scheduled_retries": records[Status.RETRYING.value],
                 },
+                "ready": sum(cast(int, p["ready"]) for p in platforms.values()),  # to send now
                 "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
                 "oldest_live_age_s": round(self.oldest_live_age_s(), 3),
                 "workers_alive": workers_alive,

@@ -38,6 +38,7 @@ class ReplayFilter:
     status: Status = Status.FAILED
     event_name: str | None = None
     error_code: str | None = None
+    platform: str | None = None  # a platform's name ("" for records without one)
     since: datetime | None = None  # on the time the record reached its status
     until: datetime | None = None
     limit: int = 1000
@@ -50,6 +51,8 @@ class ReplayFilter:
 
     def matches(self, record: Record) -> bool:
         if self.event_name is not None and record.event_name != self.event_name:
+            return False
+        if self.platform is not None and (record.platform or "") != self.platform:
             return False
         code = record.last_error.code if record.last_error else None
         return self.error_code is None or code == self.error_code

@@ -84,11 +84,13 @@ class TestMetrics:
             stop_worker(handle)
         assert statuses == [Status.PENDING] * 2 + [Status.FAILED] + [Status.PENDING] * 2
         got = samples(worker_text)
-        accepted = 'adjustments_attempts_total{api="v1",http_status="200",outcome="accepted"}'
+        accepted = (
+            'adjustments_attempts_total{api="v1",http_status="200",outcome="accepted",platform=""}'
+        )
         assert got[accepted] == 4
         assert sum(v for k, v in got.items() if k.startswith("adjustments_attempts_total")) == 7
-        assert got['adjustments_stripe_429_total{reason="endpoint-rate"}'] == 1
-        assert got['adjustments_stripe_429_total{reason="none"}'] == 1
+        assert got['adjustments_stripe_429_total{platform="",reason="endpoint-rate"}'] == 1
+        assert got['adjustments_stripe_429_total{platform="",reason="none"}'] == 1
         assert got['adjustments_retries_scheduled_total{api="v1"}'] == 2
         assert got['adjustments_stripe_call_seconds_count{api="v1"}'] == 7
         assert got["adjustments_enqueue_to_first_call_seconds_count"] == 5

@@ -188,11 +188,15 @@ def status(
 @cli.command(name="list")
 @click.option("--status", "status_", type=click.Choice([s.value for s in Status]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--platform", help="Only this platform's records (ADJUSTMENTS_PLATFORMS).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
-def list_(status_: str | None, limit: int, as_json: bool) -> None:
+def list_(status_: str | None, limit: int, platform: str | None, as_json: bool) -> None:
     """List records, newest first."""
     with producer_for(settings(), read_only=True) as producer:
-        records = producer.list(Status(status_) if status_ else None, limit=limit)
+        if platform is None:
+            records = producer.list(Status(status_) if status_ else None, limit=limit)
+        else:
+            records = producer.records_of(platform, Status(status_) if status_ else None, limit)
     if as_json:
         emit([r.to_dict() for r in records], True)
     elif not records:
@@ -242,6 +246,12 @@ def stats(as_json: bool) -> None:
         f"{'stripe rate':<11} {rate['current_per_s']}/s (limit {rate['configured_per_s']}/s, "
         f"from {rate['source']})"
     )
+    for name, one in cast(dict[str, dict[str, Any]], data.get("platforms") or {}).items():
+        pr = one["rate_limit"]
+        click.echo(
+            f"{'platform':<11} {name}: {one['ready']} ready, {pr['current_per_s']}/s (limit "
+            f"{pr['configured_per_s']}/s), {one['expiry_forecast']} will expire at that rate"
+        )
 
 
 @cli.command()

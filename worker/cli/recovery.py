@@ -41,6 +41,7 @@ from .common import (
 )
 @click.option("--event-name", help="Only records of this event name.")
 @click.option("--error-code", help="Only records whose last error has this code.")
+@click.option("--platform", help="Only this platform's records (ADJUSTMENTS_PLATFORMS).")
 @click.option("--since", help="Reached its status at or after this ISO time.")
 @click.option("--until", help="Reached its status at or before this ISO time.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
@@ -52,6 +53,7 @@ def replay_cmd(
     status_: str,
     event_name: str | None,
     error_code: str | None,
+    platform: str | None,
     since: str | None,
     until: str | None,
     limit: int,
@@ -66,6 +68,7 @@ def replay_cmd(
         status=Status(status_),
         event_name=event_name,
         error_code=error_code,
+        platform=platform,
         since=parse_time("--since", since),
         until=parse_time("--until", until),
         limit=limit,

@@ -41,7 +41,18 @@ EXPORT_PARAMS = frozenset(
     {"format", "since", "until", "status", "event_name", "account", "platform"}
 )
 REPLAY_FIELDS = frozenset(
-    {"ids", "status", "event_name", "error_code", "since", "until", "limit", "force", "dry_run"}
+    {
+        "ids",
+        "status",
+        "event_name",
+        "error_code",
+        "platform",
+        "since",
+        "until",
+        "limit",
+        "force",
+        "dry_run",
+    }
 )
 
 
@@ -341,6 +352,7 @@ def list_query(params: dict[str, str]) -> Query:
         "event_name",
         "identifier",
         "error_code",
+        "platform",
         "since",
         "until",
         "limit",
@@ -360,6 +372,7 @@ def list_query(params: dict[str, str]) -> Query:
         event_name=params.get("event_name") or None,
         identifier=params.get("identifier") or None,
         error_code=params.get("error_code") or None,
+        platform=params.get("platform") or None,
         since=time_of(params["since"], "since") if params.get("since") else None,
         until=time_of(params["until"], "until") if params.get("until") else None,
         limit=int(limit),
@@ -376,7 +389,7 @@ def replay_filter(body: dict[str, Any]) -> ReplayFilter:
         args["ids"] = ids
     if "status" in body:
         args["status"] = status_of(body["status"])
-    for name in ("event_name", "error_code"):
+    for name in ("event_name", "error_code", "platform"):
         if body.get(name) is not None:
             if not isinstance(body[name], str):
                 raise HTTPProblem(422, "invalid_request", f"{name} must be a string")

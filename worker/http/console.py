@@ -339,6 +339,7 @@ class Console:
                 records=[],
                 params=params,
                 statuses=[s.value for s in Status],
+                platforms=self.producer.settings.platform_names,
                 next_url=None,
                 total=None,
                 error=message,
@@ -358,6 +359,7 @@ class Console:
             records=found.records,
             params=params,
             statuses=[s.value for s in Status],
+            platforms=self.producer.settings.platform_names,
             next_url=next_url,
             total=total,
             error=None,
@@ -383,7 +385,8 @@ class Console:
         fields = {
             k: v
             for k, v in form.items()
-            if k in ("ids", "status", "event_name", "error_code", "since", "until") and v
+            if k in ("ids", "status", "event_name", "error_code", "platform", "since", "until")
+            and v
         }
         body: dict[str, Any] = dict(fields)
         if "ids" in body:

@@ -21,8 +21,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 ATTEMPTS = Counter(
     "adjustments_attempts",
-    "Attempts by API, outcome (accepted, retry, failed, ...) and Stripe's HTTP status",
-    ["api", "outcome", "http_status"],
+    "Attempts by API, outcome (accepted, retry, failed, ...), Stripe's HTTP status and "
+    "platform (empty without ADJUSTMENTS_PLATFORMS)",
+    ["api", "outcome", "http_status", "platform"],
     registry=REGISTRY,
 )
 STRIPE_SECONDS = Histogram(
@@ -41,8 +42,8 @@ RETRIES = Counter(
 STRIPE_429 = Counter(
     "adjustments_stripe_429",
     "Stripe 429 answers by Stripe-Rate-Limited-Reason (none: not a rate limiter, such as "
-    "lock_timeout)",
-    ["reason"],
+    "lock_timeout) and platform: one platform's 429s cut only its own rate",
+    ["reason", "platform"],
     registry=REGISTRY,
 )
 LEASE_LOST = Counter(

@@ -80,22 +80,7 @@ class DeploymentCollector(Collector):
             value=windows["past_lease"],
         )
 
-        rate = cast(dict[str, float], stats["rate_limit"])
-        shared = GaugeMetricFamily(
-            "adjustments_rate_limit_per_second",
-            "The shared Stripe rate: configured (as the workers use it) and current",
-            labels=["kind"],
-        )
-        shared.add_metric(["configured"], float(rate["configured_per_s"]))
-        shared.add_metric(["current"], float(rate["current_per_s"]))
-        yield shared
-
-        yield GaugeMetricFamily(
-            "adjustments_expiry_forecast",
-            "Waiting records that will miss their 24 h window at the rate the workers achieve "
-            "now (all of them with no live worker)",
-            value=int(cast(int, stats["expiry_forecast"])),
-        )
+        yield from _platforms(stats)
         first_miss = parse_iso(str(stats["expiry_forecast_first_miss"] or ""))
         if first_miss is not None:
             yield GaugeMetricFamily(
@@ -128,6 +113,38 @@ class DeploymentCollector(Collector):
                        "expired"):  # fmt: skip
             repaired.add_metric([action], float(last.get(action) or 0))
         yield repaired
+
+
+def _platforms(stats: dict[str, object]) -> Iterator[GaugeMetricFamily]:
+    """Each platform's rate, ready records and forecast (label ``platform``: empty in a
+    single-key deployment; ``(none)`` for records made before platforms were configured)."""
+    platforms = cast(dict[str, dict[str, object]], stats.get("platforms")) or {"": stats}
+    shared = GaugeMetricFamily(
+        "adjustments_rate_limit_per_second",
+        "Each platform's shared Stripe rate: configured (as the workers use it) and current",
+        labels=["kind", "platform"],
+    )
+    ready = GaugeMetricFamily(
+        "adjustments_ready_records",
+        "Records ready to be sent (queued, or a due retry made ready), by platform",
+        labels=["platform"],
+    )
+    outlook = GaugeMetricFamily(
+        "adjustments_expiry_forecast",
+        "Waiting records that will miss their 24 h window at the rate the workers achieve "
+        "now (all of them with no live worker), by platform",
+        labels=["platform"],
+    )
+    for name, one in platforms.items():
+        rate = cast(dict[str, float], one["rate_limit"])
+        shared.add_metric(["configured", name], float(rate["configured_per_s"]))
+        shared.add_metric(["current", name], float(rate["current_per_s"]))
+        if "ready" in one:
+            ready.add_metric([name], int(cast(int, one["ready"])))
+        outlook.add_metric([name], int(cast(int, one["expiry_forecast"])))
+    yield shared
+    yield ready
+    yield outlook
 
 
 def _redis_up(value: int) -> GaugeMetricFamily:
