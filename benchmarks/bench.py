@@ -516,6 +516,72 @@ def adaptive_limit(services: Services, seconds: float) -> list[Row]:
     ]  # fmt: skip
 
 
+PLATFORM_KEYS = {"us": "sk_test_benchPlatformUS01", "eu": "sk_test_benchPlatformEU02"}
+
+
+def _platforms_run(
+    services: Services, env: dict[str, str], seconds: float, tag: str, *, eu_limited: bool
+) -> dict[str, float]:
+    """Both platforms given more than ``seconds`` of work at once (eu's each meeting three
+    rate limiters' 429s when ``eu_limited``); each platform's achieved rate, from the
+    sandbox's timeline, over the run minus its first second and last half second."""
+    from redis import Redis
+
+    with Redis.from_url(services.redis_url) as admin:
+        admin.delete(*(keys.rate_limiter("plat", name) for name in PLATFORM_KEYS))
+    services.sandbox.reset(latency_ms=50)
+    n = int(20 * seconds * 1.5)
+    if eu_limited:
+        outcomes = ["rate_limited"] * 3
+        for i in range(n):
+            services.sandbox.post(
+                "/_sandbox/script", {"identifier": f"{tag}_eu_{i}", "outcomes": outcomes}
+            )
+    with producer(services, **{k: v for k, v in env.items() if k.startswith("ADJUSTMENTS_")}) as p:
+        items = [
+            {"event_name": "ev", "identifier": f"{tag}_{name}_{i}", "platform": name}
+            for i in range(n)
+            for name in PLATFORM_KEYS
+        ]
+        p.cancel_many(items)
+        time.sleep(seconds)
+        rows = services.sandbox.timeline()
+        # The rest of this run's work must not spill into the next one's timeline.
+        p._client.delete("bench-plat", *(keys.ready("plat", name) for name in PLATFORM_KEYS))
+    start = float(rows[0]["at"])
+    window = [r for r in rows if start + 1 <= float(r["at"]) <= start + seconds - 0.5]
+    return {
+        name: sum(1 for r in window if r["http_status"] == 200 and r["key_tail"] == key[-6:])
+        / (seconds - 1.5)
+        for name, key in PLATFORM_KEYS.items()
+    }
+
+
+def platforms(services: Services, seconds: float) -> list[Row]:
+    """Two platforms (Stripe accounts) at 20/s each, one worker: together, and with eu's
+    every request meeting rate limiters' 429s (its rate cut) while us drains."""
+    env = services.env(
+        ADJUSTMENTS_QUEUE="bench-plat",
+        ADJUSTMENTS_KEY_PREFIX="plat",
+        ADJUSTMENTS_PLATFORMS=",".join(PLATFORM_KEYS),
+        ADJUSTMENTS_RATE_LIMIT="20",
+        **{f"STRIPE_API_KEY_{name.upper()}": key for name, key in PLATFORM_KEYS.items()},
+    )
+    services.worker(env, name="plat-worker")
+    clean = _platforms_run(services, env, seconds, "clean", eu_limited=False)
+    limited = _platforms_run(services, env, seconds, "limited", eu_limited=True)
+    services.stop_all()
+    name = "two platforms (20/s each; one worker)"
+    together = clean["us"] + clean["eu"]
+    return [
+        Row(name, "together", together, "req/s", 40.0, ">= 95 % of 40/s", together >= 38),
+        Row(name, "us while eu meets 429s", limited["us"], "req/s", clean["us"],
+            ">= 95 % of 20/s (baseline: no 429s)", limited["us"] >= 19),
+        Row(name, "eu meeting 429s (cut)", limited["eu"], "req/s", clean["eu"],
+            "- (baseline: no 429s)", None),
+    ]  # fmt: skip
+
+
 def _pace(p: Producer, rate: float, seconds: float, prefix: str) -> list[float]:
     """cancel() at ``rate`` per second for ``seconds``; returns each call's latency (ms)."""
     samples: list[float] = []
@@ -714,6 +780,7 @@ def run(quick: bool, scale: bool = False) -> dict[str, Any]:
         rows += shared_limit(services, 2 if quick else 30)
         rows += adaptive_limit(services, 3 if quick else 30)
         services.stop_all()
+        rows += platforms(services, 4 if quick else 20)
         rows += deadline_order(services, quick)
         rows += backlog(services, 1_000 if quick else 100_000, 2 if quick else 30)
     finally:

@@ -264,7 +264,7 @@ def _slot_and_claim(
             break
         claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id,
                             on_expired=on_expired, platform=platform)  # fmt: skip
-        if claim.kind == "claimed":
+        if claim.kind == "claimed" or len(store.ready_sets) == 1:
             break
     return claim
 
@@ -288,13 +288,18 @@ def _take_slot(
     reservation made void by a rate cut, or none free within the horizon, means choosing a
     platform again: one platform's cut never holds a thread another platform could use.
     """
+
+    def ready() -> dict[str, float]:
+        # One ready set (no platforms): ready_in has just seen work; no second look.
+        return {"": 0.0} if len(store.ready_sets) == 1 else store.ready_platforms(clock())
+
     if budgets is None:
-        candidates = store.ready_platforms(clock())
+        candidates = ready()
         return min(candidates, key=candidates.__getitem__) if candidates else None
     reserved: Reservation | None = None
     while True:
         if reserved is None:
-            candidates = store.ready_platforms(clock())
+            candidates = ready()
             if not candidates:
                 return None
             platform = budgets.choose(candidates)

@@ -549,7 +549,8 @@ class Producer:
         self, platform: str, status: Status | str | None = None, limit: int = 50
     ) -> builtins.list[Record]:
         """The newest records of one platform (its name; InvalidInput for one that is not
-        configured), newest first, at most ``limit``: ``list`` with a platform filter."""
+        configured), newest first, at most ``limit``, of one ``status`` (a Status or its
+        name) or of all: ``list`` with a platform filter."""
         name = self._platform(platform) or ""
         statuses = [Status.parse(status)] if status is not None else list(Status)
         found: builtins.list[Record] = []

@@ -18,6 +18,7 @@ SCENARIOS = {
     "durability (appendfsync everysec)", "durability (appendfsync always)",
     "backlog 1,000 at 20/s", "http enqueue", "header guard",
     "deadline first (300 fresh, then 30 closing in 2 s; 100/s)", "finance export",
+    "two platforms (20/s each; one worker)",
 }  # fmt: skip
 
 

@@ -131,7 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/_sandbox/timeline":
             with logic._lock:
                 rows = [
-                    {"at": r["at"], "outcome": r["outcome"], "http_status": r["http_status"]}
+                    {
+                        "at": r["at"],
+                        "outcome": r["outcome"],
+                        "http_status": r["http_status"],
+                        "key_tail": r["key_tail"],
+                    }
                     for group in logic.requests.values()
                     for r in group
                 ]
