@@ -21,7 +21,18 @@ from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
 
-from .conftest import WorkerProcess, run_cli, start_worker, stop_worker, wait_until
+from .conftest import (
+    TOKEN_SPEC,
+    TOKENS,
+    WorkerProcess,
+    console_login,
+    run_cli,
+    start_server,
+    start_worker,
+    stop_server,
+    stop_worker,
+    wait_until,
+)
 
 US_KEY = "sk_test_platformUS_aaaa11"
 EU_KEY = "sk_test_platformEU_bbbb22"
@@ -201,3 +212,38 @@ def test_one_platforms_429s_leave_the_other_at_its_own_rate(
     dump = b"".join(client.dump(k) or b"" for k in client.scan_iter("*")).decode("latin-1")
     for text in (dump, handle.log_text(), worker_metrics, deployment_metrics):
         assert US_KEY not in text and EU_KEY not in text
+
+
+def test_the_api_and_console_show_each_platform(
+    platform_env: dict[str, str], own_redis_url: str, tmp_path: Path
+) -> None:
+    """Records of two platforms (no worker: they wait): the HTTP list and the console's
+    records page filter by platform, the console's overview has a tile per platform with its
+    ready records, and stats give each platform's ready count and rate."""
+    env = {**platform_env, "REDIS_URL": own_redis_url, "ADJUSTMENTS_API_TOKENS": TOKEN_SPEC}
+    with Producer(own_redis_url, settings=Settings.from_env(env)) as p:
+        for i in range(3):
+            p.cancel("ev", f"tile_us_{i}", platform="us")
+        p.cancel("ev", "tile_eu_0", platform="eu")
+        stats = p.stats()
+    platforms = stats["platforms"]
+    assert isinstance(platforms, dict)
+    assert {n: v["ready"] for n, v in platforms.items()} == {"us": 3, "eu": 1}
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        status, listed = server.json("GET", "/api/v1/cancellations?platform=eu", role="read")
+        assert status == 200
+        assert [r["identifier"] for r in listed["data"]] == ["tile_eu_0"]
+        status, cookie = console_login(server, TOKENS["read"])
+        assert status == 303 and cookie
+        _, _, page = server.request("GET", "/console", role=None, headers={"Cookie": cookie})
+        html = page.decode()
+        assert 'data-platform="us"' in html and 'data-platform="eu"' in html
+        _, _, page = server.request(
+            "GET", "/console/records?platform=us", role=None, headers={"Cookie": cookie}
+        )
+        html = page.decode()
+        assert "tile_us_0" in html and "tile_eu_0" not in html
+        assert '<option value="eu"' in html
+    finally:
+        stop_server(server)
