@@ -127,7 +127,7 @@ def test_one_platforms_429s_do_not_slow_the_other(
     b = budgets(client, cut_factor=0.1, cooldown_s=0.0, recovery_per_s=0.0, floor_per_s=0.5)
     us = make(store, "us", 40)
     eu = make(store, "eu", 40, offset_s=-60)  # eu's windows close first
-    send = {"us": OK, "eu": MARKED_429}
+    send: dict[str, Outcome] = {"us": OK, "eu": MARKED_429}
     sent: list[str] = []
     start = CLOCK.now
     for record_id in [*eu, *us][:80]:
