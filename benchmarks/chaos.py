@@ -216,7 +216,9 @@ class Traffic:
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.n = 0
-        self.known: list[tuple[str, str]] = []  # (platform, identifier) sent so far
+        # (platform, identifier, api) sent so far: a duplicate keeps its API (a v1 and a v2
+        # cancellation of one event are two requests, and Stripe would execute both)
+        self.known: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
 
     def item(self) -> dict[str, Any]:
@@ -226,18 +228,18 @@ class Traffic:
         with self.lock:
             roll = rng.random()
             if roll < 0.1 and self.known:
-                platform, identifier = rng.choice(self.known)
+                platform, identifier, api = rng.choice(self.known)
             elif roll < 0.15 and self.known:
-                other, identifier = rng.choice(self.known)
+                other, identifier, api = rng.choice(self.known)
                 platform = "eu" if other == "us" else "us"
             else:
                 self.n += 1
                 platform, identifier = rng.choice(list(KEYS)), f"c{self.n}"
-            self.known.append((platform, identifier))
+                api = "v1" if self.n % 2 else "v2"
+            self.known.append((platform, identifier, api))
             near = rng.random() < 0.2
             left_s = rng.uniform(4, 45) if near else rng.uniform(600, 3600)
             compensable = rng.random() < 0.7
-            api = rng.choice(["v1", "v2"])
         received = datetime.now(UTC) - DAY + timedelta(seconds=left_s)
         item: dict[str, Any] = {
             "event_name": METER,
