@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := worker tests $(wildcard benchmarks/*.py)
 
-.PHONY: install demo test test-fast lint format bench bench-scale lock clean
+.PHONY: install demo test test-fast lint format bench bench-scale chaos lock clean
 
 # constraints.txt is the lock file: the versions CI, the demo and the image run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -45,6 +45,11 @@ bench: $(STAMP)
 # The backlog scenario alone with 1,000,000 queued records (about 1 GB of Redis; minutes).
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --scale --json benchmarks/results/scale.json
+
+# A whole deployment under traffic and a seeded nemesis, then a checker over the history:
+# CHAOS_MINUTES (default 5), CHAOS_SEED (default random, printed) to replay a run.
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_JOBS) -m 'not slow'

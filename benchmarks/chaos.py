@@ -502,6 +502,7 @@ def gather(d: Deployment, history: History) -> Evidence:
                 "identifier": full.identifier,
                 "expires_at_ms": d.producer._client.hget(f"chaos:rec:{r.id}", "expires_at_ms"),
                 "replays": full.replays,
+                "key_outcome": full.key_outcome,
                 "compensation_identifier": d.producer._client.hget(
                     f"chaos:rec:{r.id}", "compensation_identifier"
                 ),

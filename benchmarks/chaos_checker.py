@@ -107,14 +107,18 @@ def _cancellation(record: Mapping[str, Any]) -> tuple[str, str]:
 
 def exactly_once_if_accepted(e: Evidence) -> Verdict:
     """A record that says Stripe accepted its cancellation was executed exactly once; one
-    that ended without (failed, expired, compensated) was never executed."""
+    that ended without (failed, expired) was never executed, unless it says its outcome is
+    unknown (an attempt got no answer, or its worker died mid-call); a compensated one never
+    was (its usage would be corrected twice)."""
     v = Verdict("accepted ones executed exactly once, the others never", len(e.records))
     for rid, record in e.records.items():
         times = e.executions.get(_cancellation(record), [])
         status = record["status"]
         if status in ACCEPTED and len(times) != 1:
             v.violations.append(f"{rid} is {status} but was executed {len(times)} times")
-        elif status in {"failed", "expired", "compensated"} and times:
+        elif status == "compensated" and times:
+            v.violations.append(f"{rid} is compensated but Stripe executed its cancellation")
+        elif status in {"failed", "expired"} and times and record.get("key_outcome") != "unknown":
             v.violations.append(f"{rid} is {status} but Stripe executed its cancellation")
     return v
 

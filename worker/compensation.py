@@ -28,6 +28,7 @@ from .errors import InvalidInput
 from .logging import get_logger
 from .models import METER_EVENT_MAX_AGE, Record, Status, iso, to_ms
 from .replay import ReplayFilter, select
+from .retry import KEY_UNKNOWN
 from .store import Moved, RecordStore
 
 log = get_logger("adjustments.compensation")
@@ -52,15 +53,35 @@ def idempotency_key(record_id: str, generation: int) -> str:
     return f"adjustments-cmp-{record_id}-g{generation}"
 
 
+# Why a record whose cancellation may have been executed is not compensated.
+IN_DOUBT = (
+    "an attempt may have cancelled the event (its outcome is unknown: no answer from Stripe, or "
+    "a worker stopped mid-call), and a negative event would then correct the usage twice; "
+    "replay the record to ask Stripe (it reuses the idempotency key, so Stripe answers with "
+    "what happened), or check the event in the Dashboard"
+)
+
+
 def due(record: Record) -> bool:
-    """Whether ``record`` should now be compensated: expired, with its original event, and
-    never compensated nor refused compensation before."""
+    """Whether ``record`` should now be compensated: expired, with its original event, never
+    compensated nor refused compensation before, and its cancellation surely not executed."""
+    return eligible(record) and not in_doubt(record)
+
+
+def eligible(record: Record) -> bool:
+    """Expired with its original event, and neither compensated nor refused before."""
     return (
         record.status is Status.EXPIRED
         and record.original_event is not None
         and record.phase == ""
         and record.compensation_error is None
     )
+
+
+def in_doubt(record: Record) -> bool:
+    """Whether an attempt may have executed ``record``'s cancellation (found in a chaos soak:
+    a worker's outcome lost in a failover, then the window closed, then a compensation)."""
+    return record.key_outcome == KEY_UNKNOWN
 
 
 def deadline(record: Record, *, now: datetime, timestamp_mode: str) -> datetime:
@@ -113,6 +134,10 @@ def start(
     """Begin the compensation of ``record_id`` if it is due, and publish its message (a
     failed publish leaves it queued: reconciliation publishes it). True if it began."""
     record = store.find(record_id)
+    if record is not None and eligible(record) and in_doubt(record):
+        refuse(store, record, IN_DOUBT, now=now)
+        log.warning("compensation.in_doubt", request_id=record_id, event_name=record.event_name)
+        return False
     if record is None or not due(record):
         return False
     if not begin(store, record, now=now, timestamp_mode=timestamp_mode):
@@ -133,7 +158,7 @@ def start_due(
 ) -> int:
     """Begin every due compensation among the records that expired since ``since``."""
     ids = store.ids_by_score(Status.EXPIRED, low_ms=to_ms(since), high_ms=to_ms(now), limit=limit)
-    records = [r for r in store.get_many(ids) if due(r)]
+    records = [r for r in store.get_many(ids) if eligible(r)]
     return sum(start(store, r.id, publish, now=now, timestamp_mode=timestamp_mode) for r in records)
 
 
@@ -329,6 +354,8 @@ def run(
     for record in records:
         if not due(record):
             plan.skipped.append((record.id, _not_due(record)))
+            if eligible(record):  # in doubt
+                refusals.append((record, IN_DOUBT))
             continue
         if meters is None:
             plan.add(record, "stripe_customer_id", "value")
@@ -355,6 +382,8 @@ def run(
 
 
 def _not_due(record: Record) -> str:
+    if eligible(record) and in_doubt(record):
+        return IN_DOUBT
     if record.original_event is None:
         return "no original event (nothing to negate)"
     if record.compensation_error:

@@ -47,6 +47,11 @@ class AcceptanceUnknown(StoreError, TimeoutError):
     and returns the existing record if the first call was written."""
 
 
+class ClaimNotDurable(StoreError, TimeoutError):
+    """A worker's claim of a record was not confirmed as durable in time: it sends nothing
+    (the record is taken again once the claim's lease ends)."""
+
+
 class CancellationFailed(AdjustmentsError):
     """Raised by the worker's task after it recorded a permanent failure, so Celery (events,
     Flower, Sentry) sees the task as FAILURE; the record already says why. Never retried."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from .config import CANCEL_WINDOW_S
 from .models import ErrorInfo, Record, Status, iso, to_ms
 from .outcomes import Accepted
-from .retry import replay_needs_new_key
+from .retry import KEY_UNKNOWN, replay_needs_new_key
 from .store import LIVE, Moved, RecordStore
 
 
@@ -81,6 +81,10 @@ def expire_window(store: RecordStore, record: Record, *, now: datetime) -> Moved
     """Mark a live record whose 24 h window closed (not one a worker is calling Stripe for);
     in the compensation phase, the window Stripe takes the negative meter event in."""
     fields: dict[str, str | int] = {"next_attempt_at": "", "next_attempt_ms": ""}
+    if record.status is Status.PROCESSING:
+        # Its lease lapsed with no outcome written (a worker died mid-call, or a failover lost
+        # the outcome): the claimed attempt may have executed. Said so, it is never compensated.
+        fields["key_outcome"] = KEY_UNKNOWN
     if record.phase == "compensate":
         fields["compensation_error"] = "the window for a compensating meter event closed"
     return store.transition(

@@ -58,6 +58,8 @@ class Runtime:
             client,
             prefix=settings.key_prefix,
             retention_s=settings.retention_s,
+            durability=settings.durability,
+            durability_timeout_ms=settings.durability_timeout_ms,
             order=settings.order,
             platforms=settings.platform_names,
         )

@@ -24,7 +24,7 @@ from redis.lock import Lock
 
 from . import keys
 from .config import CANCEL_WINDOW_S, Durability, Order
-from .errors import AcceptanceUnknown, RecordNotFound
+from .errors import AcceptanceUnknown, ClaimNotDurable, RecordNotFound
 from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed", "empty"]
@@ -422,29 +422,27 @@ class RecordStore:
         a record whose window closed while it waited (the caller expires it, asks again)."""
         token = secrets.token_hex(8)
         lease_until = to_ms(now + timedelta(seconds=lease_s))
-        reply = cast(
-            list[Any],
-            self._claim_next(
-                keys=[
-                    keys.ready(self.prefix, platform),
-                    self.index_key(Status.QUEUED),
-                    self.index_key(Status.RETRYING),
-                    self.index_key(Status.PROCESSING),
-                    keys.claim(self.prefix, token),
-                ],
-                args=[
-                    keys.record(self.prefix, ""),
-                    to_ms(now),
-                    lease_until,
-                    token,
-                    iso(now),
-                    0,  # a retry is taken when it is due, not before (see ready_in)
-                    self.order,
-                    hint,
-                    HINT_TOLERANCE_MS,
-                    keys.ready(self.prefix),
-                ],
-            ),
+        reply = self._claim_durably(
+            self._claim_next,
+            keys=[
+                keys.ready(self.prefix, platform),
+                self.index_key(Status.QUEUED),
+                self.index_key(Status.RETRYING),
+                self.index_key(Status.PROCESSING),
+                keys.claim(self.prefix, token),
+            ],
+            args=[
+                keys.record(self.prefix, ""),
+                to_ms(now),
+                lease_until,
+                token,
+                iso(now),
+                0,  # a retry is taken when it is due, not before (see ready_in)
+                self.order,
+                hint,
+                HINT_TOLERANCE_MS,
+                keys.ready(self.prefix),
+            ],
         )
         kind = cast(ClaimKind, str(reply[0]))
         if kind == "window_closed":
@@ -452,6 +450,43 @@ class RecordStore:
         if kind != "claimed":
             return Claim(kind)
         return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
+
+    def _claim_durably(self, script: Any, *, keys: list[str], args: list[Any]) -> list[Any]:
+        """Run a claim script, and (with ADJUSTMENTS_DURABILITY=replicas:N) wait in the same
+        round trip until the claim is on the replicas: a worker calls Stripe only once a
+        failover can no longer lose the fact that it did (the record stays ``processing``
+        with its attempt counted, so an outcome lost with the old master is known to be in
+        doubt rather than forgotten). ClaimNotDurable when connected replicas do not confirm
+        it in time; with fewer than N replicas connected at all (after a failover, before the
+        old master returns as a replica) there is none that could be promoted without it, and
+        the claim goes ahead. (With ``fsync`` the claim is not waited for: under ``appendfsync
+        always`` it is on disk before Redis answers; under ``everysec`` a power cut within
+        that second can lose it, as the README's durability section says.)"""
+        if self.durability.level != "replicas":
+            return cast(list[Any], script(keys=keys, args=args))
+        wanted = self.durability.replicas
+        for attempt in range(2):
+            pipe: Any = self.client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", wanted, self.durability_timeout_ms)
+            try:
+                reply, confirmed = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                script.sha = self.client.script_load(script.script)
+                continue
+            if int(confirmed) >= wanted or str(reply[0]) != "claimed":
+                return cast(list[Any], reply)
+            role = cast(list[Any], self.client.execute_command("ROLE"))  # type: ignore[no-untyped-call]
+            if len(role[2]) < wanted:
+                return cast(list[Any], reply)
+            raise ClaimNotDurable(
+                f"a claim was not confirmed by {wanted} replica(s) in time "
+                "(ADJUSTMENTS_DURABILITY): nothing is sent; the record is taken again when its "
+                "lease ends"
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def ready_score(self, record: Record, now: datetime) -> int:
         """Where ``record`` goes among the ready when it becomes ready at ``now``."""

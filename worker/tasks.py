@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 from . import compensation, publishing
 from .attempt import run_attempt, utcnow
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
-from .errors import CancellationFailed
+from .errors import CancellationFailed, ClaimNotDurable
 from .logging import get_logger
 from .models import Status
 from .reconcile import reconcile, republish_orphans
@@ -50,7 +50,7 @@ def process_cancellation(
             wait=wait_unless_stopping,
             on_expired=_compensation_hook(runtime),
         )
-    except RIDE_OUT as exc:
+    except (*RIDE_OUT, ClaimNotDurable) as exc:
         # Redis stayed away (or full) longer than the client's own retries: try again later.
         # The lease and the idempotency key make that safe; if even the retry cannot be
         # published, the record is still live in the store and reconciliation re-drives it.

@@ -1,0 +1,154 @@
+"""What `make chaos` found, each pinned by the fault sequence that exposed it, on a real Redis.
+
+1. (seed 11, 5 minutes) A worker's "pending" was lost in a failover (a worker's writes
+   replicate asynchronously); on the new master the record was still ``processing``, its
+   lease lapsed, its window closed, it expired and was compensated: Stripe had cancelled the
+   event *and* taken the negative usage, a double correction. Now a record that expires while
+   ``processing`` says its outcome is unknown, and such a record is never compensated (the
+   reason says to replay it, which asks Stripe with the same idempotency key).
+2. The same failover could also lose the claim itself, so that nothing at all said an
+   attempt was made. With ADJUSTMENTS_DURABILITY above memory a worker now calls Stripe only
+   once its claim is as durable as an accepted request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adjustments import compensation
+from adjustments.attempt import run_attempt
+from adjustments.config import Durability
+from adjustments.errors import ClaimNotDurable
+from adjustments.models import CancelRequest, Record, Status
+from adjustments.outcomes import Accepted
+from adjustments.reconcile import reconcile
+from adjustments.replay import ReplayFilter
+from adjustments.retry import Policy
+from adjustments.store import RecordStore
+from tests.integration.conftest import wait_until
+
+from .conftest import RedisProcess
+
+EVENT = {"payload": {"stripe_customer_id": "cus_A", "value": "5"}}
+
+
+def closing(store: RecordStore, name: str, now: datetime, left_s: float) -> Record:
+    received = now - timedelta(hours=24) + timedelta(seconds=left_s)
+    event = {**EVENT, "timestamp": received.isoformat()}
+    req = CancelRequest.build(
+        "api_sum", name, api="v2", event_received_at=received, original_event=event, now=now
+    )
+    return store.create(req, now=now)[0]
+
+
+def recorder(into: list[str]) -> Callable[[str], bool]:
+    def publish(record_id: str) -> bool:
+        into.append(record_id)
+        return True
+
+    return publish
+
+
+def test_an_outcome_lost_mid_call_is_never_compensated(redis_proc: RedisProcess) -> None:
+    """Claimed, sent (Stripe executed it), its outcome never written (lost in a failover, or
+    the worker killed mid-call); the window closes: reconciliation expires it saying its
+    outcome is unknown, and compensation refuses it with the reason instead of sending a
+    negative event."""
+    store = RecordStore(redis_proc.client(), prefix="lost", retention_s=3600)
+    t0 = datetime.now(UTC)
+    record = closing(store, "lost_1", t0, left_s=5)
+    claim = store.claim_next(now=t0, lease_s=2)
+    assert claim.record is not None and claim.record.id == record.id  # ...and Stripe executes
+    later = t0 + timedelta(seconds=10)  # the lease and the window have both ended
+    begun: list[str] = []
+    report = reconcile(
+        store=store,
+        publish=recorder(begun),
+        now=later,
+        grace_s=0,
+        compensation_timestamp="original",
+    )
+    found = store.get(record.id)
+    assert report.expired == 1 and found.status is Status.EXPIRED
+    assert found.key_outcome == "unknown"
+    assert begun == [] and found.phase == ""
+    assert found.compensation_error == compensation.IN_DOUBT
+    outcomes = [h["outcome"] for h in store.get(record.id, with_history=True).history]
+    assert outcomes == ["window_closed", "not_compensated"]
+    # An operator's compensation run skips it too, with the reason.
+    plan = compensation.run(
+        store,
+        lambda _i: True,
+        ReplayFilter(status=Status.EXPIRED),
+        now=later,
+        timestamp_mode="original",
+        dry_run=True,
+        meters=None,
+    )
+    assert plan.plan.records == [] and plan.plan.skipped
+
+
+def test_a_window_closed_before_any_call_is_still_compensated(redis_proc: RedisProcess) -> None:
+    """The other side of the rule: a record that waited (never claimed) until its window
+    closed is surely not cancelled, and is compensated as before."""
+    store = RecordStore(redis_proc.client(), prefix="waited", retention_s=3600)
+    t0 = datetime.now(UTC)
+    record = closing(store, "waited_1", t0, left_s=1)
+    later = t0 + timedelta(seconds=5)
+    begun: list[str] = []
+    reconcile(
+        store=store,
+        publish=recorder(begun),
+        now=later,
+        grace_s=0,
+        compensation_timestamp="original",
+    )
+    found = store.get(record.id)
+    assert begun == [record.id] and found.phase == "compensate" and found.key_outcome == ""
+
+
+def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_path: Path) -> None:
+    """ADJUSTMENTS_DURABILITY=replicas:1 with the replica connected but silent (stopped):
+    the claim is not confirmed, so nothing is sent and the attempt ends with ClaimNotDurable
+    (the task retries it later). With no replica connected at all (after a failover, before
+    the old master comes back) none could be promoted without the claim: the call goes."""
+    replica = RedisProcess(
+        tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(redis_proc.port)]
+    ).start()
+    client = redis_proc.client()
+    wait_until(lambda: len(client.execute_command("ROLE")[2]) == 1, what="the replica")
+    store = RecordStore(
+        client,
+        prefix="nd",
+        retention_s=3600,
+        durability=Durability.parse("replicas:1"),
+        durability_timeout_ms=300,
+    )
+    t0 = datetime.now(UTC)
+    first, second = (
+        store.create(CancelRequest.build("ev", f"nd_{i}", api="v2", now=t0), now=t0)[0]
+        for i in range(2)
+    )
+    sent: list[str] = []
+
+    def send(r: Record) -> Accepted:
+        sent.append(r.id)
+        return Accepted("pending", 200, "req")
+
+    def attempt(record_id: str) -> None:
+        run_attempt(record_id, store=store, send=send, policy=Policy(3, 0.01, 0.1), lease_s=30)
+
+    try:
+        replica.pause()
+        with pytest.raises(ClaimNotDurable, match="nothing is sent"):
+            attempt(first.id)
+        assert sent == []
+    finally:
+        replica.stop()
+    wait_until(lambda: len(client.execute_command("ROLE")[2]) == 0, what="the replica gone")
+    attempt(second.id)
+    assert len(sent) == 1
