@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from adjustments import compensation
 from adjustments.attempt import run_attempt
@@ -111,6 +112,10 @@ def test_a_window_closed_before_any_call_is_still_compensated(redis_proc: RedisP
     assert begun == [record.id] and found.phase == "compensate" and found.key_outcome == ""
 
 
+def replicas(client: redis.Redis) -> int:
+    return int(client.info("replication")["connected_slaves"])
+
+
 def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_path: Path) -> None:
     """ADJUSTMENTS_DURABILITY=replicas:1 with the replica connected but silent (stopped):
     the claim is not confirmed, so nothing is sent and the attempt ends with ClaimNotDurable
@@ -120,7 +125,9 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
         tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(redis_proc.port)]
     ).start()
     client = redis_proc.client()
-    wait_until(lambda: len(client.execute_command("ROLE")[2]) == 1, what="the replica")
+    wait_until(lambda: replicas(client) == 1, what="the replica")
+    with replica.client() as c:
+        wait_until(lambda: c.info("replication")["master_link_status"] == "up", what="sync")
     store = RecordStore(
         client,
         prefix="nd",
@@ -129,8 +136,9 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
         durability_timeout_ms=300,
     )
     t0 = datetime.now(UTC)
+    plain = RecordStore(client, prefix="nd", retention_s=3600)  # the producer's part
     first, second = (
-        store.create(CancelRequest.build("ev", f"nd_{i}", api="v2", now=t0), now=t0)[0]
+        plain.create(CancelRequest.build("ev", f"nd_{i}", api="v2", now=t0), now=t0)[0]
         for i in range(2)
     )
     sent: list[str] = []
@@ -149,6 +157,6 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
         assert sent == []
     finally:
         replica.stop()
-    wait_until(lambda: len(client.execute_command("ROLE")[2]) == 0, what="the replica gone")
+    wait_until(lambda: replicas(client) == 0, what="the replica gone")
     attempt(second.id)
     assert len(sent) == 1
