@@ -79,6 +79,7 @@ class History:
         self.acked: list[Acked] = []
         self.ops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.forced: set[str] = set()  # records a forced replay put back
 
     def write(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -332,6 +333,8 @@ class Traffic:
         except StoreError as exc:
             self.history.op("replay", "unknown", [], error=type(exc).__name__)
             return
+        if force:
+            self.history.forced.update(report.replayed)
         self.history.op("replay", "ok", [], forced=force, replayed=report.replayed)
 
     def compensate(self) -> None:
@@ -535,6 +538,7 @@ def gather(d: Deployment, history: History) -> Evidence:
         executions=executions,
         compensation_events=Counter(e.identifier for e in events),
         metrics_records=metrics,
+        forced=history.forced,
     )
 
 

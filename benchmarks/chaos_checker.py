@@ -47,6 +47,9 @@ class Evidence:
     executions: dict[tuple[str, str], list[float]]
     compensation_events: Counter[str]  # compensation identifier -> meter events recorded
     metrics_records: dict[str, int]  # status -> adjustments_records from the metrics
+    # Records an operator's forced replay put back (no deadline: Stripe decides). Taken from
+    # the history, not the record: a failover can lose the replay's write after its send.
+    forced: set[str] = field(default_factory=set)
     late_grace_s: float = 1.0  # a send this close after the deadline is the clock's jitter
 
 
@@ -183,7 +186,7 @@ def not_after_deadline(e: Evidence) -> Verdict:
     v = Verdict("no record sent after its deadline", 0)
     for rid, record in e.records.items():
         deadline_ms = record.get("expires_at_ms")
-        if not deadline_ms or record.get("replays"):  # a forced replay has no deadline
+        if not deadline_ms or record.get("replays") or rid in e.forced:  # forced: no deadline
             continue
         v.checked += 1
         for t in e.executions.get(_cancellation(record), []):

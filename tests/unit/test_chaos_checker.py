@@ -143,6 +143,8 @@ def test_a_send_after_the_deadline() -> None:
     found = broken(evidence(records={"r1": late}, executions={("us", "c1"): [105.0]}))
     assert found == {"no record sent after its deadline": ["r1: executed 5.0 s after its deadline"]}
     forced = record("pending", expires_at_ms="100000", replays=1)  # a forced replay: no deadline
+    lost = evidence(records={"r1": late}, executions={("us", "c1"): [105.0]}, forced={"r1"})
+    assert broken(lost) == {}  # ...also when a failover lost the replay's write
     assert broken(evidence(records={"r1": forced}, executions={("us", "c1"): [105.0]})) == {}
 
 
