@@ -24,11 +24,10 @@ def main() -> None:
         return datetime.now(UTC) + timedelta(seconds=skew)
 
     time.time = skewed_time
-    from adjustments import attempt, tasks
+    from adjustments import attempt
     from adjustments.cli import main as cli_main
 
-    attempt.utcnow = skewed_utcnow
-    tasks.utcnow = skewed_utcnow  # type: ignore[attr-defined]
+    attempt.utcnow = skewed_utcnow  # the worker's clock (runtime.ServerClock reads it)
     defaults = attempt.run_attempt.__kwdefaults__ or {}
     defaults["clock"] = skewed_utcnow
     sys.argv = ["adjustments", *sys.argv[1:]]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import partial
 
 import redis
 
-from . import stripe_api
+from . import attempt, stripe_api
 from .attempt import Sender
 from .compensation import MeterCache
 from .config import Settings, load_settings
@@ -39,6 +41,32 @@ def wait_unless_stopping(seconds: float) -> bool:
     return not STOPPING.wait(seconds)
 
 
+@dataclass
+class ServerClock:
+    """This host's clock, never behind the Redis server's: deadlines, leases and reconciliation
+    go by the later of the two. A worker whose clock runs behind would otherwise claim a record
+    whose window has closed (the chaos soak's clock skew); one running ahead only expires a
+    little early. The offset is measured (Redis ``TIME``, one round trip) at most every
+    ``every_s``; a failed measure keeps the last one."""
+
+    client: redis.Redis
+    every_s: float = 5.0
+    _behind_s: float = 0.0
+    _measured: float = field(default=-1e9)
+
+    def __call__(self) -> datetime:
+        local = attempt.utcnow()  # looked up each time: a test (or the soak) may shift it
+        if time.monotonic() - self._measured > self.every_s:
+            self._measured = time.monotonic()
+            try:
+                seconds, micros = self.client.time()
+                server = seconds + micros / 1e6
+                self._behind_s = max(0.0, server - attempt.utcnow().timestamp())
+            except redis.RedisError:
+                pass
+        return local + timedelta(seconds=self._behind_s)
+
+
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
@@ -46,6 +74,7 @@ class Runtime:
     send: Sender
     policy: Policy
     budgets: Budgets
+    clock: ServerClock
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
@@ -82,7 +111,7 @@ class Runtime:
             meters,
             settings.compensation_timestamp,
         )
-        return cls(settings, store, send, policy, budgets)
+        return cls(settings, store, send, policy, budgets, ServerClock(client))
 
 
 _lock = threading.Lock()

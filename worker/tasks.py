@@ -9,7 +9,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from . import compensation, publishing
-from .attempt import run_attempt, utcnow
+from .attempt import run_attempt
 from .celery_app import RECONCILE_TASK, TASK_NAME, app
 from .errors import CancellationFailed, ClaimNotDurable
 from .logging import get_logger
@@ -47,6 +47,7 @@ def process_cancellation(
             policy=runtime.policy,
             lease_s=runtime.settings.claim_lease_s,
             limiter=runtime.budgets,
+            clock=runtime.clock,
             wait=wait_unless_stopping,
             on_expired=_compensation_hook(runtime),
         )
@@ -79,7 +80,9 @@ def _compensation_hook(runtime: Runtime) -> Callable[[str], None] | None:
 
     def hook(record_id: str) -> None:
         try:
-            compensation.start(runtime.store, record_id, publish, now=utcnow(), timestamp_mode=mode)
+            compensation.start(
+                runtime.store, record_id, publish, now=runtime.clock(), timestamp_mode=mode
+            )
         except Exception as exc:
             log.warning("compensation.not_begun", request_id=record_id, error=str(exc))
 
@@ -98,7 +101,7 @@ def reconcile_task() -> dict[str, object]:
     report = reconcile(
         store=runtime.store,
         publish=publish,
-        now=utcnow(),
+        now=runtime.clock(),
         grace_s=runtime.settings.reconcile_grace_s,
         tickets=_tickets(runtime.store),
         settle_s=runtime.settings.heartbeat_s + 0.5,

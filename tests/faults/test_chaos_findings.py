@@ -7,12 +7,17 @@
    ``processing`` says its outcome is unknown, and such a record is never compensated (the
    reason says to replay it, which asks Stripe with the same idempotency key).
 2. The same failover could also lose the claim itself, so that nothing at all said an
-   attempt was made. With ADJUSTMENTS_DURABILITY above memory a worker now calls Stripe only
-   once its claim is as durable as an accepted request.
+   attempt was made. With ADJUSTMENTS_DURABILITY=replicas:N a worker now calls Stripe only
+   once its claim is on the connected replicas.
+3. The nemesis's clock skew: a worker whose clock ran behind judged windows by its own clock
+   and would send a record whose window had closed (pinned here before a soak hit it). A
+   worker now goes by the Redis server's clock when that is later than its own.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +34,12 @@ from adjustments.outcomes import Accepted
 from adjustments.reconcile import reconcile
 from adjustments.replay import ReplayFilter
 from adjustments.retry import Policy
+from adjustments.sandbox import SandboxServer
 from adjustments.store import RecordStore
-from tests.integration.conftest import wait_until
+from benchmarks.harness import ROOT
+from tests.integration.conftest import start_celery_process, stop_worker, wait_until
 
-from .conftest import RedisProcess
+from .conftest import RedisProcess, fault_env, producer_for
 
 EVENT = {"payload": {"stripe_customer_id": "cus_A", "value": "5"}}
 
@@ -160,3 +167,43 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
     wait_until(lambda: replicas(client) == 0, what="the replica gone")
     attempt(second.id)
     assert len(sent) == 1
+
+
+def test_a_worker_whose_clock_is_behind_sends_nothing_past_its_window(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Clock skew (the soak's nemesis): a record whose window closed while no worker ran,
+    then a worker whose clock is 30 s behind. It goes by the Redis server's clock when that
+    is later than its own, so the record expires unsent instead of being sent 30 s late."""
+    env = fault_env(
+        redis_proc.url, fault_sandbox, tmp_path / "data", CHAOS_SKEW_S="-30", PYTHONPATH=str(ROOT)
+    )
+    producer = producer_for(env)
+    received = datetime.now(UTC) - timedelta(hours=24) + timedelta(seconds=1)
+    record = producer.cancel("ev", "skewed_1", api="v2", event_received_at=received)
+    time.sleep(2)  # its window closes with no worker running
+    argv = [sys.executable, "-m", "benchmarks.chaos_skew", "worker", "--concurrency", "2"]
+    worker = start_celery_process(argv, env, tmp_path / "worker.log", cwd=ROOT)
+    try:
+        wait_until(lambda: producer.get(record.id).status.terminal, what="the record to end")
+        assert producer.get(record.id).status is Status.EXPIRED
+        assert fault_sandbox.logic.requests.get("skewed_1") is None  # never sent
+    finally:
+        stop_worker(worker)
+        producer.close()
+
+
+def test_the_server_clock_corrects_a_clock_behind_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServerClock: 30 s behind the server gives the server's time; ahead keeps its own."""
+    import fakeredis
+
+    from adjustments import attempt
+    from adjustments.runtime import ServerClock
+
+    local = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    monkeypatch.setattr(attempt, "utcnow", lambda: local)
+    client = fakeredis.FakeRedis()
+    monkeypatch.setattr(client, "time", lambda: (int(local.timestamp()) + 30, 0))
+    assert ServerClock(client)() == local + timedelta(seconds=30)
+    monkeypatch.setattr(client, "time", lambda: (int(local.timestamp()) - 30, 0))
+    assert ServerClock(client)() == local
