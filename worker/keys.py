@@ -1,13 +1,12 @@
 """Every Redis key name and derived identifier, in one place.
 
-Identifiers and event names are user data: they are hashed, never pasted into a key.
+Identifiers and event names are user data: they are hashed, never pasted into a key. Plain
+strings in, strings out: this module imports nothing of ours.
 """
 
 from __future__ import annotations
 
 import hashlib
-
-from .models import CancelRequest, Status
 
 RECORD = "rec"
 DEDUPE = "dedupe"
@@ -17,11 +16,14 @@ DEADLINE = "deadline"
 LOCK = "lock"
 
 
-def request_digest(req: CancelRequest) -> str:
-    """A stable digest of what is cancelled, where: the dedupe identity of a request."""
-    parts: tuple[str, ...] = (req.api, req.stripe_account or "", req.event_name, req.identifier)
-    if req.platform:  # a single-key deployment's digests stay what they always were
-        parts = (*parts, f"platform={req.platform}")
+def request_digest(
+    api: str, account: str, event_name: str, identifier: str, platform: str = ""
+) -> str:
+    """A stable digest of what is cancelled, where: the dedupe identity of a request (see
+    ``CancelRequest.digest``)."""
+    parts: tuple[str, ...] = (api, account, event_name, identifier)
+    if platform:  # a single-key deployment's digests stay what they always were
+        parts = (*parts, f"platform={platform}")
     # Unit separators keep ("a", "bc") and ("ab", "c") apart.
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
@@ -103,8 +105,9 @@ def index_prefix(prefix: str) -> str:
     return f"{prefix}:{INDEX}:"
 
 
-def index(prefix: str, status: Status) -> str:
-    return index_prefix(prefix) + status.value
+def index(prefix: str, status: str) -> str:
+    """One status's index (``status``: a Status, or its name)."""
+    return index_prefix(prefix) + str(status)
 
 
 def idempotency_key(digest: str, generation: int) -> str:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast, overload
 
+from . import keys
 from .config import APIS, CANCEL_WINDOW_S, Api
 from .errors import InvalidInput
 
@@ -326,6 +327,18 @@ class CancelRequest:
         """When Stripe stops accepting this cancellation, if the event's receipt time is known."""
         return window_closes(self.event_received_at)
 
+    @property
+    def digest(self) -> str:
+        """What identifies this request (its dedupe key and idempotency keys derive from it):
+        API, connected account, event name, identifier and platform."""
+        return keys.request_digest(
+            self.api,
+            self.stripe_account or "",
+            self.event_name,
+            self.identifier,
+            self.platform or "",
+        )
+
 
 @dataclass(frozen=True)
 class ErrorInfo:
@@ -415,6 +428,18 @@ class Record:
         return window_closes(self.event_received_at)
 
     @property
+    def request(self) -> CancelRequest:
+        """The request this record is for (its identity: see ``CancelRequest.digest``)."""
+        return CancelRequest(
+            self.api,
+            self.event_name,
+            self.identifier,
+            self.stripe_account,
+            self.event_received_at,
+            platform=self.platform,
+        )
+
+    @property
     def deadline(self) -> datetime:
         """The latest time this cancellation can still be accepted: 24 h after Stripe
         received the event, or, when the caller did not say, 24 h after it was enqueued (the
@@ -484,8 +509,6 @@ class Record:
 
 def _first_key(data: dict[str, str]) -> str:
     """The generation-0 idempotency key of the request a record hash describes."""
-    from . import keys  # keys builds on this module's CancelRequest
-
     request = CancelRequest(
         cast(Api, data["api"]),
         data["event_name"],
@@ -493,7 +516,7 @@ def _first_key(data: dict[str, str]) -> str:
         data.get("stripe_account") or None,
         platform=data.get("platform") or None,
     )
-    return keys.idempotency_key(keys.request_digest(request), 0)
+    return keys.idempotency_key(request.digest, 0)
 
 
 def _json_value(value: object) -> object:

@@ -63,17 +63,6 @@ def _hash(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def request_of(record: Record) -> CancelRequest:
-    return CancelRequest(
-        record.api,
-        record.event_name,
-        record.identifier,
-        record.stripe_account,
-        record.event_received_at,
-        platform=record.platform,
-    )
-
-
 @dataclass(frozen=True)
 class Outbox:
     """Where and what to enqueue with a new record: the queue's list and its message."""
@@ -156,16 +145,16 @@ class RecordStore:
         return keys.record(self.prefix, record_id)
 
     def dedupe_key(self, record: Record | CancelRequest) -> str:
-        req = record if isinstance(record, CancelRequest) else request_of(record)
-        return keys.dedupe(self.prefix, keys.request_digest(req))
+        req = record if isinstance(record, CancelRequest) else record.request
+        return keys.dedupe(self.prefix, req.digest)
 
     def index_key(self, status: Status) -> str:
-        return keys.index(self.prefix, status)
+        return keys.index(self.prefix, status.value)
 
     # --- create and read -------------------------------------------------------------------
     def new_fields(self, req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
         """The hash of a fresh ``queued`` record."""
-        digest = keys.request_digest(req)
+        digest = req.digest
         expires = req.expires_at
         return {
             "id": record_id,
@@ -622,7 +611,7 @@ class RecordStore:
         compensation, in that phase)."""
         if record.phase == "compensate":
             return f"adjustments-cmp-{record.id}-g{generation}"
-        return keys.idempotency_key(keys.request_digest(request_of(record)), generation)
+        return keys.idempotency_key(record.request.digest, generation)
 
     # --- locks ------------------------------------------------------------------------------
     def try_lock(self, name: str, *, ttl_s: float) -> Lock | None:
