@@ -250,7 +250,7 @@ class Service:
         self.env = env
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
-        self.ready_text = " ready." if "worker" in argv else ""
+        self.spawned: list[subprocess.Popen[bytes]] = []  # every process started, for close()
 
     def start(self, *, argv: list[str] | None = None, wait: bool = True) -> None:
         with open(self.log, "ab") as out:
@@ -262,7 +262,18 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.started_at = time.monotonic()
+        self.spawned.append(self.process)
+
+    def close(self) -> None:
+        """Kill every process this service ever started (and their groups)."""
+        for proc in self.spawned:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
