@@ -445,10 +445,13 @@ class RecordStore:
         round trip until the claim is on the replicas: a worker calls Stripe only once a
         failover can no longer lose the fact that it did (the record stays ``processing``
         with its attempt counted, so an outcome lost with the old master is known to be in
-        doubt rather than forgotten). ClaimNotDurable when connected replicas do not confirm
-        it in time; with fewer than N replicas connected at all (after a failover, before the
-        old master returns as a replica) there is none that could be promoted without it, and
-        the claim goes ahead. (With ``fsync`` the claim is not waited for: under ``appendfsync
+        doubt rather than forgotten). Replication keeps order, so everything written before
+        the claim (the request, a replay, a compensation begun) is then on the replicas too.
+        ClaimNotDurable when they do not confirm it in time, as when fewer than N are
+        connected (right after a failover, until the old master returns as a replica): as
+        producers cannot accept requests then, workers do not send; with one replica and
+        ``replicas:1`` that trades availability for never losing an attempt (run two
+        replicas to have both). (With ``fsync`` the claim is not waited for: under ``appendfsync
         always`` it is on disk before Redis answers; under ``everysec`` a power cut within
         that second can lose it, as the README's durability section says.)"""
         if self.durability.level != "replicas":
@@ -466,9 +469,6 @@ class RecordStore:
                 script.sha = self.client.script_load(script.script)
                 continue
             if int(confirmed) >= wanted or str(reply[0]) != "claimed":
-                return cast(list[Any], reply)
-            role = cast(list[Any], self.client.execute_command("ROLE"))  # type: ignore[no-untyped-call]
-            if len(role[2]) < wanted:
                 return cast(list[Any], reply)
             raise ClaimNotDurable(
                 f"a claim was not confirmed by {wanted} replica(s) in time "

@@ -124,10 +124,10 @@ def replicas(client: redis.Redis) -> int:
 
 
 def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_path: Path) -> None:
-    """ADJUSTMENTS_DURABILITY=replicas:1 with the replica connected but silent (stopped):
-    the claim is not confirmed, so nothing is sent and the attempt ends with ClaimNotDurable
-    (the task retries it later). With no replica connected at all (after a failover, before
-    the old master comes back) none could be promoted without the claim: the call goes."""
+    """ADJUSTMENTS_DURABILITY=replicas:1 with the replica connected but silent (stopped),
+    then with no replica at all (as right after a failover): the claim is not confirmed, so
+    nothing is sent and the attempt ends with ClaimNotDurable (the task retries it later).
+    With the replica back, the call goes."""
     replica = RedisProcess(
         tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(redis_proc.port)]
     ).start()
@@ -144,9 +144,9 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
     )
     t0 = datetime.now(UTC)
     plain = RecordStore(client, prefix="nd", retention_s=3600)  # the producer's part
-    first, second = (
+    first, second, third = (
         plain.create(CancelRequest.build("ev", f"nd_{i}", api="v2", now=t0), now=t0)[0]
-        for i in range(2)
+        for i in range(3)
     )
     sent: list[str] = []
 
@@ -165,8 +165,17 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
     finally:
         replica.stop()
     wait_until(lambda: replicas(client) == 0, what="the replica gone")
-    attempt(second.id)
-    assert len(sent) == 1
+    with pytest.raises(ClaimNotDurable):
+        attempt(second.id)
+    assert sent == []
+    replica.start()
+    with replica.client() as c:
+        wait_until(lambda: c.info("replication")["master_link_status"] == "up", what="sync")
+    try:
+        attempt(third.id)  # (the first two wait for their leases: they are processing)
+    finally:
+        replica.stop()
+    assert sent == [third.id]
 
 
 def test_a_worker_whose_clock_is_behind_sends_nothing_past_its_window(

@@ -69,7 +69,9 @@ def test_failover_under_a_busy_worker(
     cancel() returns. Kill -9 the master mid-work: the worker follows the sentinel to the new
     master, and every accepted request ends terminal, each executed once. (A worker's own
     writes replicate asynchronously: one lost in the failover is repaired by reconciliation,
-    which this test runs with a short grace.)"""
+    which this test runs with a short grace. With replicas:1 a worker's claim must reach a
+    replica before it calls Stripe, so the restarted old master, a replica again, is needed
+    for the work to go on.)"""
     master, replica, sentinel_port = cluster
     env = fault_env(
         f"sentinel://127.0.0.1:{sentinel_port}/0",
@@ -92,6 +94,9 @@ def test_failover_under_a_busy_worker(
                 return bool(c.info("replication").get("role") == "master")
 
         wait_until(promoted, timeout_s=30, what="the sentinel to promote the replica")
+        # The old master comes back and the sentinel makes it the new master's replica: with
+        # replicas:1 workers send again only then (a claim must be on a replica first).
+        master.start()
 
         def repaired() -> bool:
             try:
