@@ -439,14 +439,21 @@ class Nemesis:
             master.kill()
             wait_for(lambda: self.d.master() not in (None, master), 30, "a failover")
             time.sleep(rng.uniform(0.5, 2))
-            master.start()
+            self.restart(master)
 
     def restart_redis(self, rng: random.Random) -> None:
         with self.redis_lock:
             node = rng.choice(self.d.redis)
             node.shutdown()
             time.sleep(rng.uniform(0.2, 1.5))
-            node.start()
+            self.restart(node)
+
+    def restart(self, node: RedisNode) -> None:
+        """Start ``node`` again as what the sentinels say it is: the master's replica, or
+        the master (as a node whose sentinel-rewritten config names its master would)."""
+        master = self.d.master()
+        node.replica_of = master.proxy.port if master is not None and master is not node else None
+        node.start()
 
     def skew(self, rng: random.Random) -> None:
         """The second worker, restarted (warm) with its clock off by 2-5 s for a while."""
@@ -469,7 +476,7 @@ class Nemesis:
                 service.start()
         for node in self.d.redis:
             if not node.alive():
-                node.start()
+                self.restart(node)
         self.d.sandbox.logic.configure(
             {k: 0.0 for changes in self.SANDBOX.values() for k in changes}
         )
