@@ -10,8 +10,6 @@ Everything a service needs is importable from here; other modules are internal. 
 the package configures no logging and connects no handler that acts on another Celery app.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .config import Durability, Settings
 from .errors import (
     AcceptanceUnknown,
@@ -29,11 +27,7 @@ from .listing import Page, Query
 from .models import ErrorInfo, Record, Status
 from .producer import BulkResult, Producer
 from .replay import ReplayFilter, ReplayReport
-
-try:
-    __version__ = version("adjustments")  # written once, in pyproject.toml
-except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
-    __version__ = "0.0.0"
+from .version import VERSION as __version__
 
 __all__ = [
     "AcceptanceUnknown",

@@ -20,9 +20,8 @@ from kombu import Queue
 from . import keys
 from .config import Settings, load_settings
 from .errors import ConfigError
+from .messages import RECONCILE_TASK, TASK_NAME
 
-TASK_NAME = "adjustments.process_cancellation"
-RECONCILE_TASK = "adjustments.reconcile"
 # Reconnect attempts every 0.5 s, then 1 s, at most 2 s apart (kombu's own default grows to
 # 30 s): a worker resumes within a few seconds of Redis being reachable again.
 RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}

@@ -19,6 +19,7 @@ import redis
 
 from . import keys
 from .logging import get_logger
+from .version import VERSION
 
 log = get_logger("adjustments.heartbeat")
 MISSED_BEATS = 3
@@ -125,8 +126,6 @@ def beat(
     activity: Activity = ACTIVITY,
 ) -> None:
     """Write one heartbeat: the hash (expiring after MISSED_BEATS intervals) and the index."""
-    from . import __version__
-
     now = time.time()
     key = keys.worker(prefix, node)
     pipe = client.pipeline(transaction=False)
@@ -136,7 +135,7 @@ def beat(
             "node": node,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "version": __version__,
+            "version": VERSION,
             "concurrency": concurrency,
             "queue": queue,
             "in_flight": activity.in_flight,

@@ -23,8 +23,11 @@ import uuid
 
 from celery import Celery
 
-from .celery_app import TASK_NAME
 from .tracing import propagation_headers
+
+# The task names: part of the message format (a worker routes a message by its name).
+TASK_NAME = "adjustments.process_cancellation"
+RECONCILE_TASK = "adjustments.reconcile"
 
 DELIVERY_PERSISTENT = 2
 _RECORD = "@@RECORD_ID@@"

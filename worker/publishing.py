@@ -16,9 +16,9 @@ from celery import Celery
 from kombu.transport.redis import Channel
 
 from . import metrics
-from .celery_app import TASK_NAME
 from .heartbeat import alive
 from .logging import get_logger
+from .messages import TASK_NAME
 
 log = get_logger("adjustments.publishing")
 

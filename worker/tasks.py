@@ -10,9 +10,10 @@ from celery.exceptions import Reject
 
 from . import compensation, publishing
 from .attempt import run_attempt
-from .celery_app import RECONCILE_TASK, TASK_NAME, app
+from .celery_app import app
 from .errors import CancellationFailed, ClaimNotDurable
 from .logging import get_logger
+from .messages import RECONCILE_TASK, TASK_NAME
 from .models import Status
 from .reconcile import reconcile, republish_orphans
 from .runtime import RIDE_OUT, Runtime, get_runtime, wait_unless_stopping

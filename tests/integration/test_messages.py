@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import redis
 
-from adjustments.celery_app import TASK_NAME, create_app
+from adjustments.celery_app import create_app
 from adjustments.config import Settings
-from adjustments.messages import TaskMessages, decoded_body, record_id_of
+from adjustments.messages import TASK_NAME, TaskMessages, decoded_body, record_id_of
 
 
 class TestTaskMessageContract:

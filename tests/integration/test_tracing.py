@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adjustments.celery_app import TASK_NAME
+from adjustments.messages import TASK_NAME
 from adjustments.sandbox import SandboxServer
 
 from .conftest import start_worker, stop_worker, wait_until
