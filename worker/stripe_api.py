@@ -11,6 +11,7 @@ from typing import Any
 import requests
 import stripe
 
+from .compensation import negated, unsound
 from .config import Settings
 from .models import Record
 from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
@@ -153,8 +154,6 @@ def send(
     client = clients(record.platform)
     if record.phase != "compensate":
         return cancel(client, record)
-    from .compensation import negated, unsound
-
     try:
         meter = meters(record.platform).find(record.stripe_account, record.event_name)
     except stripe.StripeError as exc:

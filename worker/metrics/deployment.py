@@ -5,8 +5,8 @@ never a scan of the records: a 15 s scrape is cheap with a million records."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, cast
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -16,8 +16,13 @@ from prometheus_client.registry import Collector
 from ..errors import StoreError
 from ..models import parse_iso
 
-if TYPE_CHECKING:
-    from ..producer import Producer
+
+class Producer(Protocol):
+    """What the collector reads (an ``adjustments.Producer`` is one)."""
+
+    def stats(self) -> dict[str, object]: ...
+    def windows(self, within_s: Sequence[float] = ...) -> dict[str, Any]: ...
+    def last_reconcile(self) -> dict[str, str]: ...
 
 
 class DeploymentCollector(Collector):
