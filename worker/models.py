@@ -25,7 +25,7 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
 class Status(StrEnum):
-    """Where a cancellation stands (see DESIGN.md)."""
+    """Where a cancellation stands (the README's "Statuses" says what each means)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"

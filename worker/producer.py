@@ -723,7 +723,6 @@ class Producer:
             first_platform = next(iter(platforms.values()))
             out: dict[str, object] = {
                 "records": records,
-                "queue_depth": self.queue_depth(),  # waiting (kept for compatibility)
                 "queue": {
                     "waiting": self.queue_depth(),  # in Redis, not yet taken by a worker
                     "held_by_workers": int(self._client.hlen(UNACKED_KEY)),  # taken, not acked

@@ -38,7 +38,7 @@ class TestCliAgainstWorker:
         listed = run(["list", "--status", "pending", "--json"], worker_env)
         assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
         stats = json.loads(run(["stats", "--json"], worker_env).stdout)
-        assert stats["records"]["pending"] == 1 and stats["queue_depth"] >= 0
+        assert stats["records"]["pending"] == 1 and stats["queue"]["waiting"] >= 0
 
     def test_unknown_request_id(self, worker_env: dict[str, str]) -> None:
         """status of an unknown id is exit 1 with one line naming it."""
