@@ -67,8 +67,19 @@ def rate_limiter(prefix: str, platform: str = "") -> str:
 
 
 def dead_letter(prefix: str) -> str:
-    """Queue items no worker could parse, newest first (``…:total`` counts them all)."""
+    """Queue items no worker could parse, newest first (``dead_letter_total`` counts all)."""
     return f"{prefix}:deadletter"
+
+
+def dead_letter_total(dead_letter_key: str) -> str:
+    """How many items were ever dead-lettered into ``dead_letter_key``."""
+    return f"{dead_letter_key}:total"
+
+
+def memo(prefix: str, name: str) -> str:
+    """What the HTTP API remembers under ``name`` (an Idempotency-Key's answer, a console
+    session), hashed: a name is client data."""
+    return f"{prefix}:memo:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def worker(prefix: str, node: str) -> str:

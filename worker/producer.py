@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import threading
 import time
 import weakref
@@ -662,8 +661,7 @@ class Producer:
             self._client.delete(self._memo_key(name))
 
     def _memo_key(self, name: str) -> str:
-        digest = hashlib.sha256(name.encode()).hexdigest()
-        return f"{self.settings.key_prefix}:memo:{digest}"
+        return keys.memo(self.settings.key_prefix, name)
 
     def publish(self, record_id: str) -> bool:
         """Send the task message for ``record_id`` (an existing record's id). A failure is
@@ -696,7 +694,9 @@ class Producer:
             self._client, policies(self.settings), prefix=self.settings.key_prefix
         )
         with self._reading():
-            dead_total = self._client.get(keys.dead_letter(self.settings.key_prefix) + ":total")
+            dead_total = self._client.get(
+                keys.dead_letter_total(keys.dead_letter(self.settings.key_prefix))
+            )
             records = self._store.counts()
             workers_alive = len(alive(self._client, self.settings.key_prefix))
             platforms = {

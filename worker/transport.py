@@ -22,6 +22,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
+from . import keys
 from .logging import get_logger
 
 log = get_logger("adjustments.transport")
@@ -158,7 +159,7 @@ class _Resilient:
 
     def _dead_letter_keys(self) -> tuple[str, str]:
         base = self.connection.client.transport_options.get("dead_letter_key", "adj:deadletter")
-        return str(base), f"{base}:total"
+        return str(base), keys.dead_letter_total(str(base))
 
     def _dead_letter(self, queue: str, item: str, reason: str) -> None:
         key, total = self._dead_letter_keys()
