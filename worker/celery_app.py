@@ -150,20 +150,16 @@ class AdjustmentsCelery(Celery):
         # A method rather than Celery's on_configure signal: a signal handler's exception is
         # logged and swallowed, and the worker would then start on Celery's default broker
         # (amqp://localhost) instead of stopping with one line naming REDIS_URL.
-        from .embedded import EMBEDDED, missing_redis, start_announced
+        from .embedded import resolve_url  # the bundled server's package: only when asked
 
         try:
             settings = load_settings()
-            url = settings.redis_url
-            if not url:
-                raise missing_redis()
+            url = resolve_url(settings.redis_url, settings.data_dir)
         except ConfigError as exc:
             if "celery.bin.celery" in sys.modules:  # the celery command: one line, exit 2
                 print(f"adjustments: error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
             raise
-        if url == EMBEDDED:  # ``celery -A adjustments.celery_app worker`` with REDIS_URL=embedded
-            url = start_announced(settings.data_dir).url  # shared: it runs on after us
         self.conf.update(celery_config(settings, url))
 
 

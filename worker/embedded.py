@@ -197,6 +197,16 @@ def missing_redis() -> ConfigError:
     )
 
 
+def resolve_url(url: str | None, data_dir: Path) -> str:
+    """The Redis URL to use for ``REDIS_URL``: as given; for ``embedded`` the bundled server's
+    (started, or reused, and announced); ConfigError naming REDIS_URL when it is unset."""
+    if not url:
+        raise missing_redis()
+    if url == EMBEDDED:
+        return start_announced(data_dir).url  # shared: it runs on after this process
+    return url
+
+
 def start_announced(data_dir: Path) -> EmbeddedRedis:
     """Start (or reuse) the shared embedded server and say so in one line on stderr: data
     written there is seen only by processes that chose the same server. It keeps running

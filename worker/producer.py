@@ -29,7 +29,7 @@ from .bulk import BATCH_SIZE, FIELDS, batched
 from .celery_app import create_app
 from .compensation import CompensationReport, MeterCache
 from .config import Settings, load_settings
-from .embedded import EMBEDDED, missing_redis, start_announced
+from .embedded import resolve_url
 from .errors import (
     AcceptanceUnknown,
     ConfigError,
@@ -117,11 +117,7 @@ class Producer:
         """
         self.settings = settings if settings is not None else Settings()
         self._resources = ExitStack()
-        if not redis_url:
-            raise missing_redis()
-        if redis_url == EMBEDDED:
-            redis_url = start_announced(self.settings.data_dir).url  # shared: it runs on
-        self.redis_url = redis_url
+        self.redis_url = redis_url = resolve_url(redis_url, self.settings.data_dir)
         self._client = self.settings.redis_target(redis_url).client()
         self._store = RecordStore(
             self._client,
@@ -148,9 +144,7 @@ class Producer:
         Raises ConfigError naming ``REDIS_URL`` when it is unset: nothing is started or
         written. ``REDIS_URL=embedded`` chooses the bundled trial server explicitly."""
         settings = load_settings()
-        if not settings.redis_url:
-            raise missing_redis()
-        return cls(settings.redis_url, settings=settings)
+        return cls(settings.redis_url or "", settings=settings)
 
     def cancel(
         self,
