@@ -12,23 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from adjustments.embedded import free_port, redis_binary
 from benchmarks.harness import ROOT
+from benchmarks.harness import wait_until as wait_for
 
 MASTER_NAME = "chaosmaster"
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Proxy:
