@@ -58,9 +58,9 @@ from benchmarks.chaos_cluster import (
     Sentinels,
     Service,
     cli,
-    wait_for,
 )
 from benchmarks.harness import ROOT
+from benchmarks.harness import wait_until as wait_for
 
 KEYS = {"us": "sk_test_chaosPlatformUS01", "eu": "sk_test_chaosPlatformEU02"}
 TOKEN = "op_chaos0123456789abcdef"
