@@ -18,7 +18,7 @@ from adjustments.config import Settings
 from adjustments.embedded import free_port, redis_binary
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxConfig, SandboxServer
-from tests.integration.conftest import (
+from tests.helpers import (
     WorkerProcess,
     start_worker,
     wait_until,

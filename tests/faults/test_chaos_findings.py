@@ -37,7 +37,7 @@ from adjustments.retry import Policy
 from adjustments.sandbox import SandboxServer
 from adjustments.store import RecordStore
 from benchmarks.harness import ROOT
-from tests.integration.conftest import start_celery_process, stop_worker, wait_until
+from tests.helpers import start_celery_process, stop_worker, wait_until
 
 from .conftest import RedisProcess, fault_env, producer_for
 

@@ -18,7 +18,7 @@ import pytest
 from adjustments.compensation import identifier_for
 from adjustments.models import Record, Status
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import WorkerProcess, stop_worker, wait_until
+from tests.helpers import WorkerProcess, stop_worker, wait_until
 
 from .conftest import RedisProcess, fault_env, producer_for, start_fault_worker
 

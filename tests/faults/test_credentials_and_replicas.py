@@ -8,7 +8,7 @@ import pytest
 
 from adjustments.errors import AcceptanceUnknown
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import stop_worker
+from tests.helpers import stop_worker
 
 from .conftest import (
     RedisProcess,

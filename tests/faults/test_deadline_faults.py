@@ -14,7 +14,7 @@ import pytest
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import WorkerProcess, stop_worker, wait_until
+from tests.helpers import WorkerProcess, stop_worker, wait_until
 
 from .conftest import (
     RedisProcess,

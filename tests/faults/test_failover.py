@@ -14,7 +14,7 @@ import redis
 from adjustments.embedded import free_port, redis_binary
 from adjustments.reconcile import reconcile
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import stop_worker, wait_until
+from tests.helpers import stop_worker, wait_until
 
 from .conftest import (
     RedisProcess,

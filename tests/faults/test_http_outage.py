@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import (
+from tests.helpers import (
     TOKEN_SPEC,
     start_server,
     stop_server,

@@ -12,7 +12,7 @@ import pytest
 from adjustments.errors import AcceptanceUnknown, NotAccepted, UnsafeRedis
 from adjustments.models import CancelRequest
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import run_cli, stop_worker, wait_until
+from tests.helpers import run_cli, stop_worker, wait_until
 
 from .conftest import (
     RedisProcess,

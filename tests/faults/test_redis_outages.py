@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import stop_worker, wait_until
+from tests.helpers import stop_worker, wait_until
 
 from .conftest import (
     RedisProcess,

@@ -17,7 +17,7 @@ import pytest
 
 from adjustments.errors import NotAccepted
 from adjustments.sandbox import SandboxServer
-from tests.integration.conftest import run_cli, stop_worker
+from tests.helpers import run_cli, stop_worker
 
 from .conftest import (
     RedisProcess,

@@ -14,9 +14,8 @@ import pytest
 import redis
 
 from adjustments.sandbox import SandboxServer
-
-from .conftest import WorkerProcess, start_worker, stop_worker, wait_until, written_keys
-from .conftest import run_cli as run
+from tests.helpers import WorkerProcess, start_worker, stop_worker, wait_until, written_keys
+from tests.helpers import run_cli as run
 
 
 @pytest.mark.usefixtures("clean")

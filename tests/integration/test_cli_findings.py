@@ -16,8 +16,7 @@ import redis
 from adjustments import Producer
 from adjustments.models import CancelRequest
 from adjustments.sandbox import SandboxServer
-
-from .conftest import run_cli as run
+from tests.helpers import run_cli as run
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ import pytest
 
 from adjustments import Producer
 from adjustments.sandbox import SandboxServer
-
-from .conftest import TOKENS, Server
+from tests.helpers import TOKENS, Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".test-output" / "console"

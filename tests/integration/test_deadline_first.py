@@ -13,8 +13,7 @@ import pytest
 from adjustments import Producer, Settings
 from adjustments.models import Status
 from adjustments.sandbox import SandboxServer
-
-from .conftest import WorkerProcess, start_worker, stop_worker, wait_until
+from tests.helpers import WorkerProcess, start_worker, stop_worker, wait_until
 
 DAY = timedelta(hours=24)
 # The shared limit here, well below what one worker achieves on a busy 2-core machine: the

@@ -25,8 +25,7 @@ from adjustments.errors import RecordNotFound
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-
-from .conftest import SECRET, run_cli, wait_until
+from tests.helpers import SECRET, run_cli, wait_until
 
 EXPORT_RECORDS = 20_000
 EXPORT_RSS_LIMIT_KB = 150 * 1024  # the bound for a million records; flat, so it holds here

@@ -16,8 +16,7 @@ from celery import Celery
 
 from adjustments import Producer, Record, RecordNotFound, Status, StoreUnavailable
 from adjustments.embedded import free_port
-
-from .conftest import WorkerProcess, start_celery_process, stop_worker, wait_until
+from tests.helpers import WorkerProcess, start_celery_process, stop_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = [sys.executable, "-m", "celery"]

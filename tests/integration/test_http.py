@@ -18,8 +18,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from adjustments import InvalidInput, Producer, RecordNotFound, Settings
 from adjustments.sandbox import SandboxServer
-
-from .conftest import (
+from tests.helpers import (
     TOKENS,
     Server,
     console_login,

@@ -19,8 +19,7 @@ import redis
 
 from adjustments import Producer
 from adjustments.embedded import free_port
-
-from .conftest import (
+from tests.helpers import (
     FORM,
     TOKEN_SPEC,
     TOKENS,

@@ -18,8 +18,7 @@ import yaml
 from adjustments import Producer, Settings, Status
 from adjustments.embedded import free_port
 from adjustments.sandbox import SandboxServer
-
-from .conftest import run_cli, start_worker, stop_worker, wait_until
+from tests.helpers import run_cli, start_worker, stop_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -15,8 +15,7 @@ from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, Record, Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-
-from .conftest import SECRET, WorkerProcess, written_keys
+from tests.helpers import SECRET, WorkerProcess, written_keys
 
 Settle = Callable[[str], Record]
 

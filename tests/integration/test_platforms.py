@@ -20,8 +20,7 @@ from adjustments.errors import InvalidInput
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-
-from .conftest import (
+from tests.helpers import (
     TOKEN_SPEC,
     TOKENS,
     WorkerProcess,

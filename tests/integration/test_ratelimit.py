@@ -12,8 +12,7 @@ from adjustments.config import Settings
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-
-from .conftest import start_worker, stop_worker, wait_until
+from tests.helpers import start_worker, stop_worker, wait_until
 
 LIMIT = 10.0
 BURST = 1

@@ -21,9 +21,8 @@ from adjustments.producer import Producer
 from adjustments.reconcile import reconcile
 from adjustments.sandbox import SandboxServer
 from adjustments.store import RecordStore
-
-from .conftest import Settle, WorkerProcess, start_worker, stop_worker, wait_until
-from .conftest import run_cli as cli
+from tests.helpers import Settle, WorkerProcess, start_worker, stop_worker, wait_until
+from tests.helpers import run_cli as cli
 
 
 def side_producer(worker_env: dict[str, str], queue: str) -> Producer:

@@ -14,8 +14,7 @@ import pytest
 
 from adjustments.messages import TASK_NAME
 from adjustments.sandbox import SandboxServer
-
-from .conftest import start_worker, stop_worker, wait_until
+from tests.helpers import start_worker, stop_worker, wait_until
 
 pytest.importorskip("sentry_sdk", reason="sentry-sdk is not installed")
 pytest.importorskip("opentelemetry.instrumentation.celery", reason="OpenTelemetry not installed")
