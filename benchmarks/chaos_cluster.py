@@ -55,17 +55,23 @@ class Proxy:
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        peers = {a: b, b: a}
+        # poll, not select: select() fails on descriptors past 1023, and a long soak's
+        # process has more open (the first 30-minute soak's replica could not re-sync for
+        # four minutes: every new connection was reset by a ValueError here)
+        peers = {a.fileno(): (a, b), b.fileno(): (b, a)}
+        poller = select.poll()
+        for fd in peers:
+            poller.register(fd, select.POLLIN)
         try:
             while True:
-                readable, _, _ = select.select([a, b], [], [], 0.5)
-                for sock in readable:
+                for fd, _ in poller.poll(500):
+                    sock, peer = peers[fd]
                     data = sock.recv(65536)
                     if not data:
                         return
                     while time.monotonic() < self._stalled_until:
                         time.sleep(0.02)
-                    peers[sock].sendall(data)
+                    peer.sendall(data)
         except (OSError, ValueError):
             return
         finally:
