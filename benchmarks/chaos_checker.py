@@ -199,6 +199,8 @@ def not_after_deadline(e: Evidence) -> Verdict:
 def metrics_agree(e: Evidence) -> Verdict:
     counted = Counter(r["status"] for r in e.records.values())
     v = Verdict("the metrics' record counts agree with the records", len(e.metrics_records))
+    if not e.metrics_records:  # a scrape that read nothing proves nothing
+        v.violations.append("the metrics scrape read no record counts")
     for status, value in e.metrics_records.items():
         if counted.get(status, 0) != value:
             v.violations.append(

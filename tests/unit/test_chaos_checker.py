@@ -53,7 +53,7 @@ def test_an_acknowledged_record_still_live_or_missing() -> None:
         evidence(records={"r1": record("retrying")}, executions={}, metrics_records={"retrying": 1})
     )
     assert live == {"every acknowledged cancellation is terminal": ["r1 (us/c1): retrying"]}
-    gone = broken(evidence(records={}, executions={}, metrics_records={}))
+    gone = broken(evidence(records={}, executions={}, metrics_records={"pending": 0}))
     assert gone == {"nothing acknowledged is missing": ["r1 (us/c1)"]}
 
 
@@ -154,5 +154,11 @@ def test_metrics_that_disagree_with_the_records() -> None:
     assert found == {
         "the metrics' record counts agree with the records": [
             "pending: metrics say 2, the records 1"
+        ]
+    }
+    found = broken(evidence(metrics_records={}))  # a scrape that read nothing proves nothing
+    assert found == {
+        "the metrics' record counts agree with the records": [
+            "the metrics scrape read no record counts"
         ]
     }
