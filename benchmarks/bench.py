@@ -264,17 +264,21 @@ def durability_cost(services: Services, n: int) -> list[Row]:
     WAITAOF can confirm early there; it is timed here to show what it would cost.)"""
     from redis import Redis
 
+    from adjustments.celery_config import create_app
     from adjustments.config import Durability
+    from adjustments.messages import TaskMessages
     from adjustments.models import CancelRequest
-    from adjustments.store import RecordStore
+    from adjustments.store import Outbox, RecordStore
 
     rows: list[Row] = []
     admin = Redis.from_url(services.redis_url)
     try:
         with producer(services, ADJUSTMENTS_QUEUE="bench-durability") as p:
+            queue = p.settings.queue  # the message cancel() writes with the record
+            outbox = Outbox(queue, TaskMessages(create_app(p.settings, p.redis_url), queue).payload)
             stores = {
                 level: RecordStore(
-                    p._client, prefix=f"dur-{level}", retention_s=3600,
+                    p.client, prefix=f"dur-{level}", retention_s=3600,
                     durability=Durability.parse(level),
                 )
                 for level in ("memory", "fsync")
@@ -286,7 +290,7 @@ def durability_cost(services: Services, n: int) -> list[Row]:
                     for level, store in stores.items():
                         request = CancelRequest("v2", "ev", f"dur_{appendfsync}_{i}")
                         t0 = time.perf_counter()
-                        store.create(request, now=datetime.now(UTC), outbox=p._outbox)
+                        store.create(request, now=datetime.now(UTC), outbox=outbox)
                         samples[level].append((time.perf_counter() - t0) * 1000)
                 for q, name in ((0.5, "p50"), (0.99, "p99")):
                     value = percentile(samples["fsync"], q)
@@ -360,7 +364,7 @@ def finance_export(services: Services, n: int) -> list[Row]:
                 for i in range(start, min(n, start + 50_000))
             ]  # fmt: skip
             p.cancel_many(items)
-        client = p._client
+        client = p.client
         ids = [str(i) for i in client.zrange(keys.index("fin", Status.QUEUED), 0, -1)]
         t0 = time.perf_counter()
         for first in range(0, len(ids), 2000):
@@ -482,7 +486,7 @@ def _limited_run(
         time.sleep(seconds)
         rows = services.sandbox.timeline()
         # The rest of this run's work must not spill into the next one's timeline.
-        p._client.delete(f"bench-{PREFIX_LIMITED}", f"{PREFIX_LIMITED}:ready")
+        p.client.delete(f"bench-{PREFIX_LIMITED}", f"{PREFIX_LIMITED}:ready")
     return rows
 
 
@@ -547,7 +551,7 @@ def _platforms_run(
         time.sleep(seconds)
         rows = services.sandbox.timeline()
         # The rest of this run's work must not spill into the next one's timeline.
-        p._client.delete("bench-plat", *(keys.ready("plat", name) for name in PLATFORM_KEYS))
+        p.client.delete("bench-plat", *(keys.ready("plat", name) for name in PLATFORM_KEYS))
     start = float(rows[0]["at"])
     window = [r for r in rows if start + 1 <= float(r["at"]) <= start + seconds - 0.5]
     return {

@@ -512,10 +512,10 @@ def gather(d: Deployment, history: History) -> Evidence:
                 "status": full.status.value,
                 "platform": full.platform or "",
                 "identifier": full.identifier,
-                "expires_at_ms": d.producer._client.hget(f"chaos:rec:{r.id}", "expires_at_ms"),
+                "expires_at_ms": d.producer.client.hget(f"chaos:rec:{r.id}", "expires_at_ms"),
                 "replays": full.replays,
                 "key_outcome": full.key_outcome,
-                "compensation_identifier": d.producer._client.hget(
+                "compensation_identifier": d.producer.client.hget(
                     f"chaos:rec:{r.id}", "compensation_identifier"
                 ),
                 "history": list(full.history),

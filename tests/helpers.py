@@ -12,14 +12,21 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import fakeredis
 import redis
 
+from adjustments.celery_config import create_app
+from adjustments.config import Durability, Settings
 from adjustments.embedded import free_port
-from adjustments.models import Record
+from adjustments.messages import TaskMessages
+from adjustments.models import CancelRequest, Record
+from adjustments.producer import Producer
 from adjustments.sandbox import SandboxConfig
+from adjustments.store import Outbox, RecordStore
 
 SECRET = "sk_test_integrationSECRET4242"
 
@@ -230,3 +237,36 @@ def start_server(env: dict[str, str], log_path: Path, *args: str) -> Server:
 def stop_server(server: Server) -> None:
     server.process.terminate()
     server.process.wait(timeout=15)
+
+
+def store_of(producer: Producer) -> RecordStore:
+    """A store on the producer's Redis with its settings: for what no public call does
+    (reading many records at once, a record's raw keys)."""
+    return RecordStore.from_settings(producer.client, producer.settings)
+
+
+def create_record(producer: Producer, request: CancelRequest, *, now: datetime) -> Record:
+    """Write ``request`` and its task message as ``cancel()`` does, without its input checks:
+    a record whose event Stripe received more than 24 h before ``now``, say."""
+    settings = producer.settings
+    outbox = Outbox(
+        settings.queue,
+        TaskMessages(create_app(settings, producer.redis_url), settings.queue).payload,
+    )
+    record, _ = store_of(producer).create(request, now=now, outbox=outbox)
+    return record
+
+
+class FakeRedis(fakeredis.FakeRedis):
+    """fakeredis with an INFO answer for the producer's start checks (it has no INFO)."""
+
+    def info(self, section: str | None = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"redis_version": "7.2.4", "maxmemory_policy": "noeviction"}
+
+
+def fake_producer() -> Producer:
+    """A producer on fakeredis (durability memory): for the checks in front of Redis."""
+    settings = Settings(durability=Durability("memory"))
+    return Producer(
+        "redis://127.0.0.1:1/0", settings=settings, client=FakeRedis(decode_responses=True)
+    )

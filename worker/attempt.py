@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from . import lifecycle, metrics
 from .logging import get_logger
@@ -106,27 +106,17 @@ def run_attempt(
         rng=rng,
         key_outcome=key_outcome,
     )
-    retry_at = (
-        now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
-    )
     extra: dict[str, str | int] = {}
     if record.phase == "compensate":
         decision, extra = _as_compensation(decision, outcome)
     written = lifecycle.finish(
         store,
         record,
-        decision.status,
+        decision,
+        outcome,
         token=claim.token,
         now=now,
-        accepted=outcome if isinstance(outcome, Accepted) and not extra else None,
-        error=decision.error,
-        retry_at=retry_at,
-        generation=record.generation + 1 if decision.bump_generation else None,
-        request_id=outcome.request_id,
-        reason=decision.reason,
-        http_status=outcome.http_status,
         key_outcome=key_outcome,
-        rate_limited_reason=outcome.rate_limited_reason if isinstance(outcome, Rejected) else None,
         extra=extra,
     )
     if not written:
@@ -195,10 +185,9 @@ def _not_compensated(
     written = lifecycle.finish(
         store,
         record,
-        Status.EXPIRED,
+        Decision(Status.EXPIRED, "not_compensated"),
         token=token,
         now=now,
-        reason="not_compensated",
         extra={"compensation_error": answer.reason},
     )
     if not written:

@@ -6,7 +6,6 @@ opens no connection until it is first configured: ``on_configure`` builds everyt
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 from typing import Any
@@ -15,85 +14,16 @@ import structlog
 from celery import Celery, Task, signals
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
-from kombu import Queue
 
-from . import keys
-from .config import Settings, load_settings
+from .celery_config import celery_config
+from .config import load_settings
+from .embedded import resolve_url
 from .errors import ConfigError
-from .messages import RECONCILE_TASK, TASK_NAME
-
-# Reconnect attempts every 0.5 s, then 1 s, at most 2 s apart (kombu's own default grows to
-# 30 s): a worker resumes within a few seconds of Redis being reachable again.
-RECONNECT_INTERVALS_S = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
-
-
-def reconnect_attempts(limit_s: float) -> int:
-    """How many reconnect attempts span about ``limit_s`` at RECONNECT_INTERVALS_S."""
-    return max(2, math.ceil(limit_s / RECONNECT_INTERVALS_S["interval_max"]) + 1)
-
-
-def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
-    """Our defaults: at-least-once delivery, the record as the only result, short timeouts."""
-    target = settings.redis_target(redis_url)
-    broker = target.celery_options()
-    return {
-        "adjustments_redis_url": redis_url,
-        "broker_url": target.broker_url(),
-        "broker_transport": broker["broker_transport"],
-        "broker_use_ssl": broker["broker_use_ssl"],
-        "broker_connection_retry_on_startup": True,
-        # Past this many reconnect attempts (about ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S at 2 s
-        # apart) the worker stops with a non-zero exit code, for its supervisor to see.
-        "broker_connection_max_retries": reconnect_attempts(settings.redis_outage_limit_s),
-        "broker_transport_options": {
-            # Longer than the longest retry countdown: an ETA message is not redelivered early.
-            "visibility_timeout": settings.visibility_timeout_s,
-            "socket_timeout": 10,
-            "socket_connect_timeout": 5,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-            "dead_letter_key": keys.dead_letter(settings.key_prefix),
-            **broker["transport_options"],
-        },
-        # Imported by the worker only when it builds its consumer: after the settings module ran,
-        # so an integration it sets up (Sentry patches Celery's build_tracer) is in place.
-        "worker_consumer": "adjustments.consumer:Consumer",
-        "result_backend": None,
-        "task_ignore_result": True,
-        "task_default_queue": settings.queue,
-        # Both queues are consumed, in turn (kombu rotates its BRPOP order).
-        "task_queues": (Queue(settings.queue), Queue(settings.later_queue)),
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
-        "worker_pool": "threads",
-        "worker_concurrency": settings.worker_concurrency,
-        "worker_hijack_root_logger": False,
-        "worker_redirect_stdouts": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
-        "imports": ["adjustments.tasks"],
-        "beat_schedule": {
-            "reconcile": {
-                "task": RECONCILE_TASK,
-                "schedule": settings.reconcile_interval_s,
-                # A run nobody picked up before the next one is due is dropped, not piled up.
-                "options": {"expires": settings.reconcile_interval_s},
-            }
-        },
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
-    }
-
-
-def create_app(settings: Settings, broker_url: str, *, name: str = "adjustments") -> Celery:
-    """A configured app, e.g. for a producer; it registers no tasks of its own."""
-    app = Celery(name, set_as_current=False)
-    config = celery_config(settings, broker_url)
-    config["imports"] = []
-    app.conf.update(config)
-    return app
+from .heartbeat import ACTIVITY, STALLED_LOOP_S, consumer_problem, start_beating
+from .logging import configure
+from .messages import TASK_NAME
+from .metrics import serve_worker_metrics
+from .runtime import STOPPING, get_runtime
 
 
 class LoggedTask(Task):  # type: ignore[type-arg]
@@ -102,8 +32,6 @@ class LoggedTask(Task):  # type: ignore[type-arg]
     would act on every app's tasks in a host process."""
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        from .heartbeat import ACTIVITY
-
         # Only cancellation messages count as in flight: reconciliation reads the count to
         # tell a lost message from a held one, and must not count its own.
         if self.name == TASK_NAME:
@@ -111,8 +39,6 @@ class LoggedTask(Task):  # type: ignore[type-arg]
         structlog.contextvars.bind_contextvars(task_id=task_id)
 
     def after_return(self, *args: Any, **kwargs: Any) -> None:
-        from .heartbeat import ACTIVITY
-
         structlog.contextvars.unbind_contextvars("task_id")
         if self.name == TASK_NAME:
             ACTIVITY.end()
@@ -150,8 +76,6 @@ class AdjustmentsCelery(Celery):
         # A method rather than Celery's on_configure signal: a signal handler's exception is
         # logged and swallowed, and the worker would then start on Celery's default broker
         # (amqp://localhost) instead of stopping with one line naming REDIS_URL.
-        from .embedded import resolve_url  # the bundled server's package: only when asked
-
         try:
             settings = load_settings()
             url = resolve_url(settings.redis_url, settings.data_dir)
@@ -168,8 +92,6 @@ app = AdjustmentsCelery("adjustments", set_as_current=False, task_cls=LoggedTask
 
 def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
     """Celery's own logs go through our structlog pipeline (connecting here stops its set-up)."""
-    from .logging import configure
-
     level = loglevel if isinstance(loglevel, str) else "INFO"
     configure(level=level)
 
@@ -196,9 +118,6 @@ _heartbeat_stop: list[threading.Event] = []
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """Our worker is consuming: beat in Redis until it shuts down (``adjustments health``),
     saying in each beat whether its consumer still consumes."""
-    from .heartbeat import ACTIVITY, STALLED_LOOP_S, consumer_problem, start_beating
-    from .runtime import get_runtime
-
     runtime = get_runtime(str(app.conf.adjustments_redis_url))
     settings = runtime.settings
     controller = getattr(sender, "controller", None)
@@ -223,9 +142,6 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 
 def _serve_metrics(**_: Any) -> None:
     """ADJUSTMENTS_METRICS_PORT set: this worker's Prometheus metrics on that port."""
-    from .metrics import serve_worker_metrics
-    from .runtime import get_runtime
-
     port = get_runtime(str(app.conf.adjustments_redis_url)).settings.metrics_port
     if port:
         serve_worker_metrics(port)
@@ -234,8 +150,6 @@ def _serve_metrics(**_: Any) -> None:
 def _stop_waiting(**_: Any) -> None:
     """Warm shutdown: threads waiting for a rate-limit slot give their message back, and the
     heartbeat stops (its key is deleted)."""
-    from .runtime import STOPPING
-
     STOPPING.set()
     for stop in _heartbeat_stop:
         stop.set()

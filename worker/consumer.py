@@ -14,7 +14,8 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection
 
-from .celery_app import RECONNECT_INTERVALS_S
+from .celery_config import RECONNECT_INTERVALS_S
+from .tasks import repair_after_connect
 
 
 class Consumer(CeleryConsumer):
@@ -28,7 +29,5 @@ class Consumer(CeleryConsumer):
 
         conn.ensure_connection = quicker  # type: ignore[method-assign]
         connected = super().ensure_connected(conn)
-        from .tasks import repair_after_connect
-
         threading.Thread(target=repair_after_connect, name="orphan-check", daemon=True).start()
         return connected

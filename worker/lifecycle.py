@@ -6,32 +6,32 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from .config import CANCEL_WINDOW_S
-from .models import ErrorInfo, Record, Status, iso, to_ms
-from .outcomes import Accepted
-from .retry import KEY_UNKNOWN, replay_needs_new_key
+from .models import Record, Status, iso, to_ms
+from .outcomes import Accepted, Outcome, Rejected
+from .retry import KEY_UNKNOWN, Decision, replay_needs_new_key
 from .store import LIVE, Moved, RecordStore
 
 
 def finish(
     store: RecordStore,
     record: Record,
-    to: Status,
+    decision: Decision,
+    outcome: Outcome | None = None,
     *,
     token: str,
     now: datetime,
-    reason: str = "",
-    accepted: Accepted | None = None,
-    error: ErrorInfo | None = None,
-    retry_at: datetime | None = None,
-    generation: int | None = None,
-    request_id: str | None = None,
-    http_status: int | None = None,
     key_outcome: str | None = None,
-    rate_limited_reason: str | None = None,
     extra: dict[str, str | int] | None = None,
 ) -> Moved:
-    """End the attempt that holds ``token``: record Stripe's answer and the new status
-    (``extra``: more fields to write with it)."""
+    """End the attempt that holds ``token`` as ``decision`` says (status, reason, error, a
+    retry's delay, a new key generation), keeping Stripe's answer ``outcome`` (None: no call
+    was made). ``key_outcome``: what the record's key is now known to have done; ``extra``:
+    more fields to write with it. An accepted answer's adjustment fields are kept only for a
+    cancellation, not for a compensating meter event."""
+    to = decision.status
+    retry_at = (
+        now + timedelta(seconds=decision.retry_in_s) if decision.retry_in_s is not None else None
+    )
     fields: dict[str, str | int] = {
         **(extra or {}),
         "next_attempt_at": iso(retry_at),
@@ -41,30 +41,32 @@ def finish(
     }
     if key_outcome is not None:
         fields["key_outcome"] = key_outcome
-    if accepted is not None:
+    if isinstance(outcome, Accepted) and record.phase != "compensate":
         fields.update(
-            stripe_status=accepted.stripe_status,
-            adjustment_id=accepted.adjustment_id or "",
-            adjustment_created=accepted.created or "",
-            livemode="" if accepted.livemode is None else int(accepted.livemode),
+            stripe_status=outcome.stripe_status,
+            adjustment_id=outcome.adjustment_id or "",
+            adjustment_created=outcome.created or "",
+            livemode="" if outcome.livemode is None else int(outcome.livemode),
         )
+    error = decision.error
     if error is not None:
         fields["last_error"] = error.to_json()
-    if request_id:
-        fields["stripe_request_id"] = request_id
-    if generation is not None and generation != record.generation:
+    if outcome is not None and outcome.request_id:
+        fields["stripe_request_id"] = outcome.request_id
+    if decision.bump_generation:
+        generation = record.generation + 1
         fields.update(generation=generation, idempotency_key=store.key_for(record, generation))
         fields["key_outcome"] = ""  # a new key has done nothing yet
     entry = {
         "attempt": record.attempts,
-        "outcome": reason or to.value,
+        "outcome": decision.reason or to.value,
         "status": to.value,
-        "http_status": http_status,
+        "http_status": outcome.http_status if outcome is not None else None,
         "error_code": error.code if error else None,
         "generation": record.generation,
     }
-    if rate_limited_reason:
-        entry["rate_limited_reason"] = rate_limited_reason
+    if isinstance(outcome, Rejected) and outcome.rate_limited_reason:
+        entry["rate_limited_reason"] = outcome.rate_limited_reason
     return store.transition(
         record,
         to,

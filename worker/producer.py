@@ -1,62 +1,52 @@
 """The public API for backend services: validate, write the record, publish. About a millisecond.
 
-from .producer import Producer
-producer = Producer.from_env()
-record = producer.cancel("ai_search_api", "req_8f2c", api="v2")
-record.id  # keep it to ask for the status later
+    from adjustments import Producer
+
+    with Producer.from_env() as producer:
+        record = producer.cancel("ai_search_api", "req_8f2c", api="v2")
+        record.id  # keep it to ask for the status later
+
+Reads of the deployment as a whole (stats, windows, workers) are ``Producer.readouts``
+(``readouts``); the input rules are ``intake``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from functools import partial
+from datetime import datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import redis
 
-from . import compensation, forecast, keys, publishing
+from . import compensation, keys, publishing
 from .batching import GroupCommit
-from .bulk import BATCH_SIZE, FIELDS, batched
-from .celery_app import create_app
-from .compensation import CompensationReport, MeterCache
+from .bulk import BATCH_SIZE, batched
+from .celery_config import create_app
+from .compensation import CompensationReport
 from .config import Settings, load_settings
 from .embedded import resolve_url
-from .errors import (
-    AcceptanceUnknown,
-    ConfigError,
-    InvalidInput,
-    NotAccepted,
-    RecordNotFound,
-    StoreError,
-    StoreUnavailable,
-)
+from .errors import InvalidInput, RecordNotFound
 from .export import ExportFilter
 from .export import rows as export_rows
-from .forecast import Forecast
-from .heartbeat import WorkerInfo, alive
+from .intake import Intake, aware_now
 from .listing import MAX_LIMIT, Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages
-from .models import CancelRequest, Record, Status, iso, parse_iso
-from .ratelimit import Budgets, policies
-from .reconcile import ReconcileReport
+from .models import CancelRequest, Record, Status
+from .readouts import Readouts, Stats
+from .reconcile import ReconcileReport, reconcile
+from .redis_errors import reading, store_error, writing
 from .replay import ReplayFilter, ReplayReport, replay
 from .server_checks import check_server
 from .store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
-# kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
-# (one per Redis database, whatever the queue).
-UNACKED_KEY = "unacked"
 
 
 @dataclass
@@ -69,65 +59,36 @@ class BulkResult:
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
-def _aware_now(now: object) -> datetime:
-    """``now`` as given (a timezone-aware datetime) or the current time; InvalidInput else."""
-    if now is None:
-        return datetime.now().astimezone()
-    if not isinstance(now, datetime) or now.utcoffset() is None:
-        raise InvalidInput(f"now must be a timezone-aware datetime, got {now!r}")
-    return now
-
-
-def store_error(exc: redis.RedisError) -> StoreError:
-    """Whether a failed write may have happened: Redis refused it or was never reached (not
-    accepted), or the answer was lost on the way back (unknown)."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
-        return NotAccepted(f"Redis is out of memory and refused the write: {text}")
-    if isinstance(exc, redis.exceptions.ReadOnlyError):
-        return NotAccepted(
-            f"Redis is a read-only replica (failover?) and refused the write: {text}"
-        )
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError) and " connecting to " in text:
-        # redis-py's message for a connection that was never established: nothing was sent.
-        return NotAccepted(f"cannot reach Redis, nothing was written: {text}")
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return AcceptanceUnknown(
-            f"Redis did not answer ({text}): the request may or may not have been written; "
-            "call cancel() again, it is idempotent"
-        )
-    return NotAccepted(f"Redis refused the write: {text}")
-
-
 class Producer:
     """Enqueues cancellations and reads their records. Thread-safe; create one per process
     and reuse it (it holds a Redis connection pool), and ``close()`` it (or use ``with``).
 
     ``Producer(redis_url, settings=Settings(...))`` reads no environment variable;
-    ``Producer.from_env()`` reads them all (see the README's configuration table).
+    ``Producer.from_env()`` reads them all (see the configuration reference).
     """
 
-    def __init__(self, redis_url: str, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        settings: Settings | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
         """Connect to ``redis_url`` (``redis://``, ``rediss://``, ``sentinel://``, or
         ``embedded`` for the bundled trial server, announced on stderr).
 
         ``settings``: queue, key prefix, durability and the other knobs; default
         ``Settings()``, the documented defaults. ``settings.redis_url`` is not used here.
+        ``client``: a Redis client (``decode_responses=True``) to use instead of one made
+        from ``redis_url``, e.g. a fakeredis one in a test; it is closed with the producer.
         Raises ConfigError (a ValueError) for an unusable URL; connects lazily.
         """
         self.settings = settings if settings is not None else Settings()
-        self._resources = ExitStack()
         self.redis_url = redis_url = resolve_url(redis_url, self.settings.data_dir)
-        self._client = self.settings.redis_target(redis_url).client()
-        self._store = RecordStore(
-            self._client,
-            prefix=self.settings.key_prefix,
-            retention_s=self.settings.retention_s,
-            durability=self.settings.durability,
-            durability_timeout_ms=self.settings.durability_timeout_ms,
-            order=self.settings.order,
-            platforms=self.settings.platform_names,
-        )
+        self.client: redis.Redis = client or self.settings.redis_target(redis_url).client()
+        self._store = RecordStore.from_settings(self.client, self.settings)
+        self.readouts = Readouts(self.client, self._store, self.settings)
+        self._intake = Intake(self.settings)
         self._checked = False
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[Any]]
         self._batchers = weakref.WeakKeyDictionary()
@@ -181,8 +142,8 @@ class Producer:
         Raises InvalidInput (a ValueError) for bad input and NotAccepted or AcceptanceUnknown
         (both StoreError) when Redis fails; nothing is written on InvalidInput or NotAccepted.
         """
-        now = _aware_now(now)
-        request = self._build(
+        now = aware_now(now)
+        request = self._intake.request(
             event_name,
             identifier,
             api,
@@ -221,14 +182,14 @@ class Producer:
         on one loop share round trips (see ``batching``), so a web server that enqueues at
         its request rate makes a few Redis round trips per batch of requests instead of one
         per request."""
-        now = _aware_now(None)
+        now = aware_now(None)
         extra = {
             "original_event": original_event,
             "reason": reason,
             "requested_by": requested_by,
             "platform": platform,
         }
-        request = self._build(
+        request = self._intake.request(
             event_name, identifier, api, stripe_account, event_received_at, now=now, extra=extra
         )
         script_keys, args, fields = self._store.create_args(request, now, self._outbox)
@@ -278,7 +239,7 @@ class Producer:
         ``with_history`` adds the attempt history. Raises InvalidInput for bad arguments,
         RecordNotFound when no such request is known (never enqueued, or past retention),
         StoreError when Redis cannot be read."""
-        request = self._build(
+        request = self._intake.request(
             event_name,
             identifier,
             api,
@@ -287,7 +248,7 @@ class Producer:
             now=datetime.now().astimezone(),
             extra={"platform": platform},
         )
-        with self._reading():
+        with reading():
             record = self._store.find_request(request, with_history=with_history)
         if record is None:
             raise RecordNotFound(f"{request.api} {event_name}/{identifier}")
@@ -303,7 +264,7 @@ class Producer:
             if self._checked:
                 return
             for warning in check_server(
-                self._client,
+                self.client,
                 durability=self.settings.durability,
                 allow_eviction=self.settings.allow_eviction,
             ):
@@ -312,23 +273,11 @@ class Producer:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Redis's errors as ours, each saying whether the request may have been written."""
-        try:
+        """Redis's errors as ours, each saying whether the request may have been written;
+        the server is checked before the first write."""
+        with writing():
             self.check_server()
             yield
-        except StoreError:
-            raise
-        except redis.RedisError as exc:
-            raise store_error(exc) from exc
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Redis's errors on a read as our StoreUnavailable."""
-        try:
-            yield
-        except redis.RedisError as exc:
-            text = " ".join(str(exc).split())
-            raise StoreUnavailable(f"cannot read from Redis: {text}") from exc
 
     def cancel_many(
         self, items: Iterable[Mapping[str, Any]], *, now: datetime | None = None
@@ -344,7 +293,7 @@ class Producer:
         one is enqueued once. Raises InvalidInput when ``items`` is not an iterable of
         mappings, StoreError when Redis fails (earlier chunks stay written).
         """
-        now = _aware_now(now)
+        now = aware_now(now)
         if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
             raise InvalidInput(f"items must be an iterable of mappings, got {type(items).__name__}")
         result = BulkResult()
@@ -353,7 +302,7 @@ class Producer:
             for position, item in enumerate(items):
                 result.ids.append(None)
                 try:
-                    yield position, self._request(item, now)
+                    yield position, self._intake.from_item(item, now)
                 except InvalidInput as exc:
                     result.invalid.append((position, str(exc)))
 
@@ -372,65 +321,6 @@ class Producer:
                 result.created += 1
             else:
                 result.duplicates += 1
-
-    def _request(self, item: Mapping[str, Any], now: datetime) -> CancelRequest:
-        if not isinstance(item, Mapping):
-            raise InvalidInput(
-                f"expected a mapping of cancel() arguments, got {type(item).__name__}"
-            )
-        unknown = sorted(str(key) for key in set(item) - set(FIELDS))
-        if unknown:  # a misspelt stripe_account must not send it to the platform account
-            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}")
-        return self._build(
-            item.get("event_name"),
-            item.get("identifier"),
-            item.get("api"),
-            item.get("stripe_account"),
-            item.get("event_received_at"),
-            now=now,
-            extra={
-                k: item.get(k) for k in ("original_event", "reason", "requested_by", "platform")
-            },
-        )
-
-    def _build(
-        self,
-        event_name: object,
-        identifier: object,
-        api: object,
-        stripe_account: object,
-        event_received_at: object,
-        *,
-        now: datetime,
-        extra: Mapping[str, object] | None = None,
-    ) -> CancelRequest:
-        """The validated request, with the default API (and platform) where none is given.
-        ``extra``: ``original_event``, ``reason``, ``requested_by`` and ``platform`` (absent
-        or None: not given)."""
-        extra = extra or {}
-        return CancelRequest.build(
-            event_name,
-            identifier,
-            # Only an absent api (None) takes the default: "", False, 0 are refused as invalid.
-            api=self.settings.default_api if api is None else api,
-            stripe_account=stripe_account,
-            event_received_at=event_received_at,
-            original_event=extra.get("original_event"),
-            reason=extra.get("reason"),
-            requested_by=extra.get("requested_by"),
-            platform=self._platform(extra.get("platform")),
-            now=now,
-        )
-
-    def _platform(self, name: object) -> str | None:
-        """The platform's name (the default, the first, for None); InvalidInput for one
-        that is not configured. None in a deployment without platforms."""
-        if name is not None and not isinstance(name, str):
-            raise InvalidInput(f"platform must be a string, got {type(name).__name__}")
-        try:
-            return self.settings.platform(name).name or None
-        except ConfigError as exc:
-            raise InvalidInput(str(exc)) from None
 
     def replay(
         self,
@@ -456,7 +346,7 @@ class Producer:
                 self._store,
                 self.publish,
                 flt,
-                now=_aware_now(now),
+                now=aware_now(now),
                 force=force,
                 dry_run=dry_run,
                 progress=progress,
@@ -479,28 +369,23 @@ class Producer:
         as keyword ``filters`` (``ids``, ``event_name``, ``since``, ``until``, ``limit``).
         ``check_meters``: look each record's meter up first (needs STRIPE_API_KEY) so that
         the plan holds only what the workers will send. ``now``: the current time (tests)."""
-        from . import stripe_api
-
         flt = flt or ReplayFilter(**{"status": Status.EXPIRED, **filters})
-        meters = None
         settings = self.settings
+        meters = None
         if check_meters and all(
             settings.platform(n).api_key for n in settings.platform_names or (None,)
         ):
-            caches: dict[str | None, MeterCache] = {}
+            # The Stripe SDK is loaded only here, for a meter check: a service that enqueues
+            # never pays its import.
+            from . import stripe_api
 
-            def meters(platform: str | None) -> MeterCache:
-                if platform not in caches:
-                    client = stripe_api.shared_client(settings, platform)
-                    caches[platform] = MeterCache(fetch=partial(stripe_api.list_meters, client))
-                return caches[platform]
-
+            meters = stripe_api.meter_caches(settings)
         with self._writing():
             return compensation.run(
                 self._store,
                 self.publish,
                 flt,
-                now=_aware_now(now),
+                now=aware_now(now),
                 timestamp_mode=self.settings.compensation_timestamp,
                 dry_run=dry_run,
                 meters=meters,
@@ -512,24 +397,22 @@ class Producer:
         (``statuses``, ``since``, ``until``, ``event_name``, ``account``). Raises
         StoreUnavailable when Redis cannot be read (rows already given stand)."""
         flt = flt or ExportFilter(**filters)
-        with self._reading():
+        with reading():
             yield from export_rows(self._store, flt)
 
     def reconcile(self, *, grace_s: float | None = None) -> ReconcileReport:
         """One reconciliation run now (``adjustments beat`` schedules them): publish again
         what is stuck, expire closed windows. ``grace_s``: how long a record may sit before it
         counts as stuck (default ``settings.reconcile_grace_s``)."""
-        from .reconcile import reconcile
-
         grace = self.settings.reconcile_grace_s if grace_s is None else grace_s
         queue, prefix = self.settings.queue, self.settings.key_prefix
         with self._writing():
             return reconcile(
                 store=self._store,
                 publish=self.publish,
-                now=_aware_now(None),
+                now=aware_now(None),
                 grace_s=grace,
-                tickets=lambda: publishing.outstanding(self._client, queue=queue, prefix=prefix),
+                tickets=lambda: publishing.outstanding(self.client, queue=queue, prefix=prefix),
                 settle_s=self.settings.heartbeat_s + 0.5,
                 compensation_timestamp=(
                     self.settings.compensation_timestamp
@@ -540,13 +423,13 @@ class Producer:
 
     def records_of(
         self, platform: str, status: Status | str | None = None, limit: int = 50
-    ) -> builtins.list[Record]:
+    ) -> list[Record]:
         """The newest records of one platform (its name; InvalidInput for one that is not
         configured), newest first, at most ``limit``, of one ``status`` (a Status or its
         name) or of all: ``list`` with a platform filter."""
-        name = self._platform(platform) or ""
+        name = self._intake.platform(platform) or ""
         statuses = [Status.parse(status)] if status is not None else list(Status)
-        found: builtins.list[Record] = []
+        found: list[Record] = []
         cursor: str | None = None
         while len(found) < limit:
             query = Query(statuses, platform=name, limit=min(MAX_LIMIT, limit - len(found)))
@@ -563,13 +446,13 @@ class Producer:
         ``query``: statuses and filters (a ``listing.Query``; default all records, 50 a
         page); ``cursor``: a ``next_cursor`` this returned. Raises InvalidInput for a bad
         cursor or limit, StoreUnavailable when Redis cannot be read."""
-        with self._reading():
+        with reading():
             return page(self._store, query or Query(), cursor)
 
     def ping(self) -> bool:
         """Whether Redis answers now."""
         try:
-            return bool(self._client.ping())
+            return bool(self.client.ping())
         except redis.RedisError:
             return False
 
@@ -577,85 +460,10 @@ class Producer:
         """None when Redis accepts a write now; else why not (unreachable, out of memory, a
         read-only replica), in one line. Writes one small key that expires in a minute."""
         try:
-            self._client.set(keys.health_probe(self.settings.key_prefix), "1", px=60_000)
+            self.client.set(keys.health_probe(self.settings.key_prefix), "1", px=60_000)
         except redis.RedisError as exc:
             return str(store_error(exc))
         return None
-
-    def counts(self) -> dict[str, int]:
-        """Records per status. Raises StoreUnavailable when Redis cannot be read."""
-        with self._reading():
-            return self._store.counts()
-
-    def recent_outcomes(
-        self, series: Mapping[str, Sequence[Status]], *, minutes: int = 60
-    ) -> list[dict[str, int]]:
-        """For each of the last ``minutes`` minutes (oldest first), how many records reached
-        each group of statuses in ``series`` then (from the status indexes' scores; one round
-        trip)."""
-        now_ms = time.time() * 1000
-        start_ms = (now_ms // 60_000 - minutes + 1) * 60_000
-        with self._reading():
-            pipe = self._client.pipeline(transaction=False)
-            for minute in range(minutes):
-                low = start_ms + minute * 60_000
-                for statuses in series.values():
-                    for status in statuses:
-                        pipe.zcount(self._store.index_key(status), low, f"({low + 60_000}")
-            counts = iter(cast(builtins.list[int], pipe.execute()))
-        return [
-            {name: sum(next(counts) for _ in statuses) for name, statuses in series.items()}
-            for _minute in range(minutes)
-        ]
-
-    def windows(self, within_s: Sequence[float] = ()) -> dict[str, Any]:
-        """The 24 h windows of live records: ``next_closes_in_s`` (None when none is known),
-        ``closing`` (how many close within each of ``within_s``), and ``past_lease`` (records
-        still processing after their lease ended)."""
-        now = time.time()
-        deadline = keys.deadline(self.settings.key_prefix)
-        with self._reading():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.zrange(deadline, 0, 0, withscores=True)
-            for seconds in within_s:
-                pipe.zcount(deadline, "-inf", int((now + seconds) * 1000))
-            pipe.zcount(self._store.index_key(Status.PROCESSING), "-inf", int(now * 1000))
-            first, *closing, past_lease = pipe.execute()
-        nearest = cast(builtins.list[tuple[str, float]], first)
-        return {
-            "next_closes_in_s": (nearest[0][1] / 1000 - now) if nearest else None,
-            "closing": {s: int(n) for s, n in zip(within_s, closing, strict=True)},
-            "past_lease": int(past_lease),
-        }
-
-    def last_reconcile(self) -> dict[str, str]:
-        """The last reconciliation run: ``finished_at`` (epoch s) and its counts; empty if
-        none has run."""
-        with self._reading():
-            return cast(
-                dict[str, str], self._client.hgetall(keys.last_reconcile(self.settings.key_prefix))
-            )
-
-    def remember(self, name: str, value: str, *, ttl_s: int, replace: bool = False) -> bool:
-        """Keep ``value`` under ``name`` for ``ttl_s`` unless something is kept there already
-        (``replace``: whatever is there), atomically; whether it was kept. ``name`` is hashed
-        into the key (an HTTP Idempotency-Key's answer, a console session)."""
-        with self._writing():
-            kept = self._client.set(self._memo_key(name), value, nx=not replace, ex=ttl_s)
-        return bool(kept)
-
-    def recall(self, name: str) -> str | None:
-        """What ``remember`` kept under ``name``, if it has not expired."""
-        with self._reading():
-            return cast(str | None, self._client.get(self._memo_key(name)))
-
-    def forget(self, name: str) -> None:
-        """Remove what ``remember`` kept under ``name`` (a console session at logout)."""
-        with self._writing():
-            self._client.delete(self._memo_key(name))
-
-    def _memo_key(self, name: str) -> str:
-        return keys.memo(self.settings.key_prefix, name)
 
     def publish(self, record_id: str) -> bool:
         """Send the task message for ``record_id`` (an existing record's id). A failure is
@@ -667,161 +475,31 @@ class Producer:
         """The record for ``record_id`` (the ``id`` that ``cancel()`` returned);
         ``with_history`` adds the attempt history. Raises RecordNotFound if unknown or past
         retention, StoreError when Redis cannot be read."""
-        with self._reading():
+        with reading():
             return self._store.get(record_id, with_history=with_history)
 
-    def list(self, status: Status | str | None = None, *, limit: int = 50) -> list[Record]:
+    def latest(self, status: Status | str | None = None, *, limit: int = 50) -> list[Record]:
         """The newest records, newest first: all of them, or those in ``status`` (a Status or
         its name, e.g. ``"failed"``); at most ``limit``. Raises InvalidInput for an unknown
         status, StoreError when Redis cannot be read."""
         chosen = None if status is None else Status.parse(status)
-        with self._reading():
+        with reading():
             return self._store.latest(chosen, limit=limit)
 
-    def stats(self) -> dict[str, object]:
-        """Records per status, the queue's depth (messages waiting, not yet taken), dead
-        letters, the shared Stripe rate (configured ceiling, and current value after any 429
-        cuts) and the expiry forecast; with platforms, ``platforms`` gives each one's rate,
-        ready records and forecast (the top-level rate is the first platform's, the
-        forecast the sum). Raises StoreError when Redis cannot be read."""
-        budgets = Budgets.build(
-            self._client, policies(self.settings), prefix=self.settings.key_prefix
-        )
-        with self._reading():
-            dead_total = self._client.get(
-                keys.dead_letter_total(keys.dead_letter(self.settings.key_prefix))
-            )
-            records = self._store.counts()
-            workers_alive = len(alive(self._client, self.settings.key_prefix))
-            platforms = {
-                name: self._platform_stats(budgets, name, workers_alive)
-                for name in self.settings.platform_names or ("",)
-            }
-            if self.settings.platform_names and self._client.zcard(
-                keys.ready(self.settings.key_prefix)
-            ):
-                # records made before platforms were configured: sent on the first one's budget
-                first = self.settings.platform_names[0]
-                platforms[""] = self._platform_stats(budgets, "", workers_alive, rate_of=first)
-            expiring = sum(cast(int, p["expiry_forecast"]) for p in platforms.values())
-            misses = [
-                cast(str, p["expiry_forecast_first_miss"])
-                for p in platforms.values()
-                if p["expiry_forecast_first_miss"]
-            ]
-            if self.settings.order == "fifo" and len(platforms) > 1:
-                # fifo keeps one set of deadlines for all: each platform's forecast is of all
-                # of them at its rate, not a part of a sum (the README says so)
-                expiring = max(cast(int, p["expiry_forecast"]) for p in platforms.values())
-                misses = misses[:1]
-            first_platform = next(iter(platforms.values()))
-            out: dict[str, object] = {
-                "records": records,
-                "queue": {
-                    "waiting": self.queue_depth(),  # in Redis, not yet taken by a worker
-                    "held_by_workers": int(self._client.hlen(UNACKED_KEY)),  # taken, not acked
-                    "scheduled_retries": records[Status.RETRYING.value],
-                },
-                "ready": sum(cast(int, p["ready"]) for p in platforms.values()),  # to send now
-                "dead_letters": int(dead_total or 0),  # unparseable queue items set aside, ever
-                "oldest_live_age_s": round(self.oldest_live_age_s(), 3),
-                "workers_alive": workers_alive,
-                # At the rate the workers achieve now (0 with none alive): how many waiting
-                # records will miss their 24 h window, and the nearest deadline missed.
-                "expiry_forecast": expiring,
-                "expiry_forecast_first_miss": min(misses) if misses else None,
-                "rate_limit": first_platform["rate_limit"],
-            }
-            if self.settings.platform_names:
-                out["platforms"] = {name or "(none)": p for name, p in platforms.items()}
-            return out
+    def stats(self) -> Stats:
+        """The deployment at a glance (``readouts.Stats``): records per status, the queue,
+        dead letters, live workers, the shared Stripe rate as the workers use it and the
+        expiry forecast, per platform too. Raises StoreError when Redis cannot be read."""
+        return self.readouts.stats()
 
-    def _platform_stats(
-        self, budgets: Budgets, name: str, workers_alive: int, *, rate_of: str | None = None
-    ) -> dict[str, object]:
-        """One platform's rate (as the workers use it), ready records and forecast."""
-        configured, current, from_workers = budgets.limiter(rate_of or name).shared()
-        outlook = self.expiry_forecast(
-            rate_per_s=(current if configured > 0 else -1.0) if workers_alive else 0.0,
-            platform=name,
-        )
-        return {
-            "ready": int(self._client.zcard(keys.ready(self.settings.key_prefix, name))),
-            "expiry_forecast": outlook.expiring,
-            "expiry_forecast_first_miss": (
-                iso(datetime.fromtimestamp(outlook.first_miss_ms / 1000, UTC))
-                if outlook.first_miss_ms is not None
-                else None
-            ),
-            "rate_limit": {
-                # The limit as the workers use it (from Redis), not this process's settings;
-                # "source" says which.
-                "configured_per_s": configured,
-                "current_per_s": round(current, 2),
-                "source": "workers" if from_workers else "settings (no worker has sent yet)",
-            },
-        }
-
-    def expiry_forecast(self, *, rate_per_s: float, platform: str = "") -> Forecast:
-        """How many of ``platform``'s waiting records will miss their window if the workers
-        go on sending at ``rate_per_s`` (0: none is sent; below 0: no limit), deadline
-        first, and the nearest deadline missed (see ``forecast``). With order=fifo every
-        platform's known deadlines are read. Raises StoreUnavailable when Redis cannot be
-        read."""
-        key = (
-            keys.ready(self.settings.key_prefix, platform)
-            if self.settings.order == "deadline"
-            else keys.deadline(self.settings.key_prefix)  # fifo: the deadlines that are known
-        )
-        with self._reading():
-            return forecast.read(
-                self._client, key, now_ms=time.time() * 1000, rate_per_s=rate_per_s
-            )
-
-    def oldest_live_age_s(self) -> float:
-        """Age in seconds of the oldest live (queued, processing or retrying) record, 0 when
-        none is live. Read from the first record of each live status index, each O(log n)
-        (the queued index is scored by when a record became queued)."""
-        client = self._client
-        candidates: builtins.list[str | None] = []
-        with self._reading():
-            for status in (Status.QUEUED, Status.PROCESSING, Status.RETRYING):
-                candidates += cast(
-                    builtins.list[str], client.zrange(self._store.index_key(status), 0, 0)
-                )
-            pipe = client.pipeline(transaction=False)
-            ids = [c for c in candidates if c]
-            for record_id in ids:
-                pipe.hget(self._store.record_key(record_id), "created_at")
-            created = [parse_iso(str(c)) for c in pipe.execute() if c]
-        times = [c.timestamp() for c in created if c is not None]
-        return max(0.0, time.time() - min(times)) if times else 0.0
-
-    def workers(self) -> builtins.list[WorkerInfo]:  # (the list method shadows the builtin)
-        """Workers alive now (their heartbeat has not expired), newest beat first. Raises
-        StoreError when Redis cannot be read."""
-        with self._reading():
-            return alive(self._client, self.settings.key_prefix)
-
-    def queue_depth(self) -> int:
-        """Messages waiting in the queues, not yet taken by a worker."""
-        # Countdown messages held by workers until due are not counted.
-        names = [
-            name
-            for queue in (self.settings.queue, self.settings.later_queue)
-            for name in publishing.queue_lists(queue)
-        ]
-        with self._reading():
-            pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)
-            return int(sum(pipe.execute()))
+    def counts(self) -> dict[str, int]:
+        """Records per status. Raises StoreUnavailable when Redis cannot be read."""
+        return self.readouts.counts()
 
     def close(self) -> None:
         """Release the connections (and stop a bundled server this producer started)."""
         self._app.close()
-        self._client.close()
-        self._resources.close()
+        self.client.close()
 
     def __enter__(self) -> Producer:
         return self

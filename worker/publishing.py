@@ -35,6 +35,11 @@ def publish(app: Celery, record_id: str, *, queue: str, countdown: float | None 
     return True
 
 
+# kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash
+# (one per Redis database, whatever the queue).
+UNACKED_KEY: str = Channel.unacked_key
+
+
 def queue_lists(queue: str) -> list[str]:
     """The Redis lists kombu's transport keeps for ``queue``: one per priority step, named as
     its channel names them."""

@@ -12,7 +12,6 @@ import redis
 
 from . import attempt, stripe_api
 from .attempt import Sender
-from .compensation import MeterCache
 from .config import Settings, load_settings
 from .ratelimit import Budgets, policies
 from .retry import Policy
@@ -83,32 +82,15 @@ class Runtime:
             retry_for_s=min(WORKER_REDIS_RETRY_S, settings.claim_lease_s / 3),
             retry_on=RIDE_OUT,
         )
-        store = RecordStore(
-            client,
-            prefix=settings.key_prefix,
-            retention_s=settings.retention_s,
-            durability=settings.durability,
-            durability_timeout_ms=settings.durability_timeout_ms,
-            order=settings.order,
-            platforms=settings.platform_names,
-        )
+        store = RecordStore.from_settings(client, settings)
         for name in settings.platform_names or (None,):  # every key usable, or no start
             stripe_api.shared_client(settings, name)
         policy = Policy(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s)
         budgets = Budgets.build(client, policies(settings), prefix=settings.key_prefix)
-        caches: dict[str | None, MeterCache] = {}
-
-        def meters(platform: str | None) -> MeterCache:
-            cache = caches.get(platform)
-            if cache is None:  # a race builds two: the same meters, cached twice
-                client = stripe_api.shared_client(settings, platform)
-                cache = caches[platform] = MeterCache(fetch=partial(stripe_api.list_meters, client))
-            return cache
-
         send = partial(
             stripe_api.send,
             partial(stripe_api.shared_client, settings),
-            meters,
+            stripe_api.meter_caches(settings),
             settings.compensation_timestamp,
         )
         return cls(settings, store, send, policy, budgets, ServerClock(client))

@@ -23,10 +23,11 @@ import redis
 from redis.lock import Lock
 
 from . import keys
-from .config import CANCEL_WINDOW_S, Durability, Order
+from .config import CANCEL_WINDOW_S, Durability, Order, Settings
 from .errors import AcceptanceUnknown, ClaimNotDurable, RecordNotFound
 from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
 
+DEFAULTS = Settings()
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed", "empty"]
 EARLY_RETRY_TOLERANCE_MS = 1000
 # A message's own record goes instead of the first ready one when its deadline is this close:
@@ -113,17 +114,19 @@ def _exec_replies(replies: list[Any]) -> list[Any]:
 
 
 class RecordStore:
-    """Records in Redis. Pass a client made with ``decode_responses=True``."""
+    """Records in Redis. Pass a client made with ``decode_responses=True``.
+
+    Each argument left out takes the setting's default (``Settings``): one default each."""
 
     def __init__(
         self,
         client: redis.Redis,
         *,
-        prefix: str = "adj",
-        retention_s: int,
-        durability: Durability | None = None,
-        durability_timeout_ms: int = 2000,
-        order: Order = "deadline",
+        prefix: str = DEFAULTS.key_prefix,
+        retention_s: int = DEFAULTS.retention_s,
+        durability: Durability = DEFAULTS.durability,
+        durability_timeout_ms: int = DEFAULTS.durability_timeout_ms,
+        order: Order = DEFAULTS.order,
         platforms: Sequence[str] = (),
     ) -> None:
         self.client = client
@@ -133,12 +136,26 @@ class RecordStore:
         # platform), so each platform's rate budget is spent on its own most urgent ones.
         self.ready_sets: tuple[str, ...] = ("", *platforms)
         self.retention_s = retention_s
-        self.durability = durability or Durability("memory")
+        self.durability = durability
         self.durability_timeout_ms = durability_timeout_ms
         self._create = client.register_script(load_script("create.lua"))
         self._claim = client.register_script(load_script("claim.lua"))
         self._claim_next = client.register_script(load_script("claim_next.lua"))
         self._transition = client.register_script(load_script("transition.lua"))
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> RecordStore:
+        """The store as ``settings`` configure it (prefix, retention, durability, order,
+        platforms)."""
+        return cls(
+            client,
+            prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+            durability=settings.durability,
+            durability_timeout_ms=settings.durability_timeout_ms,
+            order=settings.order,
+            platforms=settings.platform_names,
+        )
 
     # --- keys -----------------------------------------------------------------------------
     def record_key(self, record_id: str) -> str:

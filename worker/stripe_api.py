@@ -6,12 +6,13 @@ import threading
 import types
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import requests
 import stripe
 
-from .compensation import negated, unsound
+from .compensation import MeterCache, negated, unsound
 from .config import Settings
 from .models import Record
 from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
@@ -140,6 +141,21 @@ def list_meters(client: stripe.StripeClient, account: str | None) -> list[dict[s
         if not page.has_more or not items:
             return found
         params["starting_after"] = items[-1]["id"]
+
+
+def meter_caches(settings: Settings) -> Callable[[str | None], MeterCache]:
+    """Each platform's meters, looked up through its shared client and cached
+    (``MeterCache``): what compensation checks a record's meter against."""
+    caches: dict[str | None, MeterCache] = {}
+
+    def meters(platform: str | None) -> MeterCache:
+        cache = caches.get(platform)
+        if cache is None:  # a race builds two: the same meters, cached twice
+            client = shared_client(settings, platform)
+            cache = caches[platform] = MeterCache(fetch=partial(list_meters, client))
+        return cache
+
+    return meters
 
 
 def send(

@@ -21,6 +21,7 @@ from adjustments.sandbox import SandboxConfig, SandboxServer
 from tests.helpers import (
     WorkerProcess,
     start_worker,
+    store_of,
     wait_until,
     worker_environment,
 )
@@ -148,7 +149,7 @@ def assert_all_done_once(
 
     def done() -> bool:
         try:
-            records = producer._store.get_many(ids)
+            records = store_of(producer).get_many(ids)
         except redis.RedisError:
             return False
         return len(records) == len(ids) and all(r.status.terminal for r in records)
@@ -159,7 +160,7 @@ def assert_all_done_once(
         counts = producer.counts()
         log = worker.log_text()[-3000:] if worker else ""
         raise AssertionError(f"not all terminal: {counts}\n{log}") from None
-    records = producer._store.get_many(ids)
+    records = store_of(producer).get_many(ids)
     executions = sandbox.logic.executions
     twice = [r.identifier for r in records if executions[r.identifier] > 1]
     never = [

@@ -66,7 +66,9 @@ def test_an_outcome_lost_mid_call_is_never_compensated(redis_proc: RedisProcess)
     the worker killed mid-call); the window closes: reconciliation expires it saying its
     outcome is unknown, and compensation refuses it with the reason instead of sending a
     negative event."""
-    store = RecordStore(redis_proc.client(), prefix="lost", retention_s=3600)
+    store = RecordStore(
+        redis_proc.client(), prefix="lost", retention_s=3600, durability=Durability("memory")
+    )
     t0 = datetime.now(UTC)
     record = closing(store, "lost_1", t0, left_s=5)
     claim = store.claim_next(now=t0, lease_s=2)
@@ -103,7 +105,9 @@ def test_an_outcome_lost_mid_call_is_never_compensated(redis_proc: RedisProcess)
 def test_a_window_closed_before_any_call_is_still_compensated(redis_proc: RedisProcess) -> None:
     """The other side of the rule: a record that waited (never claimed) until its window
     closed is surely not cancelled, and is compensated as before."""
-    store = RecordStore(redis_proc.client(), prefix="waited", retention_s=3600)
+    store = RecordStore(
+        redis_proc.client(), prefix="waited", retention_s=3600, durability=Durability("memory")
+    )
     t0 = datetime.now(UTC)
     record = closing(store, "waited_1", t0, left_s=1)
     later = t0 + timedelta(seconds=5)
@@ -143,7 +147,9 @@ def test_no_call_before_the_claim_is_on_a_replica(redis_proc: RedisProcess, tmp_
         durability_timeout_ms=300,
     )
     t0 = datetime.now(UTC)
-    plain = RecordStore(client, prefix="nd", retention_s=3600)  # the producer's part
+    plain = RecordStore(
+        client, prefix="nd", retention_s=3600, durability=Durability("memory")
+    )  # the producer's part
     first, second, third = (
         plain.create(CancelRequest.build("ev", f"nd_{i}", api="v2", now=t0), now=t0)[0]
         for i in range(3)

@@ -18,7 +18,7 @@ import pytest
 from adjustments.compensation import identifier_for
 from adjustments.models import Record, Status
 from adjustments.sandbox import SandboxServer
-from tests.helpers import WorkerProcess, stop_worker, wait_until
+from tests.helpers import WorkerProcess, stop_worker, store_of, wait_until
 
 from .conftest import RedisProcess, fault_env, producer_for, start_fault_worker
 
@@ -133,14 +133,14 @@ def test_missed_windows_are_compensated_once_where_sound(
 
         def settled() -> bool:
             producer.reconcile(grace_s=1)  # beat's job, every minute in production
-            records = producer._store.get_many(ids)
+            records = store_of(producer).get_many(ids)
             return all(
                 r.status is (Status.COMPENSATED if n < 30 else Status.EXPIRED)
                 for n, r in enumerate(records)
             )
 
         wait_until(settled, timeout_s=60, what="every record settled")
-        check(producer._store.get_many(ids), fault_sandbox, raw_sum.id, before)
+        check(store_of(producer).get_many(ids), fault_sandbox, raw_sum.id, before)
     finally:
         producer.close()
         if successor is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from adjustments.errors import AcceptanceUnknown
 from adjustments.sandbox import SandboxServer
-from tests.helpers import stop_worker
+from tests.helpers import stop_worker, store_of
 
 from .conftest import (
     RedisProcess,
@@ -39,7 +39,7 @@ def test_acl_user_works_and_its_password_is_never_logged(
         try:
             ids = [producer.cancel("ev", f"acl_{n}").id for n in range(5)]
             assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
-            stored = str([r.to_dict() for r in producer._store.get_many(ids)])
+            stored = str([r.to_dict() for r in store_of(producer).get_many(ids)])
         finally:
             producer.close()
             stop_worker(worker)
@@ -65,4 +65,4 @@ def test_replicas_durability_without_a_synced_replica_raises(
             producer.cancel("ev", "lonely")
         with pytest.raises(AcceptanceUnknown):
             producer.cancel("ev", "lonely")  # the same record, still unconfirmed
-        assert producer._store.client.zcard("adj:idx:queued") == 1
+        assert producer.client.zcard("adj:idx:queued") == 1

@@ -14,7 +14,7 @@ import pytest
 from adjustments.models import Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-from tests.helpers import WorkerProcess, stop_worker, wait_until
+from tests.helpers import WorkerProcess, stop_worker, store_of, wait_until
 
 from .conftest import (
     RedisProcess,
@@ -122,13 +122,15 @@ def test_a_worker_killed_while_holding_urgent_records(
         killed_at = time.monotonic()
         assert producer.counts()["processing"] >= 1  # killed mid-call
         held = frozenset(
-            r.identifier for r in producer._store.get_many(urgent) if r.status is Status.PROCESSING
+            r.identifier
+            for r in store_of(producer).get_many(urgent)
+            if r.status is Status.PROCESSING
         )
         successor = start_fault_worker(env, tmp_path / "successor.log", concurrency=16)
 
         def urgent_done() -> bool:
             producer.reconcile(grace_s=1)  # beat's job, every minute in production
-            return all(r.status.terminal for r in producer._store.get_many(urgent))
+            return all(r.status.terminal for r in store_of(producer).get_many(urgent))
 
         wait_until(urgent_done, timeout_s=40, what="the urgent records")
         assert_all_done_once(producer, urgent + fresh, fault_sandbox, timeout_s=60)

@@ -14,7 +14,7 @@ import redis
 from adjustments.embedded import free_port, redis_binary
 from adjustments.reconcile import reconcile
 from adjustments.sandbox import SandboxServer
-from tests.helpers import stop_worker, wait_until
+from tests.helpers import stop_worker, store_of, wait_until
 
 from .conftest import (
     RedisProcess,
@@ -101,12 +101,12 @@ def test_failover_under_a_busy_worker(
         def repaired() -> bool:
             try:
                 reconcile(
-                    store=producer._store,
+                    store=store_of(producer),
                     publish=producer.publish,
                     now=datetime.now(UTC),
                     grace_s=5,
                 )
-                return all(r.status.terminal for r in producer._store.get_many(ids))
+                return all(r.status.terminal for r in store_of(producer).get_many(ids))
             except redis.RedisError:
                 return False
 

@@ -12,7 +12,7 @@ import pytest
 from adjustments.errors import AcceptanceUnknown, NotAccepted, UnsafeRedis
 from adjustments.models import CancelRequest
 from adjustments.sandbox import SandboxServer
-from tests.helpers import run_cli, stop_worker, wait_until
+from tests.helpers import run_cli, stop_worker, store_of, wait_until
 
 from .conftest import (
     RedisProcess,
@@ -53,7 +53,7 @@ def test_poison_items_are_dead_lettered_and_the_worker_carries_on(
         }
         assert worker.process.poll() is None
         assert worker.log_text().count('"event": "queue.dead_lettered"') == 3
-        assert producer.stats()["dead_letters"] == 3
+        assert producer.stats().dead_letters == 3
     finally:
         producer.close()
         stop_worker(worker)
@@ -90,7 +90,7 @@ def test_full_memory_refuses_new_work_and_loses_nothing(
                 producer.cancel("ev", f"oom_refused_{n}")
             # Nothing half-written: no record, no dedupe key for the refused request.
             refused_request = CancelRequest("v2", "ev", f"oom_refused_{n}")
-            assert not client.exists(producer._store.dedupe_key(refused_request))
+            assert not client.exists(store_of(producer).dedupe_key(refused_request))
         time.sleep(3)  # the worker meets OOM on its own writes meanwhile
         assert worker.process.poll() is None, worker.log_text()[-2000:]
         client.config_set("maxmemory", 0)
@@ -218,7 +218,7 @@ def test_cancel_during_a_stall_says_unknown_and_a_second_call_finds_the_first(
         assert again.identifier == "stalled"
         # The worker may have been mid-way through "warm" when Redis stalled: wait for both.
         assert_all_done_once(producer, [warm.id, again.id], fault_sandbox, worker=worker)
-        assert producer._store.client.zcard("adj:idx:pending") == 2  # warm + stalled, no twin
+        assert producer.client.zcard("adj:idx:pending") == 2  # warm + stalled, no twin
     finally:
         producer.close()
         stop_worker(worker)

@@ -16,6 +16,7 @@ import redis
 from adjustments import Producer
 from adjustments.models import CancelRequest
 from adjustments.sandbox import SandboxServer
+from tests.helpers import create_record
 from tests.helpers import run_cli as run
 
 
@@ -94,7 +95,7 @@ class TestOperatorViews:
         replay needs it); `replay --id adj_unknown` is exit 1 naming the id."""
         now = datetime.now(UTC)
         old = CancelRequest("v1", "ev", "cli_exp_1", None, now - timedelta(hours=25))
-        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+        record = create_record(producer, old, now=now)
         assert settle(record.id).status.value == "expired"
         out = run(["replay", "--status", "expired", "--dry-run"], worker_env)
         assert out.returncode == 0, out.stderr

@@ -20,7 +20,7 @@ import pytest
 
 from adjustments import Producer
 from adjustments.sandbox import SandboxServer
-from tests.helpers import TOKENS, Server
+from tests.helpers import TOKENS, Server, create_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".test-output" / "console"
@@ -153,7 +153,7 @@ def test_the_console_reads_well_for_an_operator_on_call(
 
     now = datetime.now(UTC)
     old = CancelRequest("v1", "meter_api", "br_expired", None, now - timedelta(hours=25))
-    record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+    record = create_record(producer, old, now=now)
     assert settle(record.id).status.value == "expired"
     page = log_in(browser, http_server, "operate")
     base = http_server.url

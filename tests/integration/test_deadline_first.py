@@ -107,10 +107,10 @@ def test_the_forecast_predicts_the_expiries_of_an_overload(edf: Producer) -> Non
     ids = [str(i) for i in result.ids]
     time.sleep(1)
     stats = edf.stats()
-    predicted = int(stats["expiry_forecast"])  # type: ignore[call-overload]
-    assert stats["expiry_forecast_first_miss"] is not None
+    predicted = stats.expiry_forecast
+    assert stats.expiry_forecast_first_miss is not None
     wait_until(lambda: all(s.terminal for s in settled(edf, ids)), timeout_s=40, what="the drain")
     expired = settled(edf, ids).count(Status.EXPIRED)
     assert expired >= 100, expired  # an overload indeed
     assert abs(predicted - expired) <= 0.25 * expired, (predicted, expired)
-    assert edf.stats()["expiry_forecast"] == 0  # nothing waits any more
+    assert edf.stats().expiry_forecast == 0  # nothing waits any more

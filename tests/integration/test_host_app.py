@@ -131,7 +131,7 @@ class TestLibraryCalls:
             for call in (
                 lambda: producer.get("adj_x"),
                 lambda: producer.find("ev", "x"),
-                lambda: producer.list(),
+                lambda: producer.latest(),
                 lambda: producer.stats(),
             ):
                 with pytest.raises(StoreUnavailable) as info:

@@ -22,6 +22,7 @@ from tests.helpers import (
     TOKENS,
     Server,
     console_login,
+    create_record,
     run_cli,
     start_server,
     stop_server,
@@ -176,7 +177,7 @@ class TestCancellations:
                 [{"event_name": "a" if i % 2 else "b", "identifier": f"l{i}", "api": "v1"}
                  for i in range(7)]
             )  # fmt: skip
-            parked._client.delete("http_idle")
+            parked.client.delete("http_idle")
         seen: list[str] = []
         cursor = ""
         pages = 0
@@ -416,7 +417,7 @@ class TestConsoleForms:
 
         now = datetime.now(UTC)
         old = CancelRequest("v1", "ev", "exp_1", None, now - timedelta(hours=25))
-        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+        record = create_record(producer, old, now=now)
         assert settle(record.id).status.value == "expired"
         cookie = self.login(api, "operate")
         page = api.request("GET", "/console", role=None, headers={"Cookie": cookie})[2].decode()
@@ -451,7 +452,7 @@ class TestConsoleForms:
         now = datetime.now(UTC)
         event = OriginalEvent({"stripe_customer_id": "cus_C", "value": "9"}, now)
         old = CancelRequest("v1", "usage_sum", "cmp_1", None, now - timedelta(hours=25), event)
-        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+        record = create_record(producer, old, now=now)
         assert settle(record.id).status.value == "expired"
         cookie = self.login(api, "operate")
         page = api.request("GET", f"/console/records/{record.id}", role=None,

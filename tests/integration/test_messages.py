@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import redis
 
-from adjustments.celery_app import create_app
+from adjustments.celery_config import create_app
 from adjustments.config import Settings
 from adjustments.messages import TASK_NAME, TaskMessages, decoded_body, record_id_of
 

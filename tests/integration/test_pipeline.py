@@ -15,7 +15,7 @@ from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, Record, Status
 from adjustments.producer import Producer
 from adjustments.sandbox import SandboxServer
-from tests.helpers import SECRET, WorkerProcess, written_keys
+from tests.helpers import SECRET, WorkerProcess, create_record, written_keys
 
 Settle = Callable[[str], Record]
 
@@ -114,7 +114,7 @@ class TestPermanent:
         such a request; the store can still hold one that waited too long) is never sent."""
         now = datetime.now(UTC)
         old = CancelRequest("v1", "ev", "too_old", None, now - timedelta(hours=25))
-        record, _ = producer._store.create(old, now=now, outbox=producer._outbox)
+        record = create_record(producer, old, now=now)
         done = settle(record.id)
         assert done.status is Status.EXPIRED and sandbox_requests(sandbox, "too_old") == []
 
@@ -164,7 +164,7 @@ class TestInputAndSecrets:
         with pytest.raises(InvalidInput):
             producer.cancel(**kwargs)  # type: ignore[arg-type]
         assert written_keys(redis_client) == []
-        assert producer.queue_depth() == 0
+        assert producer.readouts.queue_depth() == 0
 
     def test_key_never_in_redis_or_logs(
         self,

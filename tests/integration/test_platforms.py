@@ -163,7 +163,7 @@ def test_one_platforms_429s_leave_the_other_at_its_own_rate(
             assert result.created == 800 and not result.invalid
             ids = [i for i in result.ids if i]
             wait_until(
-                lambda: p.stats()["records"]["pending"] == 800,  # type: ignore[index]
+                lambda: p.stats().records["pending"] == 800,
                 timeout_s=180,
                 what="800 cancellations on two platforms",
             )
@@ -200,9 +200,9 @@ def test_one_platforms_429s_leave_the_other_at_its_own_rate(
     assert us[-1][0] < eu[-1][0], (  # eu's cut rate did not hold us's sends back
         f"us: 400 in {us[-1][0] - us[0][0]:.1f} s, eu: 400 in {eu[-1][0] - eu[0][0]:.1f} s"
     )
-    platforms = stats["platforms"]
-    assert isinstance(platforms, dict) and set(platforms) == {"us", "eu"}
-    assert platforms["us"]["rate_limit"]["configured_per_s"] == 40
+    platforms = stats.platforms
+    assert platforms is not None and set(platforms) == {"us", "eu"}
+    assert platforms["us"].rate_limit.configured_per_s == 40
 
     assert 'platform="eu",reason="endpoint-rate"} 180.0' in worker_metrics
     assert 'adjustments_rate_limit_per_second{kind="configured",platform="us"} 40.0' in (
@@ -225,9 +225,9 @@ def test_the_api_and_console_show_each_platform(
             p.cancel("ev", f"tile_us_{i}", platform="us")
         p.cancel("ev", "tile_eu_0", platform="eu")
         stats = p.stats()
-    platforms = stats["platforms"]
-    assert isinstance(platforms, dict)
-    assert {n: v["ready"] for n, v in platforms.items()} == {"us": 3, "eu": 1}
+    platforms = stats.platforms
+    assert platforms is not None
+    assert {n: v.ready for n, v in platforms.items()} == {"us": 3, "eu": 1}
     server = start_server(env, tmp_path / "server.log")
     try:
         status, listed = server.json("GET", "/api/v1/cancellations?platform=eu", role="read")

@@ -78,7 +78,7 @@ def producer(redis_url: str) -> Iterator[Producer]:
 
 
 def our_keys(producer: Producer) -> int:
-    return sum(1 for _ in producer._client.scan_iter(f"{PREFIX}*", count=1000))
+    return sum(1 for _ in producer.client.scan_iter(f"{PREFIX}*", count=1000))
 
 
 def expected_api(api: object) -> object:

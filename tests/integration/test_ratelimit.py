@@ -43,8 +43,8 @@ def limited(
 @pytest.fixture
 def rl_producer(limited: dict[str, str], clean: None) -> Iterator[Producer]:
     with Producer(limited["REDIS_URL"], settings=Settings.from_env(limited)) as producer:
-        for key in producer._client.scan_iter("rl:*"):
-            producer._client.delete(key)
+        for key in producer.client.scan_iter("rl:*"):
+            producer.client.delete(key)
         yield producer
 
 
@@ -82,9 +82,8 @@ class TestSharedLimit:
         wait_until(lambda: all(rl_producer.get(i).status.terminal for i in ids), timeout_s=90)
         assert {rl_producer.get(i).status for i in ids} == {Status.PENDING}
         assert sandbox.logic.stats()["rate_limited_total"] >= 1
-        rate = rl_producer.stats()["rate_limit"]
-        assert isinstance(rate, dict)
-        assert rate["configured_per_s"] == LIMIT and rate["current_per_s"] < LIMIT
+        rate = rl_producer.stats().rate_limit
+        assert rate.configured_per_s == LIMIT and rate.current_per_s < LIMIT
 
 
 @pytest.mark.usefixtures("clean")  # the sandbox back to its defaults (no rps_limit)
@@ -156,7 +155,7 @@ class TestShutdownWhileWaiting:
         with Producer(url, settings=Settings.from_env(env)) as producer:
             ids = [producer.cancel("ev", f"sd_{n}").id for n in range(12)]
             wait_until(
-                lambda: producer.stats()["records"]["pending"] >= 2,  # type: ignore[index]
+                lambda: producer.stats().records["pending"] >= 2,
                 what="a first few to be sent",
             )
             first.process.terminate()

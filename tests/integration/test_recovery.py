@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from adjustments.config import Settings
+from adjustments.config import Durability, Settings
 from adjustments.models import CancelRequest, Status
 from adjustments.producer import Producer
 from adjustments.reconcile import reconcile
@@ -163,7 +163,7 @@ class TestCliRecovery:
         assert (summary["created"], summary["duplicates"], summary["bad_lines"]) == (3, 1, 3)
         assert [b["line"] for b in summary["bad"]] == [3, 5, 7]
         assert "line 5: api must be 'v1' or 'v2'" in out.stderr
-        for record in producer.list(limit=10):
+        for record in producer.latest(limit=10):
             assert settle(record.id).status is Status.PENDING
         assert dict(sandbox.logic.executions) == {"imp_1": 1, "imp_2": 1, "imp_4": 1}
 
@@ -184,7 +184,7 @@ class TestReconcileLock:
     def test_two_runs_at_once_one_runs(self, redis_url: str, clean: None) -> None:
         """On a real Redis: while one run is in progress another started at once does nothing."""
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        store = RecordStore(client, prefix="adj", retention_s=3600)
+        store = RecordStore(client, prefix="adj", retention_s=3600, durability=Durability("memory"))
         store.create(CancelRequest("v2", "ev", "lock_1"), now=datetime.now(UTC))
         inside, release = threading.Event(), threading.Event()
         ran: list[bool] = []

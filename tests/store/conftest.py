@@ -3,6 +3,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from adjustments.config import Durability
 from adjustments.store import RecordStore
 
 RETENTION_S = 3600
@@ -15,4 +16,4 @@ def client() -> fakeredis.FakeRedis:
 
 @pytest.fixture
 def store(client: fakeredis.FakeRedis) -> RecordStore:
-    return RecordStore(client, prefix="t", retention_s=RETENTION_S)
+    return RecordStore(client, prefix="t", retention_s=RETENTION_S, durability=Durability("memory"))

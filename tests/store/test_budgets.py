@@ -10,7 +10,7 @@ import pytest
 
 from adjustments import keys
 from adjustments.attempt import run_attempt
-from adjustments.config import Platform, Settings
+from adjustments.config import Durability, Platform, Settings
 from adjustments.models import CancelRequest, Status
 from adjustments.outcomes import Accepted, Outcome, Rejected
 from adjustments.ratelimit import VOID, Budgets, RatePolicy, policies
@@ -26,7 +26,13 @@ MARKED_429 = Rejected(429, "rate_limit_error", "rate_limit", "slow down", None, 
 
 @pytest.fixture
 def store(client: fakeredis.FakeRedis) -> RecordStore:
-    return RecordStore(client, prefix="t", retention_s=3600, platforms=("us", "eu"))
+    return RecordStore(
+        client,
+        prefix="t",
+        retention_s=3600,
+        durability=Durability("memory"),
+        platforms=("us", "eu"),
+    )
 
 
 def budgets(client: fakeredis.FakeRedis, **kw: float) -> Budgets:

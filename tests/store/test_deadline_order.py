@@ -8,8 +8,10 @@ import fakeredis
 import pytest
 
 from adjustments import lifecycle
+from adjustments.config import Durability
 from adjustments.forecast import walk
 from adjustments.models import CancelRequest, Status, to_ms
+from adjustments.retry import Decision
 from adjustments.store import RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -45,8 +47,8 @@ class TestDeadlineFirst:
         claim = store.claim_next(now=T0, lease_s=30)
         assert claim.record is not None and claim.record.id == urgent.id
         lifecycle.finish(
-            store, claim.record, Status.RETRYING, token=claim.token, now=T0,
-            retry_at=T0 + timedelta(seconds=10),
+            store, claim.record, Decision(Status.RETRYING, "", retry_in_s=10),
+            token=claim.token, now=T0,
         )  # fmt: skip
         assert take(store, T0 + timedelta(seconds=1)) == "f"  # the retry is not due yet
         store.create(CancelRequest("v2", "ev", "g", None, received(80_000)), now=T0)
@@ -59,8 +61,8 @@ class TestDeadlineFirst:
         claim = store.claim_next(now=T0, lease_s=30)
         assert claim.record is not None
         lifecycle.finish(
-            store, claim.record, Status.RETRYING, token=claim.token, now=T0,
-            retry_at=T0 + timedelta(milliseconds=500),
+            store, claim.record, Decision(Status.RETRYING, "", retry_in_s=0.5),
+            token=claim.token, now=T0,
         )  # fmt: skip
         early = T0 + timedelta(milliseconds=100)
         assert store.claim_next(now=early, lease_s=30).kind == "empty"
@@ -80,7 +82,9 @@ class TestDeadlineFirst:
 
     def test_fifo_order_is_arrival_order(self, client: fakeredis.FakeRedis) -> None:
         """With order=fifo the oldest ready record goes first, deadlines aside."""
-        store = RecordStore(client, prefix="f", retention_s=3600, order="fifo")
+        store = RecordStore(
+            client, prefix="f", retention_s=3600, durability=Durability("memory"), order="fifo"
+        )
         for n, left_s in enumerate((80_000, 60)):
             at = T0 + timedelta(milliseconds=n)
             store.create(CancelRequest("v2", "ev", f"r{n}", None, received(left_s)), now=at)
@@ -91,7 +95,9 @@ class TestDeadlineFirst:
         record = store.create(CancelRequest("v2", "ev", "rp", None, received(900)), now=T0)[0]
         claim = store.claim_next(now=T0, lease_s=30)
         assert claim.record is not None
-        lifecycle.finish(store, claim.record, Status.FAILED, token=claim.token, now=T0)
+        lifecycle.finish(
+            store, claim.record, Decision(Status.FAILED, ""), token=claim.token, now=T0
+        )
         store.create(CancelRequest("v2", "ev", "other", None, received(3600)), now=T0)
         assert lifecycle.requeue_for_replay(store, store.get(record.id), now=T0)
         assert store.ready_ids(2)[0] == record.id

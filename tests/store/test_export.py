@@ -13,6 +13,7 @@ import pytest
 from adjustments import export
 from adjustments.export import ExportFilter, encode, rows
 from adjustments.models import CancelRequest, Status
+from adjustments.retry import Decision
 from adjustments.store import RecordStore
 
 NOW = datetime.now(UTC) - timedelta(seconds=10)
@@ -83,7 +84,7 @@ def test_a_record_moved_into_an_index_already_read_is_found_at_the_end(
     fill(store, 250)
     failed = store.create(CancelRequest("v1", "ev", "bad"), now=NOW)[0]
     claim = store.claim(failed.id, now=NOW, lease_s=30)
-    lifecycle.finish(store, failed, Status.FAILED, token=claim.token, now=NOW)
+    lifecycle.finish(store, failed, Decision(Status.FAILED, ""), token=claim.token, now=NOW)
     stream = rows(store, ExportFilter(statuses=[Status.QUEUED, Status.FAILED]))
     first = [next(stream) for _ in range(250)]  # the queued index, all of it
     moved = store.get(failed.id)

@@ -11,9 +11,10 @@ from structlog.testing import capture_logs
 from adjustments import keys, lifecycle
 from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, ErrorInfo, Record, Status
+from adjustments.outcomes import Rejected
 from adjustments.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
 from adjustments.replay import ReplayFilter, replay
-from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN
+from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN, Decision
 from adjustments.store import HISTORY_CAP, RecordStore
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -37,12 +38,12 @@ def failed(
     lifecycle.finish(
         store,
         record,
-        Status.FAILED,
+        Decision(
+            Status.FAILED, "permanent", error=ErrorInfo("invalid_request_error", code, "bad", 400)
+        ),
+        Rejected(400, "invalid_request_error", code, "bad"),
         token=claim.token,
         now=when,
-        reason="permanent",
-        error=ErrorInfo("invalid_request_error", code, "bad", 400),
-        http_status=400,
         key_outcome=key_outcome,
     )
     return store.get(record.id)
@@ -64,13 +65,15 @@ class TestHistory:
             lifecycle.finish(
                 store,
                 claim.record,
-                Status.RETRYING,
+                Decision(
+                    Status.RETRYING,
+                    "retryable",
+                    retry_in_s=0,
+                    error=ErrorInfo("api_error", "x", "down", 503),
+                ),
+                Rejected(503, "api_error", "x", "down"),
                 token=claim.token,
                 now=at(n * 10),
-                reason="retryable",
-                http_status=503,
-                retry_at=at(n * 10),
-                error=ErrorInfo("api_error", "x", "down", 503),
             )
         history = store.get(record.id, with_history=True).history
         assert len(history) == HISTORY_CAP
@@ -173,7 +176,8 @@ class TestReconcile:
         store.claim(dead.id, now=T0, lease_s=30)  # the worker died holding the lease
         late, _ = store.create(CancelRequest("v2", "ev", "r"), now=T0)
         claim = store.claim(late.id, now=T0, lease_s=30)
-        lifecycle.finish(store, late, Status.RETRYING, token=claim.token, now=T0, retry_at=at(10))
+        retry = Decision(Status.RETRYING, "", retry_in_s=10)
+        lifecycle.finish(store, late, retry, token=claim.token, now=T0)
         old, _ = store.create(
             CancelRequest("v2", "ev", "o", None, T0 - timedelta(hours=23)), now=T0
         )

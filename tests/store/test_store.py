@@ -11,6 +11,7 @@ from adjustments import lifecycle
 from adjustments.errors import RecordNotFound
 from adjustments.models import CancelRequest, ErrorInfo, Status
 from adjustments.outcomes import Accepted
+from adjustments.retry import Decision
 from adjustments.store import RecordStore
 
 from .conftest import RETENTION_S
@@ -82,7 +83,9 @@ class TestClaim:
         assert second.kind == "claimed" and second.token != first.token
         assert second.record is not None and second.record.attempts == 2
         # the first worker's late finish is refused: its lease is no longer the record's
-        late = lifecycle.finish(store, record, Status.PENDING, token=first.token, now=later(63))
+        late = lifecycle.finish(
+            store, record, Decision(Status.PENDING, ""), token=first.token, now=later(63)
+        )
         assert not late and (late.reason, late.before) == ("lost_lease", "processing")
 
     def test_a_refused_finish_says_why(self, store: RecordStore) -> None:
@@ -90,11 +93,17 @@ class TestClaim:
         on a record that is gone, as missing."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=later(1), lease_s=60)
-        assert lifecycle.finish(store, record, Status.PENDING, token=claim.token, now=later(2))
-        again = lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(3))
+        assert lifecycle.finish(
+            store, record, Decision(Status.PENDING, ""), token=claim.token, now=later(2)
+        )
+        again = lifecycle.finish(
+            store, record, Decision(Status.FAILED, ""), token=claim.token, now=later(3)
+        )
         assert (again.reason, again.before) == ("refused", "pending")
         store.client.delete(store.record_key(record.id))
-        gone = lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(4))
+        gone = lifecycle.finish(
+            store, record, Decision(Status.FAILED, ""), token=claim.token, now=later(4)
+        )
         assert gone.reason == "missing"
 
     def test_retry_not_due_is_refused(self, store: RecordStore) -> None:
@@ -102,7 +111,7 @@ class TestClaim:
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
         lifecycle.finish(
-            store, record, Status.RETRYING, token=claim.token, now=T0, retry_at=later(30)
+            store, record, Decision(Status.RETRYING, "", retry_in_s=30), token=claim.token, now=T0
         )
         assert store.claim(record.id, now=later(10), lease_s=60).kind == "not_due"
         assert store.claim(record.id, now=later(30), lease_s=60).kind == "claimed"
@@ -111,7 +120,7 @@ class TestClaim:
         """A terminal record cannot be claimed."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
-        lifecycle.finish(store, record, Status.COMPLETE, token=claim.token, now=T0)
+        lifecycle.finish(store, record, Decision(Status.COMPLETE, ""), token=claim.token, now=T0)
         assert store.claim(record.id, now=later(1), lease_s=60).kind == "terminal"
 
     def test_closed_window_is_reported(self, store: RecordStore) -> None:
@@ -138,11 +147,10 @@ class TestFinish:
         assert lifecycle.finish(
             store,
             record,
-            Status.PENDING,
+            Decision(Status.PENDING, "accepted"),
+            accepted,
             token=claim.token,
             now=later(1),
-            accepted=accepted,
-            request_id="req_1",
         )
         got = store.get(record.id)
         assert (got.status, got.stripe_status, got.adjustment_id) == (
@@ -161,12 +169,9 @@ class TestFinish:
         lifecycle.finish(
             store,
             record,
-            Status.RETRYING,
+            Decision(Status.RETRYING, "", retry_in_s=4, bump_generation=True, error=error),
             token=claim.token,
             now=T0,
-            error=error,
-            retry_at=later(4),
-            generation=1,
         )
         got = store.get(record.id)
         assert got.last_error == error and got.generation == 1
@@ -176,8 +181,10 @@ class TestFinish:
         """An illegal move is refused inside Redis."""
         record, _ = store.create(REQ, now=T0)
         claim = store.claim(record.id, now=T0, lease_s=60)
-        lifecycle.finish(store, record, Status.COMPLETE, token=claim.token, now=T0)
-        assert not lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=later(1))
+        lifecycle.finish(store, record, Decision(Status.COMPLETE, ""), token=claim.token, now=T0)
+        assert not lifecycle.finish(
+            store, record, Decision(Status.FAILED, ""), token=claim.token, now=later(1)
+        )
         assert store.get(record.id).status is Status.COMPLETE
 
     def test_terminal_records_expire_after_retention(
@@ -187,7 +194,7 @@ class TestFinish:
         record, _ = store.create(REQ, now=T0)
         assert client.ttl(store.record_key(record.id)) == -1  # live records never expire
         claim = store.claim(record.id, now=T0, lease_s=60)
-        lifecycle.finish(store, record, Status.FAILED, token=claim.token, now=T0)
+        lifecycle.finish(store, record, Decision(Status.FAILED, ""), token=claim.token, now=T0)
         assert 0 < client.ttl(store.record_key(record.id)) <= RETENTION_S
         assert 0 < client.ttl(store.dedupe_key(record)) <= RETENTION_S
 

@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import click
-import fakeredis
 import pytest
 
-from adjustments import InvalidInput, Producer, Settings, StoreError
+from adjustments import InvalidInput, Producer, StoreError
 from adjustments.cli import cli
 from adjustments.errors import ConfigError, UnsafeRedis
 from adjustments.http.auth import Auth, Token, parse_tokens
@@ -17,8 +16,8 @@ from adjustments.http.guard import allowed_hosts, host_name
 from adjustments.listing import decode_cursor, encode_cursor
 from adjustments.models import Status
 from adjustments.replay import ReplayFilter
-from adjustments.store import RecordStore
 from adjustments.text import printable
+from tests.helpers import fake_producer
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -26,11 +25,8 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def producer() -> Iterator[Producer]:
     """A producer whose store is fakeredis (only the checks in front of Redis are tested)."""
-    p = Producer("redis://127.0.0.1:1/0", settings=Settings.from_env({}))
-    p._store = RecordStore(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
-    p._checked = True
-    yield p
-    p.close()
+    with fake_producer() as p:
+        yield p
 
 
 class TestApiValues:
@@ -52,13 +48,13 @@ class TestApiValues:
 
 class TestStatusesAsText:
     def test_list_and_replay_take_a_status_name(self, producer: Producer) -> None:
-        """producer.list("failed") and a replay filter with status="failed" work like the
+        """producer.latest("failed") and a replay filter with status="failed" work like the
         enum; an unknown name is InvalidInput naming the valid ones."""
-        assert producer.list("failed") == []
+        assert producer.latest("failed") == []
         assert ReplayFilter(status="failed").status is Status.FAILED  # type: ignore[arg-type]
         assert producer.replay(status="failed", dry_run=True).selected == []
         with pytest.raises(InvalidInput, match="status must be one of"):
-            producer.list("lost")
+            producer.latest("lost")
         with pytest.raises(InvalidInput, match="status must be one of"):
             ReplayFilter(status="lost")  # type: ignore[arg-type]
 
@@ -136,7 +132,7 @@ class TestSmallThings:
     @pytest.mark.parametrize("command", ["metrics", "serve"])
     def test_servers_bind_loopback_by_default(self, command: str) -> None:
         """`adjustments metrics` listens on loopback by default, like `serve`."""
-        cmd = cli.commands[command]
+        cmd = cli.get_command(click.Context(cli), command)
         assert isinstance(cmd, click.Command)
         host = next(p for p in cmd.params if p.name == "host")
         assert host.default == "127.0.0.1"

@@ -9,16 +9,14 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import fakeredis
 import pytest
 
 from adjustments.bulk import read_rows
 from adjustments.cli.common import printable
-from adjustments.config import Settings
 from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, parse_time
 from adjustments.producer import Producer
-from adjustments.store import RecordStore
+from tests.helpers import fake_producer
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -26,11 +24,8 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def producer() -> Iterator[Producer]:
     """A producer whose store is fakeredis (only the validation in front of it is tested)."""
-    p = Producer("redis://127.0.0.1:1/0", settings=Settings.from_env({}))
-    p._store = RecordStore(fakeredis.FakeRedis(decode_responses=True), retention_s=3600)
-    p._checked = True  # no server to check: these inputs never reach it
-    yield p
-    p.close()
+    with fake_producer() as p:
+        yield p
 
 
 class TestAccount:

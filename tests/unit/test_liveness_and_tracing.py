@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adjustments.celery_app import create_app
+from adjustments.celery_config import create_app
 from adjustments.config import Settings
 from adjustments.heartbeat import RUN, Activity, consumer_problem
 from adjustments.messages import TaskMessages

@@ -14,7 +14,7 @@ from adjustments.config import Durability, Settings
 from adjustments.connection import RedisTarget
 from adjustments.errors import AcceptanceUnknown, ConfigError, NotAccepted
 from adjustments.outcomes import Accepted, Rejected
-from adjustments.producer import store_error
+from adjustments.redis_errors import store_error
 from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN, Policy, decide, key_outcome_after
 from adjustments.server_checks import ServerFacts, assess
 from adjustments.transport import envelope_problem

@@ -6,17 +6,15 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from ..config import Settings, load_settings
 from ..embedded import redis_url
 from ..models import Record
+from ..producer import Producer
 from ..text import printable as printable
-
-if TYPE_CHECKING:
-    from ..producer import Producer
 
 
 def settings() -> Settings:
@@ -27,8 +25,6 @@ def settings() -> Settings:
 def producer_for(cfg: Settings, *, read_only: bool = False) -> Iterator[Producer]:
     """A producer on REDIS_URL (with ``REDIS_URL=embedded``, the bundled server for the
     duration of the command). ``read_only`` commands never create an embedded store."""
-    from ..producer import Producer
-
     with (
         redis_url(cfg.redis_url, cfg.data_dir, read_only=read_only) as url,
         Producer(url, settings=cfg) as producer,

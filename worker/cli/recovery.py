@@ -14,7 +14,6 @@ import click
 
 from ..bulk import BATCH_SIZE, Row, batched, detect_format, open_input, read_rows
 from ..config import Settings
-from ..embedded import redis_url
 from ..errors import RecordNotFound
 from ..export import ExportFilter, encode
 from ..models import Status, parse_time
@@ -125,22 +124,6 @@ def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
     with producer_for(settings()) as producer:
         report = producer.reconcile(grace_s=grace_s)
     emit(report.to_dict(), as_json)
-
-
-@click.command(name="beat")
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
-def beat_cmd(loglevel: str) -> None:
-    """Run Celery beat: sends the reconciliation task every ADJUSTMENTS_RECONCILE_INTERVAL_S."""
-    from .run import check_redis, exit_with, run_celery
-
-    cfg = settings()
-    with redis_url(cfg.redis_url, cfg.data_dir) as url:
-        check_redis(cfg, url)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
-        from ..celery_app import app
-
-        code = run_celery(app, ["beat", f"--loglevel={loglevel}"])
-    exit_with(code, "beat")
 
 
 class ImportProgress:

@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from .. import keys
+from ..celery_app import use_our_logging
 from ..config import Settings
 from ..errors import ConfigError
 from ..logging import get_logger
@@ -95,8 +96,6 @@ def check_key_modes(cfg: Settings, client: redis.Redis) -> None:
 def run_celery(app: Celery[Any], argv: Sequence[str]) -> int:
     """``celery ARGV`` on ``app``, returning its exit code (``app.start`` drops it). Our own
     worker and beat log through our structlog set-up."""
-    from ..celery_app import use_our_logging
-
     use_our_logging()
     from celery.bin.celery import celery as celery_cli
 

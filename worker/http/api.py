@@ -25,6 +25,7 @@ from ..models import Record, Status, parse_time
 from ..producer import Producer
 from ..replay import ReplayFilter
 from .auth import Auth, allowed, article, fingerprint
+from .memo import Memo
 
 MAX_BODY = 64 * 1024
 MAX_BATCH_BODY = 1024 * 1024
@@ -115,6 +116,7 @@ class Api:
 
     def __init__(self, producer: Producer, auth: Auth) -> None:
         self.producer = producer
+        self.memo = Memo(producer.client, producer.settings.key_prefix)
         self.auth = auth
 
     def guarded(
@@ -162,19 +164,19 @@ class Api:
         claim = json.dumps({"fingerprint": digest})
         # The key is claimed before the record is written (SET NX): of two concurrent POSTs
         # with one key, exactly one goes on; the other gets 409.
-        if not await run_in_threadpool(self.producer.remember, memo, claim, ttl_s=IN_FLIGHT_TTL_S):
+        if not await run_in_threadpool(self.memo.remember, memo, claim, ttl_s=IN_FLIGHT_TTL_S):
             return await self._earlier_answer(memo, digest)
         try:
             response = await self._create(body)
         except BaseException:
             # Nothing was written under this key (refused input, Redis down): as at Stripe, no
             # answer is kept, and a retry with the same key runs afresh.
-            await run_in_threadpool(self.producer.forget, memo)
+            await run_in_threadpool(self.memo.forget, memo)
             raise
         first = {"fingerprint": digest, "status": response.status_code}
         first["body"] = json.loads(bytes(response.body))
         await run_in_threadpool(
-            self.producer.remember, memo, json.dumps(first), ttl_s=IDEMPOTENCY_TTL_S, replace=True
+            self.memo.remember, memo, json.dumps(first), ttl_s=IDEMPOTENCY_TTL_S, replace=True
         )
         return response
 
@@ -195,7 +197,7 @@ class Api:
     async def _earlier_answer(self, memo: str, digest: str) -> Response:
         """The first answer given under this key, exactly (status and body); 409 when the
         key came with another body, or its first request is still being answered."""
-        stored = await run_in_threadpool(self.producer.recall, memo)
+        stored = await run_in_threadpool(self.memo.recall, memo)
         if stored is None:  # expired between the two calls: a rare race, safe to retry
             raise HTTPProblem(409, "idempotency_key_in_use", "retry this request")
         earlier = json.loads(stored)

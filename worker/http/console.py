@@ -30,6 +30,7 @@ from ..replay import ReplayFilter
 from ..text import printable
 from .api import HTTPProblem, export_response, list_query, replay_filter
 from .auth import ROLES, SESSION_S, Auth, Session, allowed, fingerprint, new_session_id
+from .memo import Memo
 
 HERE = Path(__file__).parent
 COOKIE = "adjustments_session"
@@ -145,6 +146,7 @@ def _duration(seconds: float) -> str:
 class Console:
     def __init__(self, producer: Producer, auth: Auth) -> None:
         self.producer = producer
+        self.memo = Memo(producer.client, producer.settings.key_prefix)
         self.auth = auth
 
     # -- sessions ------------------------------------------------------------------------
@@ -157,7 +159,7 @@ class Console:
         (--insecure-local) a visitor without one gets a new operator session."""
         session_id = request.cookies.get(COOKIE)
         if session_id:
-            stored = self.producer.recall(self._session_name(session_id))
+            stored = self.memo.recall(self._session_name(session_id))
             if stored:
                 role, _, token = stored.partition(":")
                 if role in ROLES and self.auth.still_valid(Session(role, token)):
@@ -168,7 +170,7 @@ class Console:
 
     def open_session(self, session: Session) -> str:
         session_id = new_session_id()
-        self.producer.remember(
+        self.memo.remember(
             self._session_name(session_id), f"{session.role}:{session.token}", ttl_s=SESSION_S
         )
         return session_id
@@ -299,7 +301,7 @@ class Console:
         """End the session: removed from Redis, so the cookie is worthless from now on."""
         _, session_id = await self.session(request)
         if session_id:
-            await run_in_threadpool(self.producer.forget, self._session_name(session_id))
+            await run_in_threadpool(self.memo.forget, self._session_name(session_id))
         response = RedirectResponse("/console/login", status_code=303)
         response.delete_cookie(COOKIE, path="/console")
         return response
@@ -312,16 +314,16 @@ class Console:
 
     def overview_data(self) -> dict[str, Any]:
         p = self.producer
-        bars = p.recent_outcomes(CHART_SERIES, minutes=CHART_MINUTES)
+        bars = p.readouts.recent_outcomes(CHART_SERIES, minutes=CHART_MINUTES)
         stats = p.stats()
-        first_miss = parse_iso(str(stats["expiry_forecast_first_miss"] or ""))
+        first_miss = parse_iso(stats.expiry_forecast_first_miss or "")
         return {
             "stats": stats,
             "first_miss_in_s": (first_miss.timestamp() - time.time()) if first_miss else 0.0,
             "chart": chart(bars),
             "last_hour": {name: sum(b[name] for b in bars) for name in CHART_SERIES},
-            "window_left_s": p.windows()["next_closes_in_s"],
-            "workers": p.workers(),
+            "window_left_s": p.readouts.windows().next_closes_in_s,
+            "workers": p.readouts.workers(),
         }
 
     async def records(self, request: Request) -> Response:

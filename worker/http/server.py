@@ -44,7 +44,7 @@ def create_app(
     the ``Guard`` (``hosts``: the Host names answered, None for any)."""
     api = Api(producer, auth)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DeploymentCollector(producer))
+    registry.register(DeploymentCollector(producer.readouts))
     spec = document()
 
     async def healthz(_: Request) -> Response:

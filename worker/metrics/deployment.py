@@ -5,8 +5,8 @@ never a scan of the records: a 15 s scrape is cheap with a million records."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Iterator
+from dataclasses import asdict
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -15,30 +15,23 @@ from prometheus_client.registry import Collector
 
 from ..errors import StoreError
 from ..models import parse_iso
-
-
-class Producer(Protocol):
-    """What the collector reads (an ``adjustments.Producer`` is one)."""
-
-    def stats(self) -> dict[str, object]: ...
-    def windows(self, within_s: Sequence[float] = ...) -> dict[str, Any]: ...
-    def last_reconcile(self) -> dict[str, str]: ...
+from ..readouts import PlatformStats, Readouts, Stats
 
 
 class DeploymentCollector(Collector):
     """The deployment's state in Redis, read at each scrape."""
 
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer  # an adjustments Producer (its client, store and settings)
+    def __init__(self, readouts: Readouts) -> None:
+        self.readouts = readouts  # a Producer's (``producer.readouts``)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Every metric when Redis answers; during an outage only ``adjustments_redis_up 0``
         (a scrape must not fail: the outage itself is what the alert needs to see)."""
-        p = self.producer
+        r = self.readouts
         try:
-            stats = p.stats()
-            windows = p.windows(within_s=(3600, 6 * 3600))
-            last = p.last_reconcile()
+            stats = r.stats()
+            windows = r.windows(within_s=(3600, 6 * 3600))
+            last = r.last_reconcile()
         except (StoreError, redis.RedisError):
             yield _redis_up(0)
             return
@@ -49,7 +42,7 @@ class DeploymentCollector(Collector):
             "Records by status (terminal ones until retention)",
             labels=["status"],
         )
-        for status, count in cast(dict[str, int], stats["records"]).items():
+        for status, count in stats.records.items():
             records.add_metric([status], count)
         yield records
 
@@ -59,7 +52,7 @@ class DeploymentCollector(Collector):
             "and retries scheduled",
             labels=["state"],
         )
-        for state, count in cast(dict[str, int], stats["queue"]).items():
+        for state, count in asdict(stats.queue).items():
             queue.add_metric([state], count)
         yield queue
 
@@ -69,24 +62,24 @@ class DeploymentCollector(Collector):
             labels=["within"],
         )
         for label, seconds in (("1h", 3600), ("6h", 6 * 3600)):
-            closing.add_metric([label], windows["closing"][seconds])
+            closing.add_metric([label], windows.closing[seconds])
         yield closing
 
         yield GaugeMetricFamily(
             "adjustments_oldest_live_record_age_seconds",
             "Age of the oldest live (queued, processing or retrying) record (0: none live)",
-            value=float(cast(float, stats["oldest_live_age_s"])),
+            value=stats.oldest_live_age_s,
         )
 
         yield GaugeMetricFamily(
             "adjustments_processing_past_lease",
             "Records still processing after their lease ended (a worker died mid-call; "
             "reconciliation takes them over)",
-            value=windows["past_lease"],
+            value=windows.past_lease,
         )
 
         yield from _platforms(stats)
-        first_miss = parse_iso(str(stats["expiry_forecast_first_miss"] or ""))
+        first_miss = parse_iso(stats.expiry_forecast_first_miss or "")
         if first_miss is not None:
             yield GaugeMetricFamily(
                 "adjustments_expiry_forecast_first_miss_seconds",
@@ -96,12 +89,12 @@ class DeploymentCollector(Collector):
         yield GaugeMetricFamily(
             "adjustments_workers_alive",
             "Workers whose heartbeat has not expired",
-            value=int(cast(int, stats["workers_alive"])),
+            value=stats.workers_alive,
         )
         yield CounterMetricFamily(
             "adjustments_dead_letters",
             "Unparseable queue items set aside in the dead-letter list, ever",
-            value=int(cast(int, stats["dead_letters"])),
+            value=stats.dead_letters,
         )
 
         yield GaugeMetricFamily(
@@ -120,10 +113,14 @@ class DeploymentCollector(Collector):
         yield repaired
 
 
-def _platforms(stats: dict[str, object]) -> Iterator[GaugeMetricFamily]:
+def _platforms(stats: Stats) -> Iterator[GaugeMetricFamily]:
     """Each platform's rate, ready records and forecast (label ``platform``: empty in a
     single-key deployment; ``(none)`` for records made before platforms were configured)."""
-    platforms = cast(dict[str, dict[str, object]], stats.get("platforms")) or {"": stats}
+    platforms = stats.platforms or {
+        "": PlatformStats(
+            stats.ready, stats.expiry_forecast, stats.expiry_forecast_first_miss, stats.rate_limit
+        )
+    }
     shared = GaugeMetricFamily(
         "adjustments_rate_limit_per_second",
         "Each platform's shared Stripe rate: configured (as the workers use it) and current",
@@ -141,12 +138,10 @@ def _platforms(stats: dict[str, object]) -> Iterator[GaugeMetricFamily]:
         labels=["platform"],
     )
     for name, one in platforms.items():
-        rate = cast(dict[str, float], one["rate_limit"])
-        shared.add_metric(["configured", name], float(rate["configured_per_s"]))
-        shared.add_metric(["current", name], float(rate["current_per_s"]))
-        if "ready" in one:
-            ready.add_metric([name], int(cast(int, one["ready"])))
-        outlook.add_metric([name], int(cast(int, one["expiry_forecast"])))
+        shared.add_metric(["configured", name], one.rate_limit.configured_per_s)
+        shared.add_metric(["current", name], one.rate_limit.current_per_s)
+        ready.add_metric([name], one.ready)
+        outlook.add_metric([name], one.expiry_forecast)
     yield shared
     yield ready
     yield outlook
@@ -158,8 +153,8 @@ def _redis_up(value: int) -> GaugeMetricFamily:
     )
 
 
-def serve_deployment_metrics(producer: Producer, port: int, addr: str = "127.0.0.1") -> None:
+def serve_deployment_metrics(readouts: Readouts, port: int, addr: str = "127.0.0.1") -> None:
     """Serve the deployment's metrics from Redis on ``port`` until interrupted."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DeploymentCollector(producer))
+    registry.register(DeploymentCollector(readouts))
     start_http_server(port, addr=addr, registry=registry)
