@@ -648,7 +648,7 @@ def backlog(services: Services, queued: int, seconds: float, limit: float = 20.0
         timeline = services.sandbox.timeline()
         stats = services.sandbox.get("/_sandbox/stats")
         t0 = time.perf_counter()
-        report = p.reconcile(grace_s=60)
+        report = p.operations.reconcile(grace_s=60)
         reconcile_ms = (time.perf_counter() - t0) * 1000
     services.stop_all()
     admin.flushdb()  # the rest of the backlog: later scenarios start from an empty server

@@ -329,7 +329,7 @@ class Traffic:
         force = self.rng.random() < 0.2
         status = Status.EXPIRED if force else Status.FAILED
         try:
-            report = self.d.producer.replay(status=status, force=force, limit=20)
+            report = self.d.producer.operations.replay(status=status, force=force, limit=20)
         except StoreError as exc:
             self.history.op("replay", "unknown", [], error=type(exc).__name__)
             return
@@ -339,7 +339,7 @@ class Traffic:
 
     def compensate(self) -> None:
         try:
-            report = self.d.producer.compensate(dry_run=False, limit=50)
+            report = self.d.producer.operations.compensate(dry_run=False, limit=50)
         except (StoreError, OSError) as exc:
             self.history.op("compensate", "unknown", [], error=type(exc).__name__)
             return

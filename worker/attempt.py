@@ -73,7 +73,7 @@ def run_attempt(
     goes back to the queue.
     """
     budgets = Budgets({"": limiter}) if isinstance(limiter, SharedRateLimiter) else limiter
-    ready_in = store.ready_in(clock())
+    ready_in = store.ready.due_in(clock())
     if ready_in is None:
         log.info("cancellation.skipped", request_id=record_id, reason="nothing_ready")
         return AttemptResult("nothing_ready", None)
@@ -253,7 +253,7 @@ def _slot_and_claim(
             break
         claim = _claim_next(store, lease_s=lease_s, clock=clock, hint=record_id,
                             on_expired=on_expired, platform=platform)  # fmt: skip
-        if claim.kind == "claimed" or len(store.ready_sets) == 1:
+        if claim.kind == "claimed" or len(store.ready.names) == 1:
             break
     return claim
 
@@ -280,7 +280,7 @@ def _take_slot(
 
     def ready() -> dict[str, float]:
         # One ready set (no platforms): ready_in has just seen work; no second look.
-        return {"": 0.0} if len(store.ready_sets) == 1 else store.ready_platforms(clock())
+        return {"": 0.0} if len(store.ready.names) == 1 else store.ready.platforms(clock())
 
     if budgets is None:
         candidates = ready()

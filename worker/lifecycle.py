@@ -137,5 +137,5 @@ def requeue_for_replay(
         allowed_from=allowed,
         fields=fields,
         history={"outcome": "replayed", "status": "queued", "generation": generation},
-        ready_score=store.ready_score(record, now),
+        ready_score=store.ready.score(record, now),
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -24,25 +24,21 @@ from typing import Any
 
 import redis
 
-from . import compensation, keys, publishing
+from . import keys, publishing
 from .batching import GroupCommit
 from .bulk import BATCH_SIZE, batched
 from .celery_config import create_app
-from .compensation import CompensationReport
 from .config import Settings, load_settings
 from .embedded import resolve_url
 from .errors import InvalidInput, RecordNotFound
-from .export import ExportFilter
-from .export import rows as export_rows
 from .intake import Intake, aware_now
 from .listing import MAX_LIMIT, Page, Query, page
 from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status
+from .operations import Operations
 from .readouts import Readouts, Stats
-from .reconcile import ReconcileReport, reconcile
 from .redis_errors import reading, store_error, writing
-from .replay import ReplayFilter, ReplayReport, replay
 from .server_checks import check_server
 from .store import Outbox, RecordStore
 
@@ -88,6 +84,7 @@ class Producer:
         self.client: redis.Redis = client or self.settings.redis_target(redis_url).client()
         self._store = RecordStore.from_settings(self.client, self.settings)
         self.readouts = Readouts(self.client, self._store, self.settings)
+        self.operations = Operations(self._store, self.settings, self.publish, self._writing)
         self._intake = Intake(self.settings)
         self._checked = False
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[Any]]
@@ -157,9 +154,7 @@ class Producer:
                 "platform": platform,
             },
         )
-        with self._writing():
-            record, created = self._store.create(request, now=now, outbox=self._outbox)
-        return replace(record, created=created)
+        return self._create(request, now)
 
     async def cancel_async(
         self,
@@ -203,20 +198,13 @@ class Producer:
             raise store_error(exc) from exc
         if int(created):
             return replace(Record.from_hash({k: str(v) for k, v in fields.items()}), created=True)
-        # Known already: cancel() finds and returns that record (rare; off the fast path).
-        return await asyncio.to_thread(
-            self.cancel,
-            event_name,
-            identifier,
-            api=api,
-            stripe_account=stripe_account,
-            event_received_at=event_received_at,
-            original_event=original_event,
-            reason=reason,
-            requested_by=requested_by,
-            platform=platform,
-            now=now,
-        )
+        # Known already: the stored record, as cancel() returns it (rare; off the fast path).
+        return await asyncio.to_thread(self._create, request, now)
+
+    def _create(self, request: CancelRequest, now: datetime) -> Record:
+        with self._writing():
+            record, created = self._store.create(request, now=now, outbox=self._outbox)
+        return replace(record, created=created)
 
     def _create_batch(self, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Any]:
         with self._writing():
@@ -322,124 +310,6 @@ class Producer:
             else:
                 result.duplicates += 1
 
-    def replay(
-        self,
-        flt: ReplayFilter | None = None,
-        *,
-        force: bool = False,
-        dry_run: bool = False,
-        now: datetime | None = None,
-        progress: Callable[[int], None] | None = None,
-        **filters: Any,
-    ) -> ReplayReport:
-        """Replay failed (or, with ``force``, expired) records: next key generation where the
-        last key's outcome was definite, a fresh attempt budget, published again.
-
-        ``flt``: a ``ReplayFilter``; or the same as keyword ``filters``: ``ids``, ``status``,
-        ``event_name``, ``error_code``, ``since``, ``until``, ``limit``. ``force``: also
-        replay expired records (Stripe will likely refuse them). ``dry_run``: report what would
-        be replayed and change nothing. ``now``: the current time (for tests). ``progress``:
-        called with 1 for each record handled (a progress bar)."""
-        flt = flt or ReplayFilter(**filters)
-        with self._writing():
-            return replay(
-                self._store,
-                self.publish,
-                flt,
-                now=aware_now(now),
-                force=force,
-                dry_run=dry_run,
-                progress=progress,
-            )
-
-    def compensate(
-        self,
-        flt: ReplayFilter | None = None,
-        *,
-        dry_run: bool = True,
-        check_meters: bool = True,
-        now: datetime | None = None,
-        **filters: Any,
-    ) -> CompensationReport:
-        """Compensate expired records after the fact: a negative meter event each, sent by
-        the workers (see ``compensation``). ``dry_run`` (the default) returns the plan:
-        records, and per customer and event name the total negative value; nothing changes.
-
-        ``flt``: a ``ReplayFilter`` with status ``expired`` (the default here), or the same
-        as keyword ``filters`` (``ids``, ``event_name``, ``since``, ``until``, ``limit``).
-        ``check_meters``: look each record's meter up first (needs STRIPE_API_KEY) so that
-        the plan holds only what the workers will send. ``now``: the current time (tests)."""
-        flt = flt or ReplayFilter(**{"status": Status.EXPIRED, **filters})
-        settings = self.settings
-        meters = None
-        if check_meters and all(
-            settings.platform(n).api_key for n in settings.platform_names or (None,)
-        ):
-            # The Stripe SDK is loaded only here, for a meter check: a service that enqueues
-            # never pays its import.
-            from . import stripe_api
-
-            meters = stripe_api.meter_caches(settings)
-        with self._writing():
-            return compensation.run(
-                self._store,
-                self.publish,
-                flt,
-                now=aware_now(now),
-                timestamp_mode=self.settings.compensation_timestamp,
-                dry_run=dry_run,
-                meters=meters,
-            )
-
-    def export(self, flt: ExportFilter | None = None, **filters: Any) -> Iterator[dict[str, str]]:
-        """Every record in range as a flat row (``export.COLUMNS``), read page by page: for
-        finance. ``flt``: an ``ExportFilter``, or its fields as keyword ``filters``
-        (``statuses``, ``since``, ``until``, ``event_name``, ``account``). Raises
-        StoreUnavailable when Redis cannot be read (rows already given stand)."""
-        flt = flt or ExportFilter(**filters)
-        with reading():
-            yield from export_rows(self._store, flt)
-
-    def reconcile(self, *, grace_s: float | None = None) -> ReconcileReport:
-        """One reconciliation run now (``adjustments beat`` schedules them): publish again
-        what is stuck, expire closed windows. ``grace_s``: how long a record may sit before it
-        counts as stuck (default ``settings.reconcile_grace_s``)."""
-        grace = self.settings.reconcile_grace_s if grace_s is None else grace_s
-        queue, prefix = self.settings.queue, self.settings.key_prefix
-        with self._writing():
-            return reconcile(
-                store=self._store,
-                publish=self.publish,
-                now=aware_now(None),
-                grace_s=grace,
-                tickets=lambda: publishing.outstanding(self.client, queue=queue, prefix=prefix),
-                settle_s=self.settings.heartbeat_s + 0.5,
-                compensation_timestamp=(
-                    self.settings.compensation_timestamp
-                    if self.settings.compensate == "expired"
-                    else None
-                ),
-            )
-
-    def records_of(
-        self, platform: str, status: Status | str | None = None, limit: int = 50
-    ) -> list[Record]:
-        """The newest records of one platform (its name; InvalidInput for one that is not
-        configured), newest first, at most ``limit``, of one ``status`` (a Status or its
-        name) or of all: ``list`` with a platform filter."""
-        name = self._intake.platform(platform) or ""
-        statuses = [Status.parse(status)] if status is not None else list(Status)
-        found: list[Record] = []
-        cursor: str | None = None
-        while len(found) < limit:
-            query = Query(statuses, platform=name, limit=min(MAX_LIMIT, limit - len(found)))
-            result = self.page(query, cursor)
-            found += result.records
-            cursor = result.next_cursor
-            if cursor is None:
-                break
-        return found
-
     def page(self, query: Query | None = None, cursor: str | None = None) -> Page:
         """One page of records, newest first, and the cursor of the next (None at the end).
 
@@ -478,13 +348,29 @@ class Producer:
         with reading():
             return self._store.get(record_id, with_history=with_history)
 
-    def latest(self, status: Status | str | None = None, *, limit: int = 50) -> list[Record]:
+    def latest(
+        self, status: Status | str | None = None, *, limit: int = 50, platform: str | None = None
+    ) -> list[Record]:
         """The newest records, newest first: all of them, or those in ``status`` (a Status or
-        its name, e.g. ``"failed"``); at most ``limit``. Raises InvalidInput for an unknown
-        status, StoreError when Redis cannot be read."""
+        its name, e.g. ``"failed"``); at most ``limit``; of one ``platform`` only when given
+        (its name). Raises InvalidInput for an unknown status or platform, StoreError when
+        Redis cannot be read."""
         chosen = None if status is None else Status.parse(status)
-        with reading():
-            return self._store.latest(chosen, limit=limit)
+        if platform is None:
+            with reading():
+                return self._store.latest(chosen, limit=limit)
+        name = self._intake.platform(platform) or ""
+        found: list[Record] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            statuses = [chosen] if chosen is not None else list(Status)
+            query = Query(statuses, platform=name, limit=min(MAX_LIMIT, limit - len(found)))
+            result = self.page(query, cursor)
+            found += result.records
+            cursor = result.next_cursor
+            if cursor is None:
+                break
+        return found
 
     def stats(self) -> Stats:
         """The deployment at a glance (``readouts.Stats``): records per status, the queue,

@@ -147,7 +147,7 @@ def _publish_permits(store: RecordStore, publish: Publish, count: int) -> int:
     whichever is most urgent when its turn comes; the name is for the logs)."""
     if count <= 0:
         return 0
-    names = store.ready_ids(count) or store.ids_by_score(Status.QUEUED, limit=count)
+    names = store.ready.ids(count) or store.ids_by_score(Status.QUEUED, limit=count)
     if not names:
         return 0
     return sum(bool(publish(names[i % len(names)])) for i in range(count))

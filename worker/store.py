@@ -24,12 +24,13 @@ from redis.lock import Lock
 
 from . import keys
 from .config import CANCEL_WINDOW_S, Durability, Order, Settings
-from .errors import AcceptanceUnknown, ClaimNotDurable, RecordNotFound
+from .durable import Durable
+from .errors import RecordNotFound
 from .models import TERMINAL, CancelRequest, Record, Status, iso, to_ms
+from .ready import EARLY_RETRY_TOLERANCE_MS, ReadySets
 
 DEFAULTS = Settings()
 ClaimKind = Literal["claimed", "missing", "leased", "not_due", "terminal", "window_closed", "empty"]
-EARLY_RETRY_TOLERANCE_MS = 1000
 # A message's own record goes instead of the first ready one when its deadline is this close:
 # deadline order to the second (windows are 24 h), and a trace stays with its own request.
 HINT_TOLERANCE_MS = 1000
@@ -97,20 +98,31 @@ class Claim:
     record_id: str = ""  # a "window_closed" answer of claim_next: the record to expire
 
 
-def _exec_replies(replies: list[Any]) -> list[Any]:
-    """The replies of a MULTI/EXEC sent as plain commands (MULTI, the queued commands, EXEC):
-    the EXEC's list; a command refused while queued (out of memory, read-only) is raised, as
-    nothing of the transaction ran. A NoScriptError inside EXEC is returned (nothing ran that
-    needed the script: it is loaded and the whole transaction sent again)."""
-    executed = replies[-1]
-    if isinstance(executed, Exception):
-        refused = [r for r in replies[1:-1] if isinstance(r, Exception)]
-        raise refused[0] if refused else executed
-    results = cast(list[Any], executed)
-    failed = [r for r in results if isinstance(r, Exception)]
-    if failed and not all(isinstance(r, redis.exceptions.NoScriptError) for r in failed):
-        raise failed[0]
-    return results
+def new_fields(req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
+    """The hash of a fresh ``queued`` record."""
+    digest = req.digest
+    expires = req.expires_at
+    return {
+        "id": record_id,
+        "api": req.api,
+        "event_name": req.event_name,
+        "identifier": req.identifier,
+        "stripe_account": req.stripe_account or "",
+        "status": Status.QUEUED.value,
+        "attempts": 0,
+        "generation": 0,
+        "replays": 0,
+        "created_at": iso(now),
+        "updated_at": iso(now),
+        "event_received_at": iso(req.event_received_at),
+        "expires_at_ms": to_ms(expires) if expires else "",
+        "next_attempt_at": "",
+        "idempotency_key": keys.idempotency_key(digest, 0),
+        "original_event": req.original_event.to_json() if req.original_event else "",
+        "reason": req.reason or "",
+        "requested_by": req.requested_by or "",
+        "platform": req.platform or "",
+    }
 
 
 class RecordStore:
@@ -134,10 +146,9 @@ class RecordStore:
         self.order = order
         # Each platform's records wait in a ready set of their own ("": records without a
         # platform), so each platform's rate budget is spent on its own most urgent ones.
-        self.ready_sets: tuple[str, ...] = ("", *platforms)
+        self.ready = ReadySets(client, prefix, order, ("", *platforms))
         self.retention_s = retention_s
-        self.durability = durability
-        self.durability_timeout_ms = durability_timeout_ms
+        self.durable = Durable(client, durability, durability_timeout_ms)
         self._create = client.register_script(load_script("create.lua"))
         self._claim = client.register_script(load_script("claim.lua"))
         self._claim_next = client.register_script(load_script("claim_next.lua"))
@@ -169,38 +180,12 @@ class RecordStore:
         return keys.index(self.prefix, status.value)
 
     # --- create and read -------------------------------------------------------------------
-    def new_fields(self, req: CancelRequest, record_id: str, now: datetime) -> dict[str, str | int]:
-        """The hash of a fresh ``queued`` record."""
-        digest = req.digest
-        expires = req.expires_at
-        return {
-            "id": record_id,
-            "api": req.api,
-            "event_name": req.event_name,
-            "identifier": req.identifier,
-            "stripe_account": req.stripe_account or "",
-            "status": Status.QUEUED.value,
-            "attempts": 0,
-            "generation": 0,
-            "replays": 0,
-            "created_at": iso(now),
-            "updated_at": iso(now),
-            "event_received_at": iso(req.event_received_at),
-            "expires_at_ms": to_ms(expires) if expires else "",
-            "next_attempt_at": "",
-            "idempotency_key": keys.idempotency_key(digest, 0),
-            "original_event": req.original_event.to_json() if req.original_event else "",
-            "reason": req.reason or "",
-            "requested_by": req.requested_by or "",
-            "platform": req.platform or "",
-        }
-
     def create_args(
         self, req: CancelRequest, now: datetime, outbox: Outbox | None = None
     ) -> tuple[list[str], list[str], dict[str, str | int]]:
         """KEYS and ARGV of create.lua for ``req`` (also used by pipelined bulk writes)."""
         record_id = "adj_" + uuid.uuid4().hex
-        fields = self.new_fields(req, record_id, now)
+        fields = new_fields(req, record_id, now)
         script_keys = [
             self.record_key(record_id),
             self.dedupe_key(req),
@@ -229,7 +214,9 @@ class RecordStore:
         find the existing one for the same request. Returns ``(record, created)``."""
         for _ in range(2):
             script_keys, args, fields = self.create_args(req, now, outbox)
-            created, found_id = cast(list[Any], self._create_durably([(script_keys, args)])[0])
+            created, found_id = cast(
+                list[Any], self.durable.scripts(self._create, [(script_keys, args)])[0]
+            )
             if int(created):
                 return Record.from_hash({k: str(v) for k, v in fields.items()}), True
             existing = self.find(str(found_id))
@@ -249,76 +236,13 @@ class RecordStore:
         for req in requests:
             script_keys, args, _ = self.create_args(req, now, outbox)
             calls.append((script_keys, args))
-        replies = self._create_durably(calls, atomic=True)
+        replies = self.durable.scripts(self._create, calls, atomic=True)
         return [(str(found), bool(int(created))) for created, found in replies]
-
-    def _create_durably(
-        self,
-        calls: Sequence[tuple[Sequence[str], Sequence[str]]],
-        *,
-        raise_on_error: bool = True,
-        atomic: bool = False,
-    ) -> list[Any]:
-        """Run the create script for each ``(keys, args)`` in one round trip (and its
-        durability wait). The script goes as a plain EVALSHA: redis-py's pipelined Script
-        would first ask SCRIPT EXISTS, a second round trip on every cancel(). A server that
-        does not know the script yet (NOSCRIPT: nothing ran) gets it loaded, once. With
-        ``raise_on_error=False`` a command's own error is its reply (the others stand).
-        ``atomic``: inside MULTI/EXEC (the durability wait after EXEC, as WAIT and WAITAOF do
-        not block inside a transaction); a command refused while queued discards them all."""
-        for attempt in range(2):
-            pipe: Any = self.client.pipeline(transaction=False)
-            if atomic:
-                pipe.execute_command("MULTI")
-            for script_keys, args in calls:
-                pipe.execute_command(
-                    "EVALSHA", self._create.sha, len(script_keys), *script_keys, *args
-                )
-            if atomic:
-                pipe.execute_command("EXEC")
-            try:
-                replies = self._execute_durably(pipe, raise_on_error=not atomic and raise_on_error)
-                if atomic:
-                    replies = _exec_replies(replies)
-            except redis.exceptions.NoScriptError:
-                replies = [redis.exceptions.NoScriptError()]
-            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                return replies
-            self._create.sha = self.client.script_load(self._create.script)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def create_replies(self, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Any]:
         """``create``'s round trip for many prepared calls (``create_args``) at once, each
         reply ``(created, record id)`` or that command's own RedisError."""
-        return self._create_durably(calls, raise_on_error=False)
-
-    def _execute_durably(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
-        """Run ``pipe`` and, in the same round trip, wait until its writes are as durable as
-        configured; AcceptanceUnknown if Redis did not confirm that in time."""
-        level = self.durability.level
-        timeout = self.durability_timeout_ms
-        if level == "fsync":
-            pipe.execute_command("WAITAOF", 1, 0, timeout)
-        elif level == "replicas":
-            pipe.execute_command("WAIT", self.durability.replicas, timeout)
-        replies = cast(list[Any], pipe.execute(raise_on_error=raise_on_error))
-        if level == "memory":
-            return replies
-        confirmed = replies.pop()
-        if isinstance(confirmed, Exception):
-            raise confirmed
-        if level == "fsync" and int(confirmed[0]) < 1:
-            raise AcceptanceUnknown(
-                f"Redis wrote the request but did not confirm it on disk within {timeout} ms "
-                "(WAITAOF): call cancel() again, it returns the same record"
-            )
-        if level == "replicas" and int(confirmed) < self.durability.replicas:
-            raise AcceptanceUnknown(
-                f"Redis wrote the request but only {int(confirmed)} of "
-                f"{self.durability.replicas} replica(s) confirmed it within {timeout} ms: "
-                "call cancel() again, it returns the same record"
-            )
-        return replies
+        return self.durable.scripts(self._create, calls, raise_on_error=False)
 
     def find(self, record_id: str, *, with_history: bool = False) -> Record | None:
         pipe = self.client.pipeline(transaction=False)
@@ -428,7 +352,7 @@ class RecordStore:
         a record whose window closed while it waited (the caller expires it, asks again)."""
         token = secrets.token_hex(8)
         lease_until = to_ms(now + timedelta(seconds=lease_s))
-        reply = self._claim_durably(
+        reply = self.durable.claim(
             self._claim_next,
             keys=[
                 keys.ready(self.prefix, platform),
@@ -443,7 +367,7 @@ class RecordStore:
                 lease_until,
                 token,
                 iso(now),
-                0,  # a retry is taken when it is due, not before (see ready_in)
+                0,  # a retry is taken when it is due, not before (see ReadySets.due_in)
                 self.order,
                 hint,
                 HINT_TOLERANCE_MS,
@@ -457,116 +381,13 @@ class RecordStore:
             return Claim(kind)
         return Claim(kind, Record.from_hash(_hash(reply[1:])), token)
 
-    def _claim_durably(self, script: Any, *, keys: list[str], args: list[Any]) -> list[Any]:
-        """Run a claim script, and (with ADJUSTMENTS_DURABILITY=replicas:N) wait in the same
-        round trip until the claim is on the replicas: a worker calls Stripe only once a
-        failover can no longer lose the fact that it did (the record stays ``processing``
-        with its attempt counted, so an outcome lost with the old master is known to be in
-        doubt rather than forgotten). Replication keeps order, so everything written before
-        the claim (the request, a replay, a compensation begun) is then on the replicas too.
-        ClaimNotDurable when they do not confirm it in time, as when fewer than N are
-        connected (right after a failover, until the old master returns as a replica): as
-        producers cannot accept requests then, workers do not send; with one replica and
-        ``replicas:1`` that trades availability for never losing an attempt (run two
-        replicas to have both). (With ``fsync`` the claim is not waited for: under ``appendfsync
-        always`` it is on disk before Redis answers; under ``everysec`` a power cut within
-        that second can lose it, as the README's durability section says.)"""
-        if self.durability.level != "replicas":
-            return cast(list[Any], script(keys=keys, args=args))
-        wanted = self.durability.replicas
-        for attempt in range(2):
-            pipe: Any = self.client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", wanted, self.durability_timeout_ms)
-            try:
-                reply, confirmed = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                script.sha = self.client.script_load(script.script)
-                continue
-            if int(confirmed) >= wanted or str(reply[0]) != "claimed":
-                return cast(list[Any], reply)
-            raise ClaimNotDurable(
-                f"a claim was not confirmed by {wanted} replica(s) in time "
-                "(ADJUSTMENTS_DURABILITY): nothing is sent; the record is taken again when its "
-                "lease ends"
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def ready_score(self, record: Record, now: datetime) -> int:
-        """Where ``record`` goes among the ready when it becomes ready at ``now``."""
-        return to_ms(now) if self.order == "fifo" else to_ms(record.deadline)
-
-    def ready_ids(self, count: int) -> list[str]:
-        """The ``count`` ready records that go first (of all platforms, by score)."""
-        pipe = self.client.pipeline(transaction=False)
-        for platform in self.ready_sets:
-            pipe.zrange(keys.ready(self.prefix, platform), 0, count - 1, withscores=True)
-        heads = cast(list[list[tuple[str, float]]], pipe.execute())
-        merged = sorted((entry for head in heads for entry in head), key=lambda e: e[1])
-        return [record_id for record_id, _ in merged[:count]]
-
-    def ready_platforms(self, now: datetime) -> dict[str, float]:
-        """The platforms ("" for records without one) with a record ready to send now, each
-        with the score of its first (its deadline, or with order=fifo when it became ready;
-        a due retry not yet made ready counts with its due time). One round trip, two when
-        retries are due."""
-        pipe = self.client.pipeline(transaction=False)
-        for platform in self.ready_sets:
-            pipe.zrange(keys.ready(self.prefix, platform), 0, 0, withscores=True)
-        pipe.zrangebyscore(
-            self.index_key(Status.RETRYING), "-inf", to_ms(now), 0, 100, withscores=True
-        )
-        *heads, due = cast(list[list[tuple[str, float]]], pipe.execute())
-        found = {
-            platform: head[0][1]
-            for platform, head in zip(self.ready_sets, heads, strict=True)
-            if head
-        }
-        if due:
-            pipe = self.client.pipeline(transaction=False)
-            for record_id, _ in due:
-                pipe.hget(self.record_key(record_id), "platform")
-            for (_, due_ms), platform in zip(due, pipe.execute(), strict=True):
-                name = str(platform or "")
-                found[name] = min(found.get(name, due_ms), due_ms)
-        return found
-
-    def has_ready(self, now: datetime) -> bool:
-        """Whether a record is ready to send, or a retry is due within the tolerance."""
-        return self.ready_in(now) is not None
-
-    def ready_in(self, now: datetime) -> float | None:
-        """Seconds until a record is ready to send: 0 when one is (or a retry is due), the
-        wait for the first retry when it is due within EARLY_RETRY_TOLERANCE_MS (a message
-        with a countdown may come a moment early: it waits rather than finding nothing),
-        None when nothing is. One round trip, no claim."""
-        pipe = self.client.pipeline(transaction=False)
-        for platform in self.ready_sets:
-            pipe.zcard(keys.ready(self.prefix, platform))
-        pipe.zrangebyscore(
-            self.index_key(Status.RETRYING),
-            "-inf",
-            to_ms(now) + EARLY_RETRY_TOLERANCE_MS,
-            0,
-            1,
-            withscores=True,
-        )
-        *ready, due = pipe.execute()
-        if any(ready):
-            return 0.0
-        if not due:
-            return None
-        return max(0.0, (float(due[0][1]) - to_ms(now)) / 1000)
-
     def make_ready(self, record_ids: Sequence[str], now: datetime) -> None:
         """Put live records back among the ready (reconciliation, after a worker died), each
         in its deadline's place (with order=fifo: now)."""
         records = self.get_many(record_ids) if record_ids else []
         by_platform: dict[str, dict[str, int]] = {}
         for r in records:
-            by_platform.setdefault(r.platform or "", {})[r.id] = self.ready_score(r, now)
+            by_platform.setdefault(r.platform or "", {})[r.id] = self.ready.score(r, now)
         for platform, scores in by_platform.items():
             self.client.zadd(keys.ready(self.prefix, platform), scores)
 

@@ -132,7 +132,7 @@ def test_missed_windows_are_compensated_once_where_sound(
         successor = start_fault_worker(env, tmp_path / "successor.log", concurrency=8)
 
         def settled() -> bool:
-            producer.reconcile(grace_s=1)  # beat's job, every minute in production
+            producer.operations.reconcile(grace_s=1)  # beat's job, every minute in production
             records = store_of(producer).get_many(ids)
             return all(
                 r.status is (Status.COMPENSATED if n < 30 else Status.EXPIRED)

@@ -129,7 +129,7 @@ def test_a_worker_killed_while_holding_urgent_records(
         successor = start_fault_worker(env, tmp_path / "successor.log", concurrency=16)
 
         def urgent_done() -> bool:
-            producer.reconcile(grace_s=1)  # beat's job, every minute in production
+            producer.operations.reconcile(grace_s=1)  # beat's job, every minute in production
             return all(r.status.terminal for r in store_of(producer).get_many(urgent))
 
         wait_until(urgent_done, timeout_s=40, what="the urgent records")

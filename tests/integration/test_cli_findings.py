@@ -122,7 +122,7 @@ class TestOperatorViews:
         assert "attempts:" in shown and "outcome" in shown and "error code" in shown
         assert "{" not in shown  # no raw JSON
         assert "(from an earlier attempt)" not in shown
-        producer.replay(ids=[record_id])
+        producer.operations.replay(ids=[record_id])
         assert settle(record_id).status.value in ("pending", "complete")
         shown = run(["status", record_id], worker_env).stdout
         assert "(from an earlier attempt)" in shown

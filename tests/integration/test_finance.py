@@ -41,7 +41,7 @@ def expired(
         ids = [str(i) for i in side.cancel_many(items).ids]
     closes = max(producer.get(i).deadline for i in ids)
     time.sleep(max(0.0, (closes - datetime.now(UTC)).total_seconds()) + 0.1)
-    producer.reconcile(grace_s=0)
+    producer.operations.reconcile(grace_s=0)
     assert all(producer.get(i).status is Status.EXPIRED for i in ids)
     return ids
 
@@ -69,10 +69,10 @@ def test_the_dry_run_plan_equals_what_is_then_sent(
         for i in range(12)
     ]
     ids = expired(producer, worker_env, items)
-    plan = producer.compensate(dry_run=True, ids=ids).to_dict()
+    plan = producer.operations.compensate(dry_run=True, ids=ids).to_dict()
     assert plan["meters_checked"] is True and plan["records"] == 12
     assert not sandbox.logic.meters.events  # a dry run sends nothing
-    report = producer.compensate(dry_run=False, ids=ids)
+    report = producer.operations.compensate(dry_run=False, ids=ids)
     assert len(report.begun) == 12
     wait_until(
         lambda: all(producer.get(i).status is Status.COMPENSATED for i in ids),

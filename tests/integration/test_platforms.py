@@ -169,7 +169,7 @@ def test_one_platforms_429s_leave_the_other_at_its_own_rate(
             )
             stats = p.stats()
             assert {r.status for r in (p.get(i) for i in ids)} == {Status.PENDING}
-            listed = p.records_of("eu", limit=500)
+            listed = p.latest(limit=500, platform="eu")
             assert len(listed) == 400 and {r.platform for r in listed} == {"eu"}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             worker_metrics = r.read().decode()

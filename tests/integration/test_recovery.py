@@ -32,7 +32,7 @@ def side_producer(worker_env: dict[str, str], queue: str) -> Producer:
 
 
 def reconcile_now(producer: Producer, grace_s: float = 0.2) -> None:
-    producer.reconcile(grace_s=grace_s)
+    producer.operations.reconcile(grace_s=grace_s)
 
 
 class TestWorkerKilled:
@@ -108,9 +108,9 @@ class TestReplay:
         ]
         assert {settle(i).status for i in ids} == {Status.FAILED}
         assert sum(sandbox.logic.executions.values()) == 0
-        report = producer.replay(status=Status.FAILED, event_name="meter_x")
+        report = producer.operations.replay(status=Status.FAILED, event_name="meter_x")
         assert sorted(report.replayed) == sorted(ids)
-        again = producer.replay(ids=ids)  # a second replay in a row enqueues nothing
+        again = producer.operations.replay(ids=ids)  # a second replay in a row enqueues nothing
         assert again.replayed == []
         done = [settle(i) for i in ids]
         assert {r.status for r in done} == {Status.PENDING}

@@ -81,7 +81,7 @@ def test_each_platform_waits_in_its_own_ready_set(store: RecordStore) -> None:
     assert store.client.zrange(keys.ready("t", "us"), 0, -1) == us
     assert store.client.zrange(keys.ready("t", "eu"), 0, -1) == eu
     assert store.client.zcard(keys.ready("t")) == 0
-    assert set(store.ready_platforms(T0)) == {"us", "eu"}
+    assert set(store.ready.platforms(T0)) == {"us", "eu"}
     claim = store.claim_next(now=T0, lease_s=30, platform="us")
     assert claim.record is not None and claim.record.id == us[0]  # not eu's, though earlier
     assert store.claim_next(now=T0, lease_s=30, platform="us").kind == "empty"
@@ -90,7 +90,7 @@ def test_each_platform_waits_in_its_own_ready_set(store: RecordStore) -> None:
                              token=claim.token, score_ms=0,
                              fields={"next_attempt_ms": 0})  # fmt: skip
     assert moved
-    assert store.ready_platforms(T0)["us"] == 0  # a due retry counts, by its due time
+    assert store.ready.platforms(T0)["us"] == 0  # a due retry counts, by its due time
     again = store.claim_next(now=T0, lease_s=30, platform="eu")  # promotes us's due retry
     assert again.record is not None and again.record.id == eu[0]
     assert store.client.zrange(keys.ready("t", "us"), 0, -1) == us
@@ -104,7 +104,7 @@ def test_the_platform_whose_slot_comes_first_is_chosen(
     b = budgets(client)
     make(store, "us", 1, offset_s=-60)
     make(store, "eu", 1)
-    ready = store.ready_platforms(T0)
+    ready = store.ready.platforms(T0)
     assert b.choose(ready) == "us"  # both free now: the earliest deadline
     for _ in range(10):
         b.limiter("us").acquire()

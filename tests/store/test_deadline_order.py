@@ -66,8 +66,8 @@ class TestDeadlineFirst:
         )  # fmt: skip
         early = T0 + timedelta(milliseconds=100)
         assert store.claim_next(now=early, lease_s=30).kind == "empty"
-        assert store.ready_in(early) == pytest.approx(0.4)
-        assert store.ready_in(T0 + timedelta(seconds=5)) == 0.0
+        assert store.ready.due_in(early) == pytest.approx(0.4)
+        assert store.ready.due_in(T0 + timedelta(seconds=5)) == 0.0
         due = store.claim_next(now=T0 + timedelta(milliseconds=500), lease_s=30)
         assert due.record is not None and due.record.id == record.id
 
@@ -100,7 +100,7 @@ class TestDeadlineFirst:
         )
         store.create(CancelRequest("v2", "ev", "other", None, received(3600)), now=T0)
         assert lifecycle.requeue_for_replay(store, store.get(record.id), now=T0)
-        assert store.ready_ids(2)[0] == record.id
+        assert store.ready.ids(2)[0] == record.id
         assert store.client.zscore(f"{store.prefix}:ready", record.id) == to_ms(received(900) + DAY)
 
 
@@ -152,7 +152,7 @@ class TestClaimsSentAgain:
         monkeypatch.undo()
         assert first.record is not None and again.record is not None
         assert again.record.id == first.record.id and again.token == first.token
-        assert store.counts()["processing"] == 1 and len(store.ready_ids(10)) == 1
+        assert store.counts()["processing"] == 1 and len(store.ready.ids(10)) == 1
 
     def test_the_messages_own_record_goes_when_its_deadline_is_as_near(
         self, store: RecordStore

@@ -163,13 +163,13 @@ class TestAttemptsUseTheLimiter:
             store.create(CancelRequest("v2", "ev", f"s{n}"), now=T0)[0].id for n in range(2)
         )
         assert self.run(store, lim, first, ok, []).status is Status.PENDING
-        left = store.ready_ids(10)  # the two share a deadline: either may have gone first
+        left = store.ready.ids(10)  # the two share a deadline: either may have gone first
         assert len(left) == 1 and left[0] in (first, second)
         result = self.run(store, lim, second, ok, [], wait=lambda _s: False)
         assert result.requeue and result.status is None
         record = store.get(left[0])
         assert record.status is Status.QUEUED and record.attempts == 0
-        assert store.ready_ids(10) == left
+        assert store.ready.ids(10) == left
 
     @pytest.mark.parametrize(
         ("reason", "rate_after"),

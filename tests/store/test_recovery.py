@@ -194,7 +194,7 @@ class TestReconcile:
         assert published[:2] == [dead.id, late.id] and len(published) == 3
         assert store.get(old.id).status is Status.EXPIRED
         assert store.get(fresh.id).status is Status.QUEUED
-        assert dead.id in store.ready_ids(10)  # the next claim takes it over
+        assert dead.id in store.ready.ids(10)  # the next claim takes it over
         lines = [e for e in logs if e["event"] == "reconcile.run"]
         assert len(lines) == 1 and lines[0]["expired"] == 1
         # the same records are not republished again on the very next run

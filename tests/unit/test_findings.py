@@ -52,7 +52,7 @@ class TestStatusesAsText:
         enum; an unknown name is InvalidInput naming the valid ones."""
         assert producer.latest("failed") == []
         assert ReplayFilter(status="failed").status is Status.FAILED  # type: ignore[arg-type]
-        assert producer.replay(status="failed", dry_run=True).selected == []
+        assert producer.operations.replay(status="failed", dry_run=True).selected == []
         with pytest.raises(InvalidInput, match="status must be one of"):
             producer.latest("lost")
         with pytest.raises(InvalidInput, match="status must be one of"):

@@ -160,10 +160,8 @@ def status(
 def list_(status_: str | None, limit: int, platform: str | None, as_json: bool) -> None:
     """List records, newest first."""
     with producer_for(settings(), read_only=True) as producer:
-        if platform is None:
-            records = producer.latest(Status(status_) if status_ else None, limit=limit)
-        else:
-            records = producer.records_of(platform, Status(status_) if status_ else None, limit)
+        status = Status(status_) if status_ else None
+        records = producer.latest(status, limit=limit, platform=platform)
     if as_json:
         emit([r.to_dict() for r in records], True)
     elif not records:

@@ -79,7 +79,7 @@ def replay_cmd(
     with producer_for(cfg) as producer:
         now = datetime.now(UTC)
         if dry_run:
-            report = producer.replay(flt, now=now, force=force, dry_run=True)
+            report = producer.operations.replay(flt, now=now, force=force, dry_run=True)
         else:
             total = len(ids) or limit
             bar = (
@@ -89,7 +89,7 @@ def replay_cmd(
             )
             with bar as progress:
                 step = progress.update if progress is not None else None
-                report = producer.replay(flt, now=now, force=force, progress=step)
+                report = producer.operations.replay(flt, now=now, force=force, progress=step)
                 if progress is not None:  # fewer records than the limit: the bar still ends
                     progress.update(max(0, total - progress.pos))
     if as_json:
@@ -122,7 +122,7 @@ def _fail_on_unknown_ids(skipped: list[tuple[str, str]]) -> None:
 def reconcile_cmd(grace_s: float | None, as_json: bool) -> None:
     """Run one reconciliation now (beat runs it on a schedule)."""
     with producer_for(settings()) as producer:
-        report = producer.reconcile(grace_s=grace_s)
+        report = producer.operations.reconcile(grace_s=grace_s)
     emit(report.to_dict(), as_json)
 
 
@@ -267,7 +267,7 @@ def compensate_cmd(
         limit=limit,
     )
     with producer_for(cfg) as producer:
-        plan = producer.compensate(flt, dry_run=True)
+        plan = producer.operations.compensate(flt, dry_run=True)
         if dry_run or not plan.plan.records:
             _show_plan(plan.to_dict(), as_json, verb="would compensate")
             return
@@ -276,7 +276,7 @@ def compensate_cmd(
                 raise click.UsageError("compensating sends meter events: confirm with --yes")
             _show_plan(plan.to_dict(), False, verb="would compensate")
             click.confirm("send these compensating meter events?", abort=True)
-        report = producer.compensate(flt, dry_run=False)
+        report = producer.operations.compensate(flt, dry_run=False)
     _show_plan(report.to_dict(), as_json, verb="compensating")
 
 
@@ -349,7 +349,7 @@ def export_cmd(
     with producer_for(cfg) as producer:
         out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
         try:
-            for chunk in encode(counted(producer.export(flt)), fmt):
+            for chunk in encode(counted(producer.operations.export(flt)), fmt):
                 out.write(chunk)
         finally:
             if output:

@@ -271,7 +271,7 @@ class Api:
         dry_run = flag(body.pop("dry_run", True), "dry_run")
         flt = replay_filter(body)
         report = await run_in_threadpool(
-            lambda: self.producer.replay(flt, force=force, dry_run=dry_run)
+            lambda: self.producer.operations.replay(flt, force=force, dry_run=dry_run)
         )
         data = report.to_dict()
         data["ids"] = [r.id for r in report.selected]
@@ -282,7 +282,9 @@ class Api:
         body = object_with(await read_json(request, MAX_BODY), COMPENSATE_FIELDS, "the body")
         dry_run = flag(body.pop("dry_run", True), "dry_run")
         flt = replay_filter({**body, "status": "expired"})
-        report = await run_in_threadpool(lambda: self.producer.compensate(flt, dry_run=dry_run))
+        report = await run_in_threadpool(
+            lambda: self.producer.operations.compensate(flt, dry_run=dry_run)
+        )
         return JSONResponse(report.to_dict())
 
     async def exports(self, request: Request) -> Response:
@@ -308,7 +310,7 @@ class Api:
 async def export_response(producer: Producer, flt: ExportFilter, fmt: str) -> Response:
     """The export streamed as a download, a page of rows at a time. Its first chunk is read
     before the answer starts, so Redis being down is still a 503, not a cut-off file."""
-    chunks = encode(producer.export(flt), fmt)
+    chunks = encode(producer.operations.export(flt), fmt)
     first = await run_in_threadpool(next, chunks, "")
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
 

@@ -403,7 +403,9 @@ class Console:
         if unconfirmed:  # the preview again, saying what is missing; nothing is replayed
             confirmed = False
         report = await run_in_threadpool(
-            lambda: self.producer.replay(flt, force=force or expired, dry_run=not confirmed)
+            lambda: self.producer.operations.replay(
+                flt, force=force or expired, dry_run=not confirmed
+            )
         )
         return await self.render(
             request,
@@ -428,7 +430,7 @@ class Console:
         flt = replay_filter(body)
         confirmed = form.get("confirm") == "1"
         report = await run_in_threadpool(
-            lambda: self.producer.compensate(flt, dry_run=not confirmed)
+            lambda: self.producer.operations.compensate(flt, dry_run=not confirmed)
         )
         return await self.render(
             request, "compensate.html", report=report.to_dict(), fields=fields, confirmed=confirmed

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import random
 import re
 import secrets
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..sandbox.config import SCRIPTABLE, SandboxConfig
+from ..sandbox.config import SandboxConfig
+from ..sandbox.faults import Faults
 from ..sandbox.meters import MeterBook, MeterError, meter_event_identifier
 from ..sandbox.validation import Adjustment, Invalid, parse_v1, parse_v2
 
@@ -107,24 +107,18 @@ class StripeLogic:
             self._seen: Counter[tuple[str, str, str]] = Counter()
             self.executions: Counter[str] = Counter()
             self._cancelled: set[tuple[str, str, str, str]] = set()
-            self._scripts: dict[str, deque[str]] = {}
+            self.faults = Faults()
             self.requests: dict[str, list[dict[str, Any]]] = {}
             self.meters = MeterBook()
-            # rps_limit's token buckets, one per key (Stripe's limits are per account): each
-            # starts full (clamped to its size on first use)
-            self._buckets: dict[str, tuple[float, float]] = {}
+
+    def script(self, identifier: str, outcomes: list[str]) -> None:
+        """Answer ``identifier``'s next requests with ``outcomes``, in order."""
+        self.faults.script(identifier, outcomes)
 
     def configure(self, changes: dict[str, Any]) -> SandboxConfig:
         with self._lock:
             self.config = self.config.update(changes)
             return self.config
-
-    def script(self, identifier: str, outcomes: list[str]) -> None:
-        bad = [o for o in outcomes if o not in SCRIPTABLE]
-        if bad:
-            raise ValueError(f"unknown scripted outcomes {bad}; use {sorted(SCRIPTABLE)}")
-        with self._lock:
-            self._scripts.setdefault(identifier, deque()).extend(outcomes)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -180,7 +174,9 @@ class StripeLogic:
         except Invalid as exc:
             code = exc.code
             return self._error(api, 400, str(exc), code, param=exc.param)
-        if not self._take_token() or self._scripted_rate_limit(adj.identifier):
+        if not self.faults.take_token(
+            self.config, getattr(self._local, "secret", "")
+        ) or self.faults.scripted_rate_limit(adj.identifier):
             # Stripe's rate limiters run before its idempotency layer: a 429 can come back even
             # for a key whose first request was executed.
             return self._rate_limited(api, adj.identifier, key, account)
@@ -249,7 +245,7 @@ class StripeLogic:
         try:
             if self.config.latency_ms:
                 time.sleep(self.config.latency_ms / 1000)
-            fault = self._fault(identifier, key, attempt)
+            fault = self.faults.fault(self.config, identifier, key, attempt)
             if fault == "drop":
                 self._log(identifier, key, "drop", None)
                 return Reply(drop=True)
@@ -310,7 +306,7 @@ class StripeLogic:
         cfg = self.config
         if cfg.latency_ms:
             time.sleep(cfg.latency_ms / 1000)
-        fault = self._fault(adj.identifier, key, attempt)
+        fault = self.faults.fault(self.config, adj.identifier, key, attempt)
         if fault in ("429", "429_retry", "429_no_retry"):
             headers = {
                 "429_retry": {"Stripe-Should-Retry": "true"},
@@ -390,50 +386,8 @@ class StripeLogic:
             }
         return Reply(200, body, {"Request-Id": _request_id()})
 
-    def _fault(self, identifier: str, key: str, attempt: int) -> str | None:
-        with self._lock:
-            queue = self._scripts.get(identifier)
-            if queue:
-                scripted = queue.popleft()
-                return None if scripted == "ok" else scripted
-        cfg = self.config
-        roll = random.Random(f"{cfg.seed}:{key}:{attempt}").random()
-        for name, rate in (
-            ("500", cfg.error_500),
-            ("429", cfg.error_429),
-            ("429_retry", cfg.error_429_retry),
-            ("timeout", cfg.slow),
-            ("drop", cfg.drop),
-        ):
-            if roll < rate:
-                return name
-            roll -= rate
-        return None
-
-    def _scripted_rate_limit(self, identifier: str) -> bool:
-        """A scripted ``rate_limited`` is answered before the idempotency layer, like Stripe's
-        rate limiters (a scripted ``429`` is an answer of the endpoint itself)."""
-        with self._lock:
-            queue = self._scripts.get(identifier)
-            if queue and queue[0] == "rate_limited":
-                queue.popleft()
-                return True
-        return False
-
     def _take_token(self) -> bool:
-        """One token of this request's key's bucket (``rps_limit`` per account)."""
-        rate = self.config.rps_limit
-        if rate <= 0:
-            return True
-        size = self.config.burst or max(1.0, rate / 5)
-        secret = getattr(self._local, "secret", "")
-        with self._lock:
-            now = time.monotonic()
-            tokens, refilled = self._buckets.get(secret, (float("inf"), now))
-            tokens = min(size, tokens + (now - refilled) * rate)
-            taken = tokens >= 1
-            self._buckets[secret] = (tokens - 1 if taken else tokens, now)
-            return taken
+        return self.faults.take_token(self.config, getattr(self._local, "secret", ""))
 
     def _log(
         self,
