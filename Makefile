@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SRC    := worker tests $(wildcard benchmarks/*.py)
+SRC    := worker tests $(wildcard benchmarks/*.py) docs/hooks.py
 
-.PHONY: install demo test test-fast lint format bench bench-scale chaos lock clean
+.PHONY: install demo test test-fast lint docs format bench bench-scale chaos lock clean
 
 # constraints.txt is the lock file: the versions CI, the demo and the image run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -23,10 +23,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy
-	# Tests and benchmarks import the package as `adjustments` (its folder is worker/): mypy
-	# finds it through a link of that name, as setuptools' editable finder is invisible to it.
-	mkdir -p build/mypy && ln -sfn ../../worker build/mypy/adjustments
-	MYPYPATH=build/mypy $(BIN)/mypy --strict tests benchmarks
+	MYPYPATH=build/src $(BIN)/mypy --strict tests benchmarks docs/hooks.py
+
+# Tests, benchmarks and the docs import the package as `adjustments` (its folder is worker/):
+# mypy and mkdocstrings find it through a link of that name, as setuptools' editable finder
+# is invisible to them.
+build/src/adjustments:
+	mkdir -p build/src && ln -sfn ../../worker build/src/adjustments
+
+lint: build/src/adjustments
+
+# The documentation site (MkDocs, Material theme, mkdocstrings) into build/site; strict: a
+# broken link or anchor, or a documented object without a docstring, fails it.
+docs: $(STAMP) build/src/adjustments
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff format $(SRC)
@@ -36,7 +46,7 @@ format: $(STAMP)
 # keep a 2-core machine busy and make test under five minutes.
 PYTEST_JOBS ?= 3
 
-test: lint
+test: lint docs
 	$(BIN)/pytest -q -n $(PYTEST_JOBS) --durations=10
 
 bench: $(STAMP)

@@ -295,6 +295,7 @@ class Plan:
         self.counts[slot] = self.counts.get(slot, 0) + 1
 
     def to_dict(self) -> dict[str, object]:
+        """As JSON-ready values."""
         return {
             "records": len(self.records),
             "ids": list(self.records),
@@ -322,6 +323,7 @@ class CompensationReport:
     meters_checked: bool = False
 
     def to_dict(self) -> dict[str, object]:
+        """As JSON-ready values (``--json``, the HTTP API)."""
         return {
             "dry_run": self.dry_run,
             "meters_checked": self.meters_checked,

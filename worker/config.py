@@ -64,44 +64,232 @@ class _Knob:
     env: str
     kind: Literal["text", "int", "float", "bool", "api", "path", "durability", "order", "choice"]
     minimum: float | None = None
+    doc: str = ""  # its line in the configuration reference (docs/configuration.md)
+    default_doc: str | None = None  # the default as documented, when not the field's own
 
 
 # Every field, its environment variable and its bound: read by ``from_env``, checked by
 # ``__post_init__``, so ``Settings(...)`` in code is validated exactly like the environment.
 SECRETS = frozenset({"stripe_api_key", "sentinel_password", "api_tokens"})  # never echoed
 KNOBS: dict[str, _Knob] = {
-    "redis_url": _Knob("REDIS_URL", "text"),
-    "stripe_api_key": _Knob("STRIPE_API_KEY", "text"),
-    "stripe_api_base": _Knob("STRIPE_API_BASE", "text"),
-    "stripe_api_version": _Knob("STRIPE_API_VERSION", "text"),
-    "default_api": _Knob("ADJUSTMENTS_STRIPE_API", "api"),
-    "order": _Knob("ADJUSTMENTS_ORDER", "order"),
-    "compensate": _Knob("ADJUSTMENTS_COMPENSATE", "choice"),
-    "compensation_timestamp": _Knob("ADJUSTMENTS_COMPENSATION_TIMESTAMP", "choice"),
-    "max_attempts": _Knob("ADJUSTMENTS_MAX_ATTEMPTS", "int", 1),
-    "backoff_base_s": _Knob("ADJUSTMENTS_BACKOFF_BASE_S", "float", 0),
-    "backoff_cap_s": _Knob("ADJUSTMENTS_BACKOFF_CAP_S", "float", 0),
-    "stripe_timeout_s": _Knob("ADJUSTMENTS_STRIPE_TIMEOUT_S", "float", 0.1),
-    "lease_s": _Knob("ADJUSTMENTS_LEASE_S", "float", 1),
-    "retention_s": _Knob("ADJUSTMENTS_RETENTION_S", "int", 60),
-    "data_dir": _Knob("ADJUSTMENTS_DATA_DIR", "path"),
-    "queue": _Knob("ADJUSTMENTS_QUEUE", "text"),
-    "key_prefix": _Knob("ADJUSTMENTS_KEY_PREFIX", "text"),
-    "worker_concurrency": _Knob("ADJUSTMENTS_WORKER_CONCURRENCY", "int", 1),
-    "rate_limit_per_s": _Knob("ADJUSTMENTS_RATE_LIMIT", "float", 0),
-    "rate_burst": _Knob("ADJUSTMENTS_RATE_BURST", "float", 1),
-    "rate_recovery_per_s": _Knob("ADJUSTMENTS_RATE_RECOVERY_PER_S", "float", 0),
-    "reconcile_interval_s": _Knob("ADJUSTMENTS_RECONCILE_INTERVAL_S", "float", 1),
-    "reconcile_grace_s": _Knob("ADJUSTMENTS_RECONCILE_GRACE_S", "float", 0),
-    "durability": _Knob("ADJUSTMENTS_DURABILITY", "durability"),
-    "durability_timeout_ms": _Knob("ADJUSTMENTS_DURABILITY_TIMEOUT_MS", "int", 1),
-    "allow_eviction": _Knob("ADJUSTMENTS_ALLOW_EVICTION", "bool"),
-    "redis_outage_limit_s": _Knob("ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S", "float", 1),
-    "heartbeat_s": _Knob("ADJUSTMENTS_HEARTBEAT_S", "float", 0.2),
-    "metrics_port": _Knob("ADJUSTMENTS_METRICS_PORT", "int", 0),
-    "sentinel_master": _Knob("ADJUSTMENTS_SENTINEL_MASTER", "text"),
-    "sentinel_password": _Knob("ADJUSTMENTS_SENTINEL_PASSWORD", "text"),
-    "api_tokens": _Knob("ADJUSTMENTS_API_TOKENS", "text"),
+    "redis_url": _Knob(
+        "REDIS_URL",
+        "text",
+        default_doc="— (required)",
+        doc=(
+            "Redis for records and the Celery broker: `redis://`, `rediss://` (verified), "
+            "`sentinel://…;sentinel://…` (see Managed Redis), or `embedded` for the bundled trial "
+            "server"
+        ),
+    ),
+    "sentinel_master": _Knob(
+        "ADJUSTMENTS_SENTINEL_MASTER",
+        "text",
+        doc="the master's name, with a `sentinel://` URL",
+    ),
+    "sentinel_password": _Knob(
+        "ADJUSTMENTS_SENTINEL_PASSWORD",
+        "text",
+        doc="the sentinels' password, if they have one",
+    ),
+    "durability": _Knob(
+        "ADJUSTMENTS_DURABILITY",
+        "durability",
+        doc="when `cancel()` returns: `memory`, `fsync` or `replicas:N` (see Durability)",
+    ),
+    "durability_timeout_ms": _Knob(
+        "ADJUSTMENTS_DURABILITY_TIMEOUT_MS",
+        "int",
+        1,
+        doc="how long `cancel()` waits for that confirmation",
+    ),
+    "redis_outage_limit_s": _Knob(
+        "ADJUSTMENTS_REDIS_OUTAGE_LIMIT_S",
+        "float",
+        1,
+        doc=(
+            "a worker that cannot reach Redis for about this long stops with a non-zero exit code "
+            "(until then it reconnects every 0.5-2 s)"
+        ),
+    ),
+    "allow_eviction": _Knob(
+        "ADJUSTMENTS_ALLOW_EVICTION",
+        "bool",
+        doc="`1` lets workers run on a Redis with an eviction policy (a warning instead of exit 2)",
+    ),
+    "stripe_api_key": _Knob(
+        "STRIPE_API_KEY",
+        "text",
+        default_doc="— (workers need it)",
+        doc=(
+            "secret (`sk_…`) or restricted (`rk_…`, v1 only) key; a worker without a usable "
+            "one exits "
+            "2 at start; never logged or stored"
+        ),
+    ),
+    "stripe_api_base": _Knob(
+        "STRIPE_API_BASE",
+        "text",
+        default_doc="Stripe's",
+        doc="point both v1 and v2 at another server (the sandbox, stripe-mock)",
+    ),
+    "stripe_api_version": _Knob(
+        "STRIPE_API_VERSION",
+        "text",
+        default_doc="the SDK's pinned version",
+        doc="`Stripe-Version` to send",
+    ),
+    "default_api": _Knob(
+        "ADJUSTMENTS_STRIPE_API",
+        "api",
+        doc="default endpoint for `cancel()` without `api=`",
+    ),
+    "order": _Knob(
+        "ADJUSTMENTS_ORDER",
+        "order",
+        doc=(
+            "which waiting record is sent next: the one whose 24 h window closes first "
+            "(`deadline`), "
+            "or the oldest (`fifo`, a plain queue's order, kept for comparison); the same in every "
+            "process"
+        ),
+    ),
+    "compensate": _Knob(
+        "ADJUSTMENTS_COMPENSATE",
+        "choice",
+        doc=(
+            "`expired`: a record that misses its window and carries its original event gets a "
+            "negative meter event (raw `sum` meters only; see [For finance and "
+            "billing](finance.md))"
+        ),
+    ),
+    "compensation_timestamp": _Knob(
+        "ADJUSTMENTS_COMPENSATION_TIMESTAMP",
+        "choice",
+        doc=(
+            "the compensating event's timestamp: the original event's (`original`: the same "
+            "billing "
+            "period; Stripe takes it up to 35 days back) or the time it is sent (`now`: the "
+            "current "
+            "period, when the original one may be invoiced already)"
+        ),
+    ),
+    "max_attempts": _Knob(
+        "ADJUSTMENTS_MAX_ATTEMPTS",
+        "int",
+        1,
+        doc="attempts before `failed`",
+    ),
+    "backoff_base_s": _Knob(
+        "ADJUSTMENTS_BACKOFF_BASE_S",
+        "float",
+        0,
+        doc="backoff base: attempt n waits uniform(0, min(cap, base·2ⁿ⁻¹))",
+    ),
+    "backoff_cap_s": _Knob(
+        "ADJUSTMENTS_BACKOFF_CAP_S",
+        "float",
+        0,
+        doc="backoff cap (also caps `Retry-After`)",
+    ),
+    "stripe_timeout_s": _Knob(
+        "ADJUSTMENTS_STRIPE_TIMEOUT_S",
+        "float",
+        0.1,
+        doc="HTTP timeout of one Stripe call",
+    ),
+    "lease_s": _Knob(
+        "ADJUSTMENTS_LEASE_S",
+        "float",
+        1,
+        default_doc="max(60, 3 x timeout)",
+        doc="how long a claim protects a record from other workers; must exceed the timeout",
+    ),
+    "retention_s": _Knob(
+        "ADJUSTMENTS_RETENTION_S",
+        "int",
+        60,
+        default_doc="`2592000` (30 days)",
+        doc="terminal records (and their dedupe keys) expire after this",
+    ),
+    "data_dir": _Knob(
+        "ADJUSTMENTS_DATA_DIR",
+        "path",
+        doc="`REDIS_URL=embedded` data (append-only file), beat's schedule file, demo log",
+    ),
+    "queue": _Knob(
+        "ADJUSTMENTS_QUEUE",
+        "text",
+        doc="Celery queue name",
+    ),
+    "key_prefix": _Knob(
+        "ADJUSTMENTS_KEY_PREFIX",
+        "text",
+        doc="prefix of every Redis key we write",
+    ),
+    "worker_concurrency": _Knob(
+        "ADJUSTMENTS_WORKER_CONCURRENCY",
+        "int",
+        1,
+        doc="worker threads",
+    ),
+    "rate_limit_per_s": _Knob(
+        "ADJUSTMENTS_RATE_LIMIT",
+        "float",
+        0,
+        doc="Stripe requests/s shared by every worker process and host (0: no limit)",
+    ),
+    "rate_burst": _Knob(
+        "ADJUSTMENTS_RATE_BURST",
+        "float",
+        1,
+        doc="requests that may go back to back before the spacing applies",
+    ),
+    "rate_recovery_per_s": _Knob(
+        "ADJUSTMENTS_RATE_RECOVERY_PER_S",
+        "float",
+        0,
+        doc="after a 429 cut, requests/s regained per second (linear)",
+    ),
+    "reconcile_interval_s": _Knob(
+        "ADJUSTMENTS_RECONCILE_INTERVAL_S",
+        "float",
+        1,
+        doc="how often `adjustments beat` schedules reconciliation",
+    ),
+    "metrics_port": _Knob(
+        "ADJUSTMENTS_METRICS_PORT",
+        "int",
+        0,
+        default_doc="`0` (off)",
+        doc="a worker's Prometheus `/metrics` port",
+    ),
+    "api_tokens": _Knob(
+        "ADJUSTMENTS_API_TOKENS",
+        "text",
+        default_doc="none",
+        doc=(
+            "`adjustments serve`'s bearer tokens, `[name=]role:token[,...]` (roles `enqueue`, "
+            "`read`, "
+            "`operate`; the name, default `<role>-<position>`, is stored as `requested_by` on the "
+            "records a token creates); see [HTTP API and operations console](http-api.md)"
+        ),
+    ),
+    "heartbeat_s": _Knob(
+        "ADJUSTMENTS_HEARTBEAT_S",
+        "float",
+        0.2,
+        doc="a worker's heartbeat interval; three missed beats and it counts as dead",
+    ),
+    "reconcile_grace_s": _Knob(
+        "ADJUSTMENTS_RECONCILE_GRACE_S",
+        "float",
+        0,
+        doc=(
+            "how long a record may sit `queued` (or overdue `retrying`) before reconciliation "
+            "publishes it again"
+        ),
+    ),
 }
 REQUIRED_TEXT = frozenset({"queue", "key_prefix"})  # text fields that may not be None or empty
 
@@ -201,7 +389,7 @@ def parse_platform_names(raw: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the service; see the README's configuration table.
+    """Every knob of the service; see docs/configuration.md (made from ``KNOBS``).
 
     Build it in code (``Settings(max_attempts=5)``) or from the environment
     (``Settings.from_env()``); both are validated the same way, and an invalid field raises
@@ -234,7 +422,7 @@ class Settings:
     data_dir: Path = Path(".adjustments")
     queue: str = "adjustments"
     key_prefix: str = "adj"
-    worker_concurrency: int = 64  # measured: see the README's performance section
+    worker_concurrency: int = 64  # measured: see docs/performance.md
     rate_limit_per_s: float = 20.0
     rate_burst: float = 2.0
     rate_recovery_per_s: float = 2.0
@@ -278,6 +466,7 @@ class Settings:
 
     @property
     def platform_names(self) -> tuple[str, ...]:
+        """The platforms' names, in order (the first is the default); empty without."""
         return tuple(p.name for p in self.platforms)
 
     def platform(self, name: str | None) -> Platform:
@@ -468,3 +657,45 @@ _CHECKS: dict[str, Callable[[str, str, object], object]] = {
     "path": _check_path,
     "durability": _check_durability,
 }
+
+
+# Variables read outside ``Settings`` fields: (variable, meaning).
+OTHER_VARIABLES: tuple[tuple[str, str], ...] = (
+    (
+        SETTINGS_MODULE_ENV,
+        "a module whose `settings` (an `adjustments.Settings`) replaces every other variable",
+    ),
+    (
+        PLATFORMS_ENV,
+        "several Stripe accounts of your own in one deployment, e.g. `us,eu` (lower-case "
+        "letters, digits, `-`); each takes its key from `STRIPE_API_KEY_<NAME>` "
+        "(`STRIPE_API_KEY_US`), and optionally `STRIPE_API_BASE_<NAME>` and "
+        "`ADJUSTMENTS_RATE_LIMIT_<NAME>` (default `ADJUSTMENTS_RATE_LIMIT`); "
+        '`cancel(..., platform="eu")` (CLI `--platform`, HTTP and import field `platform`) '
+        "picks one, the first is the default. The platform is part of what identifies a "
+        "request and of its idempotency key; the record stores its name, never its key; a "
+        "worker missing a platform's key exits 2 naming it, and so does one whose key for a "
+        "platform is of the other mode (test or live) than the deployment's first worker's "
+        "(kept in the Redis hash `<prefix>:key-modes`; delete it when a deployment moves from "
+        "test to live on purpose). See [Several Stripe accounts]"
+        "(stripe.md#several-stripe-accounts-platforms)",
+    ),
+)
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """Every environment variable as ``(variable, default, meaning)``: the configuration
+    reference's table is made from this, so it cannot drift from the code."""
+    defaults = Settings()
+    rows = []
+    for name, knob in KNOBS.items():
+        if knob.default_doc is not None:
+            default = knob.default_doc
+        else:
+            value = getattr(defaults, name)
+            shown = f"{value:g}" if isinstance(value, float) else value
+            shown = int(shown) if isinstance(shown, bool) else shown
+            default = "—" if value is None else f"`{shown}`"
+        rows.append((knob.env, default, knob.doc))
+    rows += [(env, "—", doc) for env, doc in OTHER_VARIABLES]
+    return rows

@@ -111,7 +111,7 @@ class Durable:
         ``replicas:1`` that trades availability for never losing an attempt (run two
         replicas to have both). (With ``fsync`` the claim is not waited for: under ``appendfsync
         always`` it is on disk before Redis answers; under ``everysec`` a power cut within
-        that second can lose it, as the README's durability section says.)"""
+        that second can lose it, as docs/reliability.md's durability section says.)"""
         if self.durability.level != "replicas":
             return cast(list[Any], script(keys=keys, args=args))
         wanted = self.durability.replicas

@@ -85,6 +85,7 @@ class ExportFilter:
     platform: str | None = None  # one of ADJUSTMENTS_PLATFORMS
 
     def keeps(self, row: dict[str, str]) -> bool:
+        """Whether an exported ``row`` passes the filters that are not read from an index."""
         if self.event_name is not None and row["event_name"] != self.event_name:
             return False
         if self.platform is not None and row["platform"] != self.platform:

@@ -44,6 +44,7 @@ class Query:
     limit: int = 50
 
     def matches(self, record: Record) -> bool:
+        """Whether ``record`` passes every filter of the query."""
         if self.event_name is not None and record.event_name != self.event_name:
             return False
         if self.identifier is not None and record.identifier != self.identifier:
@@ -55,6 +56,7 @@ class Query:
 
     @property
     def filtered(self) -> bool:
+        """Whether any filter beyond the statuses is set."""
         return any(
             v is not None
             for v in (self.event_name, self.identifier, self.error_code, self.platform)

@@ -25,7 +25,7 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
 class Status(StrEnum):
-    """Where a cancellation stands (the README's "Statuses" says what each means)."""
+    """Where a cancellation stands (docs/concepts.md says what each means)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -215,6 +215,7 @@ class OriginalEvent:
         return cls(dict(payload), when)
 
     def to_json(self) -> str:
+        """As one JSON object (how it is stored on the record)."""
         return json.dumps(
             {"payload": self.payload, "timestamp": iso(self.timestamp)}, separators=(",", ":")
         )
@@ -227,6 +228,7 @@ class OriginalEvent:
         return cls(dict(data["payload"]), cast(datetime, parse_iso(data["timestamp"])))
 
     def to_dict(self) -> dict[str, object]:
+        """As JSON-ready values."""
         return {"payload": dict(self.payload), "timestamp": iso(self.timestamp)}
 
 
@@ -352,6 +354,7 @@ class ErrorInfo:
     outcome_unknown: bool = False
 
     def to_json(self) -> str:
+        """As one compact JSON object (how it is stored on the record)."""
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod

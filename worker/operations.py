@@ -32,6 +32,8 @@ class Operations:
         publish: Callable[[str], bool],
         writing: Callable[[], AbstractContextManager[None]],
     ) -> None:
+        """Act on ``store``'s records as ``settings`` say; ``publish`` sends a record's task
+        message, and each write runs inside ``writing()``."""
         self.store = store
         self.settings = settings
         self.publish = publish

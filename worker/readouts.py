@@ -100,6 +100,8 @@ class Readouts:
     read."""
 
     def __init__(self, client: redis.Redis, store: RecordStore, settings: Settings) -> None:
+        """Read through ``client`` (a producer's), ``store`` and ``settings`` (its prefix,
+        queues, platforms and order)."""
         self.client = client
         self.store = store
         self.settings = settings

@@ -58,6 +58,7 @@ class ReconcileReport:
     duration_ms: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
+        """As JSON-ready values (``--json``, the last-run hash)."""
         return asdict(self)
 
 

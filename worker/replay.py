@@ -50,6 +50,7 @@ class ReplayFilter:
             raise InvalidInput("ids must be a list of request ids, not one string")
 
     def matches(self, record: Record) -> bool:
+        """Whether ``record`` passes every filter (its status aside)."""
         if self.event_name is not None and record.event_name != self.event_name:
             return False
         if self.platform is not None and (record.platform or "") != self.platform:
@@ -66,6 +67,7 @@ class ReplayReport:
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, object]:
+        """As JSON-ready values (``--json``, the HTTP API)."""
         return {
             "dry_run": self.dry_run,
             "selected": len(self.selected),

@@ -196,7 +196,7 @@ class RecordStore:
         ]
         message = outbox.message_for(record_id) if outbox else ""
         # Absent reads as empty, and as the creation-time value for the fields Record.from_hash
-        # derives: a queued record is a third smaller in Redis (see the README's backlog row).
+        # derives: a queued record is a third smaller in Redis (docs/performance.md, backlog).
         stored = {k: v for k, v in fields.items() if v != "" and k not in DERIVED_AT_CREATION}
         # Without the event's receipt time, the latest its window can close: 24 h after the
         # cancellation was requested (the event was received before that). Deadline-first

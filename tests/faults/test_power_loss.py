@@ -1,6 +1,7 @@
 """Power loss, emulated: the server runs with a page cache that a SIGKILL empties (see
 powerloss/page_cache.c), so a crash loses exactly what was written but not fsynced. Each
-configuration loses what the README's durability table says, and `fsync` loses nothing."""
+configuration loses what the durability table (docs/reliability.md) says, and `fsync` loses
+nothing."""
 
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def test_the_emulation_loses_what_was_never_fsynced(page_cache: Path, tmp_path: 
 def test_memory_with_everysec_loses_at_most_the_last_seconds(
     page_cache: Path, tmp_path: Path
 ) -> None:
-    """appendfsync everysec, durability memory: the README's "up to about a second". Whatever is
-    lost was acknowledged in the last 2.5 s before the crash (Redis may postpone an everysec
-    fsync by up to 2 s while the previous one runs); everything older survived."""
+    """appendfsync everysec, durability memory: the durability table's "up to about a second".
+    Whatever is lost was acknowledged in the last 2.5 s before the crash (Redis may postpone
+    an everysec fsync by up to 2 s while the previous one runs); everything older survived."""
     acknowledged, present, crashed_at = crash_while_writing(
         page_cache, tmp_path / "r", appendfsync="everysec", durability="memory", seconds=3.5
     )

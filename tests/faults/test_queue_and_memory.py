@@ -159,7 +159,7 @@ def test_v1_timeout_after_execution_then_replay_executes_once(
     redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     """Stripe executes a v1 call whose answer times out; rate limiting then uses up the
-    attempts. The record says its outcome is unknown; the README's `replay --error-code
+    attempts. The record says its outcome is unknown; the recovery page's `replay --error-code
     rate_limit` reuses the same key, and Stripe's replayed success completes it: one
     execution."""
     env = fault_env(

@@ -19,7 +19,7 @@ from tests.helpers import start_worker, stop_worker, wait_until
 pytest.importorskip("sentry_sdk", reason="sentry-sdk is not installed")
 pytest.importorskip("opentelemetry.instrumentation.celery", reason="OpenTelemetry not installed")
 
-# Both integrations set up as the README shows, writing what they would send to files.
+# Both integrations set up as docs/operations.md shows, writing what they would send to files.
 SETUP = """
 import json, os
 import sentry_sdk

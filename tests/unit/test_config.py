@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adjustments.config import Settings
+from adjustments.config import KNOBS, Settings, reference
 from adjustments.errors import ConfigError
 
 
@@ -57,3 +57,14 @@ class TestSettings:
         """The API key is not printed by repr()."""
         s = Settings.from_env({"STRIPE_API_KEY": "sk_test_supersecret"})
         assert "supersecret" not in repr(s)
+
+
+class TestReference:
+    def test_every_setting_has_its_line_in_the_configuration_reference(self) -> None:
+        """Each environment-backed field has a meaning, and the generated table has one row per
+        variable with a default that matches the field's own."""
+        assert [name for name, knob in KNOBS.items() if not knob.doc] == []
+        rows = {env: default for env, default, _ in reference()}
+        assert set(rows) >= {knob.env for knob in KNOBS.values()}
+        assert rows["ADJUSTMENTS_MAX_ATTEMPTS"] == f"`{Settings().max_attempts}`"
+        assert rows["ADJUSTMENTS_DURABILITY"] == "`fsync`" and rows["REDIS_URL"].startswith("—")

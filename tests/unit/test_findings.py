@@ -125,7 +125,7 @@ class TestSmallThings:
         assert printable("a\u202eb\u2066c\u200bd\ufeff") == "a\\u202eb\\u2066c\\u200bd\\ufeff"
 
     def test_unsafe_redis_is_a_store_error(self) -> None:
-        """The README's `except StoreError` handles a Redis that cannot keep the promise
+        """The Python API's `except StoreError` handles a Redis that cannot keep the promise
         (and the CLI still exits 2 for it, as a configuration error)."""
         assert issubclass(UnsafeRedis, StoreError) and issubclass(UnsafeRedis, ConfigError)
 

@@ -15,7 +15,10 @@ import pytest
 import adjustments
 from adjustments import ConfigError, InvalidInput, Producer, Settings
 from adjustments.config import KNOBS, SETTINGS_MODULE_ENV, load_settings
+from adjustments.http.memo import Memo
 from adjustments.models import CancelRequest
+from adjustments.operations import Operations
+from adjustments.readouts import Readouts
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -49,22 +52,25 @@ class TestPublicApi:
         assert issubclass(adjustments.StoreUnavailable, adjustments.StoreError)
 
     @pytest.mark.parametrize(
-        "method",
+        ("owner", "method"),
         [
-            name
-            for name, value in vars(Producer).items()
+            (owner, name)
+            for owner in (Producer, Readouts, Operations, Memo)
+            for name, value in vars(owner).items()
             if (not name.startswith("_") or name == "__init__")
             and (inspect.isfunction(value) or isinstance(value, classmethod))
         ],
+        ids=lambda v: v if isinstance(v, str) else v.__name__,
     )
-    def test_public_methods_name_every_parameter(self, method: str) -> None:
-        """Each public method's docstring mentions each of its parameters by name."""
-        function = getattr(Producer, method)
+    def test_public_methods_name_every_parameter(self, owner: type, method: str) -> None:
+        """Each public method of the producer and of what it hands out (read-outs, operator
+        actions, the HTTP memo) has a docstring that mentions each parameter by name."""
+        function = getattr(owner, method)
         doc = inspect.getdoc(function) or ""
-        assert doc, f"Producer.{method} has no docstring"
+        assert doc, f"{owner.__name__}.{method} has no docstring"
         params = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
         missing = [p for p in params if not re.search(rf"\b{p}\b", doc)]
-        assert missing == [], f"Producer.{method} does not document {missing}"
+        assert missing == [], f"{owner.__name__}.{method} does not document {missing}"
 
     def test_importing_changes_no_logging_or_signal(self) -> None:
         """A host process that imports the package keeps its logging and Celery signals."""

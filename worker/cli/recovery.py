@@ -328,7 +328,7 @@ def export_cmd(
     output: str | None,
 ) -> None:
     """Stream every record in range for finance: status, reason, who asked, the customer and
-    value, Stripe's ids and the compensation (see the README's section for finance)."""
+    value, Stripe's ids and the compensation (see docs/finance.md)."""
     flt = ExportFilter(
         statuses=tuple(Status(s) for s in statuses) or tuple(Status),
         since=parse_time("--since", since),

@@ -15,6 +15,7 @@ class Memo:
     """Values kept under names, each for a time, on ``client`` (``decode_responses=True``)."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
+        """Keep values on ``client`` under keys with ``prefix`` (the deployment's)."""
         self.client = client
         self.prefix = prefix
 
