@@ -11,14 +11,13 @@ from datetime import UTC, datetime
 from . import lifecycle, metrics
 from .logging import get_logger
 from .models import Record, Status
-from .outcomes import Accepted, Answer, Outcome, Rejected, Unsound
+from .outcomes import Accepted, Outcome, Rejected, Sender, Unsound
 from .ratelimit import VOID, Budgets, Reservation, SharedRateLimiter
 from .retry import Decision, Policy, decide, key_outcome_after
 from .store import Claim, RecordStore
 
 log = get_logger("adjustments.attempt")
 
-Sender = Callable[[Record], Answer]
 # Told the id of each record this attempt expired (the compensation hook: see tasks.py).
 Expired = Callable[[str], None]
 Clock = Callable[[], datetime]

@@ -78,8 +78,9 @@ KNOBS: dict[str, _Knob] = {
         default_doc="— (required)",
         doc=(
             "Redis for records and the Celery broker: `redis://`, `rediss://` (verified), "
-            "`sentinel://…;sentinel://…` (see Managed Redis), or `embedded` for the bundled trial "
-            "server"
+            "`sentinel://…;sentinel://…` (see "
+            "[Managed Redis](reliability.md#managed-redis-tls-acls-sentinel)), or `embedded` "
+            "for the bundled trial server"
         ),
     ),
     "sentinel_master": _Knob(
@@ -95,7 +96,10 @@ KNOBS: dict[str, _Knob] = {
     "durability": _Knob(
         "ADJUSTMENTS_DURABILITY",
         "durability",
-        doc="when `cancel()` returns: `memory`, `fsync` or `replicas:N` (see Durability)",
+        doc=(
+            "when `cancel()` returns: `memory`, `fsync` or `replicas:N` "
+            "(see [Durability](reliability.md#durability))"
+        ),
     ),
     "durability_timeout_ms": _Knob(
         "ADJUSTMENTS_DURABILITY_TIMEOUT_MS",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Record
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,5 @@ class Unsound:
 
 Outcome = Accepted | Rejected
 Answer = Outcome | Unsound  # what a sender gives back: a call's outcome, or no call
+# What sends one record to Stripe (``stripe_api.send``, bound to its clients): an answer each.
+Sender = Callable[["Record"], Answer]

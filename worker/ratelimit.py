@@ -18,9 +18,8 @@ from typing import Any, cast
 
 import redis
 
-from . import keys
+from . import keys, lua
 from .config import Settings
-from .store import load_script
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,9 @@ class SharedRateLimiter:
         self.policy = policy
         self.platform = platform
         self.key = keys.rate_limiter(prefix, platform)
-        self._acquire = client.register_script(load_script("rate_acquire.lua"))
-        self._penalize = client.register_script(load_script("rate_penalize.lua"))
-        self._peek = client.register_script(load_script("rate_peek.lua"))
+        self._acquire = client.register_script(lua.load("rate_acquire.lua"))
+        self._penalize = client.register_script(lua.load("rate_penalize.lua"))
+        self._peek = client.register_script(lua.load("rate_peek.lua"))
 
     @property
     def enabled(self) -> bool:
@@ -163,7 +162,7 @@ class Budgets:
     def __init__(self, limiters: Mapping[str, SharedRateLimiter]) -> None:
         self.limiters = dict(limiters)
         first = next(iter(self.limiters.values()))
-        self._next = first.client.register_script(load_script("rate_next.lua"))
+        self._next = first.client.register_script(lua.load("rate_next.lua"))
 
     @classmethod
     def build(

@@ -11,8 +11,8 @@ from functools import partial
 import redis
 
 from . import attempt, stripe_api
-from .attempt import Sender
 from .config import Settings, load_settings
+from .outcomes import Sender
 from .ratelimit import Budgets, policies
 from .retry import Policy
 from .store import RecordStore

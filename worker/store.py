@@ -16,13 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
 from redis.lock import Lock
 
-from . import keys
+from . import keys, lua
 from .config import CANCEL_WINDOW_S, Durability, Order, Settings
 from .durable import Durable
 from .errors import RecordNotFound
@@ -41,17 +40,6 @@ DERIVED_AT_CREATION = frozenset(
     {"attempts", "generation", "replays", "updated_at", "idempotency_key"}
 )
 LIVE = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
-
-
-def load_script(name: str) -> str:
-    """A script from ``lua/``; the rate scripts get ``rate_common.lua`` (the one definition
-    of the recovering rate) in front, as Redis scripts cannot import one another."""
-    package = __name__.rpartition(".")[0]  # "adjustments", whatever folder it was built from
-    folder = resources.files(package).joinpath("lua")
-    text = folder.joinpath(name).read_text()
-    if name.startswith("rate_") and name != "rate_common.lua":
-        text = folder.joinpath("rate_common.lua").read_text() + "\n" + text
-    return text
 
 
 def _pairs(fields: Mapping[str, str | int]) -> list[str]:
@@ -149,10 +137,10 @@ class RecordStore:
         self.ready = ReadySets(client, prefix, order, ("", *platforms))
         self.retention_s = retention_s
         self.durable = Durable(client, durability, durability_timeout_ms)
-        self._create = client.register_script(load_script("create.lua"))
-        self._claim = client.register_script(load_script("claim.lua"))
-        self._claim_next = client.register_script(load_script("claim_next.lua"))
-        self._transition = client.register_script(load_script("transition.lua"))
+        self._create = client.register_script(lua.load("create.lua"))
+        self._claim = client.register_script(lua.load("claim.lua"))
+        self._claim_next = client.register_script(lua.load("claim_next.lua"))
+        self._transition = client.register_script(lua.load("transition.lua"))
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> RecordStore:

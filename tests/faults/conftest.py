@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from adjustments.sandbox import SandboxConfig, SandboxServer
 from tests.helpers import (
     WorkerProcess,
     start_worker,
+    stop_worker,
     store_of,
     wait_until,
     worker_environment,
@@ -130,6 +131,42 @@ def fault_env(
         "ADJUSTMENTS_RECONCILE_GRACE_S": "3600",
     }
     return worker_environment(redis_url, sandbox.url, data_dir, **{**settings, **extra})
+
+
+@dataclass
+class Deployment:
+    """What a fault test runs against: its environment, a worker and a producer."""
+
+    env: dict[str, str]
+    worker: WorkerProcess
+    producer: Producer
+
+
+Deploy = Callable[..., Deployment]  # the deploy fixture: deploy(redis_url=None, **settings)
+
+
+@pytest.fixture
+def deploy(
+    request: pytest.FixtureRequest, fault_sandbox: SandboxServer, tmp_path: Path
+) -> Iterator[Deploy]:
+    """Starts a worker (its log ``worker.log``) and a producer on ``fault_env``'s environment:
+    on ``redis_proc`` unless a ``redis_url`` is given, with the settings given as keywords.
+    Both are stopped when the test ends, whatever it did to them."""
+    started: list[Deployment] = []
+
+    def start(
+        redis_url: str | None = None, *, concurrency: int = 16, **settings: str
+    ) -> Deployment:
+        url = redis_url or request.getfixturevalue("redis_proc").url
+        env = fault_env(url, fault_sandbox, tmp_path / "data", **settings)
+        worker = start_fault_worker(env, tmp_path / "worker.log", concurrency)
+        started.append(Deployment(env, worker, producer_for(env)))
+        return started[-1]
+
+    yield start
+    for deployment in reversed(started):
+        deployment.producer.close()
+        stop_worker(deployment.worker)
 
 
 def producer_for(env: dict[str, str]) -> Producer:

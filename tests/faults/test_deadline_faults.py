@@ -17,6 +17,7 @@ from adjustments.sandbox import SandboxServer
 from tests.helpers import WorkerProcess, stop_worker, store_of, wait_until
 
 from .conftest import (
+    Deploy,
     RedisProcess,
     assert_all_done_once,
     fault_env,
@@ -145,31 +146,23 @@ def test_a_worker_killed_while_holding_urgent_records(
 
 
 def test_redis_restarted_mid_drain_keeps_the_order(
-    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+    redis_proc: RedisProcess,
+    fault_sandbox: SandboxServer,
+    tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """Redis killed and started again while urgent records drain ahead of fresh ones: the
     worker rides it out, the ready set survives in the append-only file, and the urgent
     records still go first; nothing is lost, each executed once."""
-    env = fault_env(
-        redis_proc.url,
-        fault_sandbox,
-        tmp_path / "data",
-        ADJUSTMENTS_RATE_LIMIT="20",
-        ADJUSTMENTS_RATE_BURST="1",
-    )
     fault_sandbox.logic.configure({"latency_ms": 50})
-    worker = start_fault_worker(env, tmp_path / "worker.log", concurrency=16)
-    producer = producer_for(env)
-    try:
-        fresh, urgent = enqueue(producer, urgent_left_s=30)
-        wait_until(lambda: len(accepted_at(fault_sandbox, "urgent_")) >= 5, what="the first urgent")
-        redis_proc.kill()
-        time.sleep(1)
-        redis_proc.start()
-        restarted_at = time.monotonic()
-        assert_all_done_once(producer, urgent + fresh, fault_sandbox, timeout_s=60, worker=worker)
-        assert_urgent_went_first(fault_sandbox, restarted_at)
-        assert worker.process.poll() is None, worker.log_text()[-2000:]
-    finally:
-        producer.close()
-        stop_worker(worker)
+    deployment = deploy(ADJUSTMENTS_RATE_LIMIT="20", ADJUSTMENTS_RATE_BURST="1")
+    producer, worker = deployment.producer, deployment.worker
+    fresh, urgent = enqueue(producer, urgent_left_s=30)
+    wait_until(lambda: len(accepted_at(fault_sandbox, "urgent_")) >= 5, what="the first urgent")
+    redis_proc.kill()
+    time.sleep(1)
+    redis_proc.start()
+    restarted_at = time.monotonic()
+    assert_all_done_once(producer, urgent + fresh, fault_sandbox, timeout_s=60, worker=worker)
+    assert_urgent_went_first(fault_sandbox, restarted_at)
+    assert worker.process.poll() is None, worker.log_text()[-2000:]

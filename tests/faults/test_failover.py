@@ -14,14 +14,12 @@ import redis
 from adjustments.embedded import free_port, redis_binary
 from adjustments.reconcile import reconcile
 from adjustments.sandbox import SandboxServer
-from tests.helpers import stop_worker, store_of, wait_until
+from tests.helpers import store_of, wait_until
 
 from .conftest import (
+    Deploy,
     RedisProcess,
     assert_all_done_once,
-    fault_env,
-    producer_for,
-    start_fault_worker,
 )
 
 pytestmark = pytest.mark.slow
@@ -64,6 +62,7 @@ def test_failover_under_a_busy_worker(
     cluster: tuple[RedisProcess, RedisProcess, int],
     fault_sandbox: SandboxServer,
     tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """With ADJUSTMENTS_DURABILITY=replicas:1 every accepted request is on the replica before
     cancel() returns. Kill -9 the master mid-work: the worker follows the sentinel to the new
@@ -73,46 +72,39 @@ def test_failover_under_a_busy_worker(
     replica before it calls Stripe, so the restarted old master, a replica again, is needed
     for the work to go on.)"""
     master, replica, sentinel_port = cluster
-    env = fault_env(
+    fault_sandbox.logic.configure({"latency_ms": 300})
+    deployment = deploy(
         f"sentinel://127.0.0.1:{sentinel_port}/0",
-        fault_sandbox,
-        tmp_path / "data",
         ADJUSTMENTS_SENTINEL_MASTER=MASTER,
         ADJUSTMENTS_DURABILITY="replicas:1",
         ADJUSTMENTS_LEASE_S="6",
     )
-    fault_sandbox.logic.configure({"latency_ms": 300})
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    producer = producer_for(env)
-    try:
-        ids = [producer.cancel("ev", f"failover_{n}").id for n in range(60)]
-        wait_until(lambda: producer.counts()["processing"] >= 8, what="calls in flight")
-        master.kill()
+    producer, worker = deployment.producer, deployment.worker
+    ids = [producer.cancel("ev", f"failover_{n}").id for n in range(60)]
+    wait_until(lambda: producer.counts()["processing"] >= 8, what="calls in flight")
+    master.kill()
 
-        def promoted() -> bool:
-            with replica.client() as c:
-                return bool(c.info("replication").get("role") == "master")
+    def promoted() -> bool:
+        with replica.client() as c:
+            return bool(c.info("replication").get("role") == "master")
 
-        wait_until(promoted, timeout_s=30, what="the sentinel to promote the replica")
-        # The old master comes back and the sentinel makes it the new master's replica: with
-        # replicas:1 workers send again only then (a claim must be on a replica first).
-        master.start()
+    wait_until(promoted, timeout_s=30, what="the sentinel to promote the replica")
+    # The old master comes back and the sentinel makes it the new master's replica: with
+    # replicas:1 workers send again only then (a claim must be on a replica first).
+    master.start()
 
-        def repaired() -> bool:
-            try:
-                reconcile(
-                    store=store_of(producer),
-                    publish=producer.publish,
-                    now=datetime.now(UTC),
-                    grace_s=5,
-                )
-                return all(r.status.terminal for r in store_of(producer).get_many(ids))
-            except redis.RedisError:
-                return False
+    def repaired() -> bool:
+        try:
+            reconcile(
+                store=store_of(producer),
+                publish=producer.publish,
+                now=datetime.now(UTC),
+                grace_s=5,
+            )
+            return all(r.status.terminal for r in store_of(producer).get_many(ids))
+        except redis.RedisError:
+            return False
 
-        wait_until(repaired, timeout_s=60, what="every request to settle after the failover")
-        assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
-        assert worker.process.poll() is None
-    finally:
-        producer.close()
-        stop_worker(worker)
+    wait_until(repaired, timeout_s=60, what="every request to settle after the failover")
+    assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
+    assert worker.process.poll() is None

@@ -9,30 +9,25 @@ from tests.helpers import (
     TOKEN_SPEC,
     start_server,
     stop_server,
-    stop_worker,
     wait_until,
 )
 
 from .conftest import (
+    Deploy,
     RedisProcess,
     assert_all_done_once,
-    fault_env,
-    producer_for,
-    start_fault_worker,
 )
 
 
 def test_the_server_answers_503_while_redis_is_down_and_loses_nothing(
-    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path, deploy: Deploy
 ) -> None:
     """Redis killed: POST and /healthz answer 503 (nothing accepted) and the server keeps
     running; Redis back on its port: POSTs are accepted again, and every accepted
     cancellation ends terminal, executed once."""
-    env = fault_env(redis_proc.url, fault_sandbox, tmp_path / "data",
-                    ADJUSTMENTS_API_TOKENS=TOKEN_SPEC)  # fmt: skip
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    server = start_server(env, tmp_path / "server.log")
-    producer = producer_for(env)
+    deployment = deploy(ADJUSTMENTS_API_TOKENS=TOKEN_SPEC)
+    producer, worker = deployment.producer, deployment.worker
+    server = start_server(deployment.env, tmp_path / "server.log")
     accepted: list[str] = []
 
     def post(identifier: str) -> tuple[int, dict[str, object]]:
@@ -55,6 +50,4 @@ def test_the_server_answers_503_while_redis_is_down_and_loses_nothing(
         accepted.append(str(after["id"]))
         assert_all_done_once(producer, accepted, fault_sandbox, worker=worker)
     finally:
-        producer.close()
         stop_server(server)
-        stop_worker(worker)

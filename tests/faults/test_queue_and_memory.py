@@ -15,6 +15,7 @@ from adjustments.sandbox import SandboxServer
 from tests.helpers import run_cli, stop_worker, store_of, wait_until
 
 from .conftest import (
+    Deploy,
     RedisProcess,
     assert_all_done_once,
     fault_env,
@@ -30,33 +31,31 @@ POISON = [
 
 
 def test_poison_items_are_dead_lettered_and_the_worker_carries_on(
-    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+    redis_proc: RedisProcess,
+    fault_sandbox: SandboxServer,
+    tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """Three items kombu cannot parse sit in the queue before real work: each lands in the
     dead-letter list with its raw text, the worker keeps running, every request completes."""
-    env = fault_env(redis_proc.url, fault_sandbox, tmp_path / "data")
     with redis_proc.client() as client:
         client.lpush("adjustments", *POISON)
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    producer = producer_for(env)
-    try:
-        ids = [producer.cancel("ev", f"poison_{n}").id for n in range(10)]
-        assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
-        with redis_proc.client() as client:
-            dead = [json.loads(e) for e in client.lrange("adj:deadletter", 0, -1)]
-            assert client.get("adj:deadletter:total") == "3"
-        assert sorted(d["raw"] for d in dead) == sorted(POISON)
-        assert {d["reason"] for d in dead} == {
-            "not JSON",
-            "a JSON list, not an object",
-            "body is not valid base64",
-        }
-        assert worker.process.poll() is None
-        assert worker.log_text().count('"event": "queue.dead_lettered"') == 3
-        assert producer.stats().dead_letters == 3
-    finally:
-        producer.close()
-        stop_worker(worker)
+    deployment = deploy()
+    producer, worker = deployment.producer, deployment.worker
+    ids = [producer.cancel("ev", f"poison_{n}").id for n in range(10)]
+    assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
+    with redis_proc.client() as client:
+        dead = [json.loads(e) for e in client.lrange("adj:deadletter", 0, -1)]
+        assert client.get("adj:deadletter:total") == "3"
+    assert sorted(d["raw"] for d in dead) == sorted(POISON)
+    assert {d["reason"] for d in dead} == {
+        "not JSON",
+        "a JSON list, not an object",
+        "body is not valid base64",
+    }
+    assert worker.process.poll() is None
+    assert worker.log_text().count('"event": "queue.dead_lettered"') == 3
+    assert producer.stats().dead_letters == 3
 
 
 @pytest.mark.slow
@@ -156,69 +155,59 @@ def test_worker_without_a_usable_key_exits_2(
 
 
 def test_v1_timeout_after_execution_then_replay_executes_once(
-    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+    redis_proc: RedisProcess,
+    fault_sandbox: SandboxServer,
+    tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """Stripe executes a v1 call whose answer times out; rate limiting then uses up the
     attempts. The record says its outcome is unknown; the recovery page's `replay --error-code
     rate_limit` reuses the same key, and Stripe's replayed success completes it: one
     execution."""
-    env = fault_env(
-        redis_proc.url,
-        fault_sandbox,
-        tmp_path / "data",
-        ADJUSTMENTS_STRIPE_TIMEOUT_S="1",
-        ADJUSTMENTS_MAX_ATTEMPTS="3",
-    )
     fault_sandbox.logic.configure({"slow_s": 1.6})
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    producer = producer_for(env)
-    try:
-        fault_sandbox.logic.script("late_v1", ["timeout", "rate_limited", "rate_limited"])
-        record = producer.cancel("ev", "late_v1", api="v1")
-        wait_until(lambda: producer.get(record.id).status.terminal, what="attempts to run out")
-        failed = producer.get(record.id)
-        assert failed.status.value == "failed" and failed.last_error is not None
-        assert failed.last_error.outcome_unknown and "may have been executed" in (
-            failed.last_error.message or ""
-        )
-        assert fault_sandbox.logic.executions["late_v1"] == 1
-        result = run_cli(["replay", "--error-code", "rate_limit"], env)
-        assert result.returncode == 0, result.stderr
-        wait_until(lambda: producer.get(record.id).status.terminal, what="the replay to finish")
-        done = producer.get(record.id)
-        assert done.status.value == "pending" and done.generation == failed.generation
-        assert fault_sandbox.logic.executions["late_v1"] == 1
-    finally:
-        producer.close()
-        stop_worker(worker)
+    deployment = deploy(ADJUSTMENTS_STRIPE_TIMEOUT_S="1", ADJUSTMENTS_MAX_ATTEMPTS="3")
+    producer, env = deployment.producer, deployment.env
+    fault_sandbox.logic.script("late_v1", ["timeout", "rate_limited", "rate_limited"])
+    record = producer.cancel("ev", "late_v1", api="v1")
+    wait_until(lambda: producer.get(record.id).status.terminal, what="attempts to run out")
+    failed = producer.get(record.id)
+    assert failed.status.value == "failed" and failed.last_error is not None
+    assert failed.last_error.outcome_unknown and "may have been executed" in (
+        failed.last_error.message or ""
+    )
+    assert fault_sandbox.logic.executions["late_v1"] == 1
+    result = run_cli(["replay", "--error-code", "rate_limit"], env)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: producer.get(record.id).status.terminal, what="the replay to finish")
+    done = producer.get(record.id)
+    assert done.status.value == "pending" and done.generation == failed.generation
+    assert fault_sandbox.logic.executions["late_v1"] == 1
 
 
 def test_cancel_during_a_stall_says_unknown_and_a_second_call_finds_the_first(
-    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+    redis_proc: RedisProcess,
+    fault_sandbox: SandboxServer,
+    tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """Redis stalls after cancel() sent its write: cancel() raises AcceptanceUnknown (not "not
     accepted"); once Redis resumes, the write has happened, and calling cancel() again returns
     that same record, executed once."""
-    env = fault_env(redis_proc.url, fault_sandbox, tmp_path / "data")
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    producer = producer_for(env)
+    deployment = deploy()
+    producer, worker = deployment.producer, deployment.worker
+    warm = producer.cancel("ev", "warm")  # the connection and the start checks are done
+    redis_proc.pause()
+    started = time.monotonic()
     try:
-        warm = producer.cancel("ev", "warm")  # the connection and the start checks are done
-        redis_proc.pause()
-        started = time.monotonic()
-        try:
-            with pytest.raises(AcceptanceUnknown, match="call cancel\\(\\) again"):
-                producer.cancel("ev", "stalled")
-        finally:
-            redis_proc.resume()
-        # Within its 5 s socket timeout, not after hidden client retries (redis-py's default
-        # retries made this about a minute): a producer must not block.
-        assert time.monotonic() - started < 15
-        again = producer.cancel("ev", "stalled")
-        assert again.identifier == "stalled"
-        # The worker may have been mid-way through "warm" when Redis stalled: wait for both.
-        assert_all_done_once(producer, [warm.id, again.id], fault_sandbox, worker=worker)
-        assert producer.client.zcard("adj:idx:pending") == 2  # warm + stalled, no twin
+        with pytest.raises(AcceptanceUnknown, match="call cancel\\(\\) again"):
+            producer.cancel("ev", "stalled")
     finally:
-        producer.close()
-        stop_worker(worker)
+        redis_proc.resume()
+    # Within its 5 s socket timeout, not after hidden client retries (redis-py's default
+    # retries made this about a minute): a producer must not block.
+    assert time.monotonic() - started < 15
+    again = producer.cancel("ev", "stalled")
+    assert again.identifier == "stalled"
+    # The worker may have been mid-way through "warm" when Redis stalled: wait for both.
+    assert_all_done_once(producer, [warm.id, again.id], fault_sandbox, worker=worker)
+    assert producer.client.zcard("adj:idx:pending") == 2  # warm + stalled, no twin

@@ -17,14 +17,14 @@ import pytest
 
 from adjustments.errors import NotAccepted
 from adjustments.sandbox import SandboxServer
-from tests.helpers import run_cli, stop_worker
+from tests.helpers import run_cli
 
 from .conftest import (
+    Deploy,
     RedisProcess,
     assert_all_done_once,
     fault_env,
     producer_for,
-    start_fault_worker,
 )
 
 OPENSSL = shutil.which("openssl")
@@ -106,22 +106,20 @@ def tls(redis_proc: RedisProcess, tmp_path: Path) -> Iterator[tuple[TLSTerminato
 
 
 def test_rediss_with_our_ca_verifies_and_works(
-    tls: tuple[TLSTerminator, Path], fault_sandbox: SandboxServer, tmp_path: Path
+    tls: tuple[TLSTerminator, Path],
+    fault_sandbox: SandboxServer,
+    tmp_path: Path,
+    deploy: Deploy,
 ) -> None:
     """The CA given once in the URL serves the producer, the worker's client and Celery's
     broker connection: requests complete, each executed once."""
     proxy, ca = tls
     url = f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}"
-    env = fault_env(url, fault_sandbox, tmp_path / "data")
-    worker = start_fault_worker(env, tmp_path / "worker.log")
-    producer = producer_for(env)
-    try:
-        ids = [producer.cancel("ev", f"tls_{n}").id for n in range(10)]
-        assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
-        assert "insecure" not in worker.log_text().lower()
-    finally:
-        producer.close()
-        stop_worker(worker)
+    deployment = deploy(url)
+    producer, worker = deployment.producer, deployment.worker
+    ids = [producer.cancel("ev", f"tls_{n}").id for n in range(10)]
+    assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
+    assert "insecure" not in worker.log_text().lower()
 
 
 def test_rediss_without_the_ca_is_refused(

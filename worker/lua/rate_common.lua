@@ -1,4 +1,4 @@
--- Shared by the rate scripts (load_script prepends it): the one definition of the shared
+-- Shared by the rate scripts (lua.load prepends it): the one definition of the shared
 -- rate after a cut. It climbs back linearly at `recovery` req/s per second from the rate the
 -- last cut left, up to the configured `limit`, and never goes below `floor`.
 local function recovered_rate(limit, cut_rate, cut_us, recovery, floor, now_us)
