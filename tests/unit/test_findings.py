@@ -9,7 +9,7 @@ import click
 import pytest
 
 from adjustments import InvalidInput, Producer, StoreError
-from adjustments.cli import cli
+from adjustments.cli import COMMANDS, cli
 from adjustments.errors import ConfigError, UnsafeRedis
 from adjustments.http.auth import Auth, Token, parse_tokens
 from adjustments.http.guard import allowed_hosts, host_name
@@ -128,6 +128,13 @@ class TestSmallThings:
         """The Python API's `except StoreError` handles a Redis that cannot keep the promise
         (and the CLI still exits 2 for it, as a configuration error)."""
         assert issubclass(UnsafeRedis, StoreError) and issubclass(UnsafeRedis, ConfigError)
+
+    def test_every_command_loads_under_its_own_name(self) -> None:
+        """The CLI loads each command's module only when it runs: every name in its table
+        loads a command of that name."""
+        context = click.Context(cli)
+        loaded = {name: cli.get_command(context, name) for name in COMMANDS}
+        assert {name: c.name for name, c in loaded.items() if c} == {n: n for n in COMMANDS}
 
     @pytest.mark.parametrize("command", ["metrics", "serve"])
     def test_servers_bind_loopback_by_default(self, command: str) -> None:
