@@ -63,7 +63,12 @@ class SharedRateLimiter:
     Redis client)."""
 
     def __init__(
-        self, client: redis.Redis, policy: RatePolicy, *, prefix: str = "adj", platform: str = ""
+        self,
+        client: redis.Redis,
+        policy: RatePolicy,
+        *,
+        prefix: str = Settings.key_prefix,
+        platform: str = "",
     ) -> None:
         self.client = client
         self.policy = policy
@@ -170,7 +175,7 @@ class Budgets:
         client: redis.Redis,
         policies: Mapping[str, RatePolicy],
         *,
-        prefix: str = "adj",
+        prefix: str = Settings.key_prefix,
     ) -> Budgets:
         """One limiter per named policy (``{"": policy}`` for a single-key deployment); the
         unnamed ready set is sent under the first platform's."""
