@@ -63,6 +63,7 @@ def test_worker_rides_out_redis_outage(
         redis_proc.start()
     assert_all_done_once(producer, ids, fault_sandbox, worker=worker)
     assert worker.process.poll() is None, worker.log_text()[-2000:]
+    stop_worker(worker)
     assert worker.process.returncode == 0  # a requested shutdown is a clean exit
 
 
