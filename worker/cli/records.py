@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from ..config import APIS
-from ..errors import ConfigError, InvalidInput, Unhealthy
-from ..models import CancelRequest, Status
+from ..errors import InvalidInput, Unhealthy
+from ..intake import Intake
+from ..models import Status
 from .common import emit, printable, producer_for, record_line, record_view, settings
 
 
@@ -66,21 +67,19 @@ def cancel(
     original = _original_event(payload, event_timestamp)
     who = requested_by if requested_by is not None else _os_user()
     # Validate before touching Redis, so bad input writes nothing (and starts nothing).
-    try:
-        chosen = cfg.platform(platform).name or None
-    except ConfigError as exc:
-        raise InvalidInput(str(exc)) from None
-    CancelRequest.build(
+    Intake(cfg).request(
         event_name,
         identifier,
-        api=api or cfg.default_api,
-        stripe_account=stripe_account,
-        event_received_at=received_at,
-        original_event=original,
-        reason=reason,
-        requested_by=who,
-        platform=chosen,
+        api,
+        stripe_account,
+        received_at,
         now=now,
+        extra={
+            "original_event": original,
+            "reason": reason,
+            "requested_by": who,
+            "platform": platform,
+        },
     )
     with producer_for(cfg) as producer:
         record = producer.cancel(
