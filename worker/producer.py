@@ -37,9 +37,10 @@ from .logging import get_logger
 from .messages import TaskMessages
 from .models import CancelRequest, Record, Status
 from .operations import Operations
-from .readouts import Readouts, Stats
+from .readouts import Readouts
 from .redis_errors import reading, store_error, writing
 from .server_checks import check_server
+from .snapshot import Stats
 from .store import Outbox, RecordStore
 
 log = get_logger("adjustments.producer")
@@ -373,7 +374,7 @@ class Producer:
         return found
 
     def stats(self) -> Stats:
-        """The deployment at a glance (``readouts.Stats``): records per status, the queue,
+        """The deployment at a glance (``snapshot.Stats``): records per status, the queue,
         dead letters, live workers, the shared Stripe rate as the workers use it and the
         expiry forecast, per platform too. Raises StoreError when Redis cannot be read."""
         return self.readouts.stats()

@@ -5,8 +5,9 @@ never a scan of the records: a 15 s scrape is cheap with a million records."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
+from typing import Protocol
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -15,7 +16,15 @@ from prometheus_client.registry import Collector
 
 from ..errors import StoreError
 from ..models import parse_iso
-from ..readouts import PlatformStats, Readouts, Stats
+from ..snapshot import PlatformStats, Stats, Windows
+
+
+class Readouts(Protocol):
+    """What the collector reads (a producer's ``readouts`` is one)."""
+
+    def stats(self) -> Stats: ...
+    def windows(self, within_s: Sequence[float] = ...) -> Windows: ...
+    def last_reconcile(self) -> dict[str, str]: ...
 
 
 class DeploymentCollector(Collector):
