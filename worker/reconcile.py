@@ -42,6 +42,10 @@ Tickets = Callable[[], int]
 # compensation on does not reach back over old records (`adjustments compensate` does that).
 COMPENSATION_LOOKBACK_S = 3600
 SETTLE_S = 0.3  # between the two looks at the count (the workers' heartbeat: see below)
+# How long the run lock outlives a run's settle pause. The lock only keeps runs from doing the
+# same work twice (an overlap is harmless: a duplicate message is refused by the claim), so it
+# is short: a worker killed or stopped mid-run must not hold back repairs for long.
+LOCK_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,21 @@ def reconcile(
     grace_s: float,
     tickets: Tickets | None = None,
     settle_s: float = SETTLE_S,
-    lock_ttl_s: float = 300.0,
+    lock_ttl_s: float | None = None,
     batch: int = BATCH,
     compensation_timestamp: str | None = None,
 ) -> ReconcileReport:
     """One reconciliation run; emits one ``reconcile.run`` line with the counts. ``tickets``:
     how many messages are on their way (without it, lost messages are not looked for);
-    ``settle_s``: between the two looks at that count (see ``missing_tickets``).
+    ``settle_s``: between the two looks at that count (see ``missing_tickets``);
+    ``lock_ttl_s``: how long the run lock lasts if this run dies holding it (default
+    ``settle_s + LOCK_MARGIN_S``).
     ``compensation_timestamp`` (compensation on): records that expired in the last
     COMPENSATION_LOOKBACK_S with their original event and no compensation yet (a worker
     died between the two steps) begin it now."""
     started = time.perf_counter()
-    lock = store.try_lock(LOCK_NAME, ttl_s=lock_ttl_s)
+    ttl_s = settle_s + LOCK_MARGIN_S if lock_ttl_s is None else lock_ttl_s
+    lock = store.try_lock(LOCK_NAME, ttl_s=ttl_s)
     if lock is None:
         log.info("reconcile.run", ran=False, reason="another run holds the lock")
         return ReconcileReport(ran=False)

@@ -12,7 +12,13 @@ from adjustments import keys, lifecycle
 from adjustments.errors import InvalidInput
 from adjustments.models import CancelRequest, ErrorInfo, Record, Status
 from adjustments.outcomes import Rejected
-from adjustments.reconcile import LOCK_NAME, ORPHANS_LOCK, reconcile, republish_orphans
+from adjustments.reconcile import (
+    LOCK_MARGIN_S,
+    LOCK_NAME,
+    ORPHANS_LOCK,
+    reconcile,
+    republish_orphans,
+)
 from adjustments.replay import ReplayFilter, replay
 from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN, Decision
 from adjustments.store import HISTORY_CAP, RecordStore
@@ -218,6 +224,18 @@ class TestReconcile:
         assert self.run(store, T0).ran is False
         store.unlock(lock)
         assert self.run(store, T0).ran is True
+
+    def test_a_run_that_dies_holding_the_lock_holds_back_repairs_briefly(
+        self, store: RecordStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A worker killed mid-run never releases the run lock (the chaos soak found one that
+        stopped reconciliation for five minutes): the lock lasts the run's settle pause and
+        half a minute, so repairs resume soon after."""
+        monkeypatch.setattr(store, "unlock", lambda lock: None)  # the process died in the run
+        assert self.run(store, T0).ran is True
+        left_ms = store.client.pttl(keys.lock("t", LOCK_NAME))
+        assert 0 < left_ms <= (0.3 + LOCK_MARGIN_S) * 1000
+        assert self.run(store, T0).ran is False  # until then, runs are skipped
 
     def test_concurrent_runs_one_wins(self, store: RecordStore) -> None:
         """Two runs overlapping in time: the second finds the lock and does nothing."""
