@@ -29,19 +29,26 @@ from .runtime import STOPPING, get_runtime
 class LoggedTask(Task):  # type: ignore[type-arg]
     """Our tasks bind their Celery task id to structlog's context and clear only what they
     bound: per task, not through Celery's global task_prerun/task_postrun signals, which
-    would act on every app's tasks in a host process."""
+    would act on every app's tasks in a host process.
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    Around the call, not in ``before_start``/``after_return``: Celery skips ``after_return``
+    for a task that retries or is rejected (a retry whose message cannot be published is
+    rejected), and a cancellation counted in flight for ever would make reconciliation
+    believe its message is still on its way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Only cancellation messages count as in flight: reconciliation reads the count to
         # tell a lost message from a held one, and must not count its own.
-        if self.name == TASK_NAME:
+        counted = self.name == TASK_NAME
+        if counted:
             ACTIVITY.begin()
-        structlog.contextvars.bind_contextvars(task_id=task_id)
-
-    def after_return(self, *args: Any, **kwargs: Any) -> None:
-        structlog.contextvars.unbind_contextvars("task_id")
-        if self.name == TASK_NAME:
-            ACTIVITY.end()
+        structlog.contextvars.bind_contextvars(task_id=self.request.id)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            structlog.contextvars.unbind_contextvars("task_id")
+            if counted:
+                ACTIVITY.end()
 
 
 class UnbufferedEventDispatcher(EventDispatcher):

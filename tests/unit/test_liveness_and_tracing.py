@@ -9,11 +9,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery import Celery, Task
+from celery.exceptions import Reject, Retry
 
+from adjustments.celery_app import LoggedTask
 from adjustments.celery_config import create_app
 from adjustments.config import Settings
-from adjustments.heartbeat import RUN, Activity, consumer_problem
-from adjustments.messages import TaskMessages
+from adjustments.heartbeat import ACTIVITY, RUN, Activity, consumer_problem
+from adjustments.messages import TASK_NAME, TaskMessages
 
 
 def consumer(*, state: int = RUN, connected: bool = True, queues: tuple[str, ...] = ("q",)) -> Any:
@@ -70,3 +73,29 @@ def test_messages_carry_the_current_opentelemetry_context() -> None:
         == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     )
     assert trace.get_current_span() is not span
+
+
+@pytest.mark.parametrize("ending", ["return", "retry", "reject", "fail"])
+def test_a_cancellation_counts_in_flight_only_while_it_runs(ending: str) -> None:
+    """However a cancellation task ends (returned, retried, rejected as when its retry cannot
+    be published, or failed), it leaves the in-flight count that reconciliation reads: Celery
+    skips after_return for a retry or a rejection, which once left the count too high for
+    ever and the lost message never replaced (found by the chaos soak)."""
+    app = Celery("inflight", set_as_current=False, task_cls=LoggedTask)
+    seen: list[int] = []
+
+    @app.task(bind=True, name=TASK_NAME)
+    def task(self: Task) -> str:  # type: ignore[type-arg]
+        seen.append(ACTIVITY.in_flight)
+        if ending == "retry":
+            raise Retry("again")
+        if ending == "reject":
+            raise Reject("the retry could not be published", requeue=False)
+        if ending == "fail":
+            raise ValueError("permanent")
+        return "done"
+
+    before = ACTIVITY.in_flight
+    task.apply()
+    assert seen == [before + 1]
+    assert ACTIVITY.in_flight == before
