@@ -39,7 +39,13 @@ from adjustments.store import RecordStore
 from benchmarks.harness import ROOT
 from tests.helpers import start_celery_process, stop_worker, wait_until
 
-from .conftest import RedisProcess, fault_env, producer_for
+from .conftest import (
+    RedisProcess,
+    assert_all_done_once,
+    fault_env,
+    producer_for,
+    start_fault_worker,
+)
 
 EVENT = {"payload": {"stripe_customer_id": "cus_A", "value": "5"}}
 
@@ -222,3 +228,50 @@ def test_the_server_clock_corrects_a_clock_behind_only(monkeypatch: pytest.Monke
     assert ServerClock(client)() == local + timedelta(seconds=30)
     monkeypatch.setattr(client, "time", lambda: (int(local.timestamp()) - 30, 0))
     assert ServerClock(client)() == local
+
+
+def test_retried_attempts_leave_the_workers_in_flight_count(
+    redis_proc: RedisProcess, fault_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A worker whose claims are never confirmed (replicas:1, no replica) retries every
+    attempt: its heartbeat's in-flight count must fall back to 0 between them, or
+    reconciliation would take a lost message for one on its way (the soak's finding: it only
+    grew). A worker that can confirm then finishes every request, each executed once, and the
+    first one stopped cleanly (exit 0)."""
+    waiting = fault_env(
+        redis_proc.url, fault_sandbox, tmp_path / "data",
+        ADJUSTMENTS_DURABILITY="replicas:1", ADJUSTMENTS_DURABILITY_TIMEOUT_MS="200",
+        ADJUSTMENTS_LEASE_S="3", ADJUSTMENTS_STRIPE_TIMEOUT_S="1", ADJUSTMENTS_HEARTBEAT_S="0.5",
+    )  # fmt: skip
+    able = {**waiting, "ADJUSTMENTS_DURABILITY": "memory"}
+    producer = producer_for(able)
+    stuck = start_fault_worker(waiting, tmp_path / "stuck.log", concurrency=4)
+    successor = None
+    try:
+        ids = [producer.cancel("ev", f"unconfirmed_{n}").id for n in range(6)]
+
+        def retried() -> int:
+            return stuck.log_text().count('"event": "cancellation.redis_unavailable"')
+
+        wait_until(lambda: retried() >= len(ids), what="every attempt to be retried")
+        assert fault_sandbox.logic.requests == {}  # nothing was sent without a replica
+        wait_until(
+            lambda: [w.in_flight for w in producer.readouts.workers()] == [0],
+            timeout_s=10,
+            what="the in-flight count back at 0 between retries",
+        )
+        stop_worker(stuck)
+        assert stuck.process.returncode == 0
+        successor = start_fault_worker(able, tmp_path / "successor.log", concurrency=4)
+
+        def settled() -> bool:
+            producer.operations.reconcile(grace_s=0)  # beat's job: the leases have lapsed
+            return all(producer.get(i).status.terminal for i in ids)
+
+        wait_until(settled, timeout_s=45, what="every request to settle")
+        assert_all_done_once(producer, ids, fault_sandbox, worker=successor)
+    finally:
+        producer.close()
+        stop_worker(stuck)
+        if successor is not None:
+            stop_worker(successor)
