@@ -182,6 +182,7 @@ def _expire_closed_windows(store: RecordStore, now: datetime, batch: int) -> int
 
 
 ORPHANS_LOCK = "orphans"
+ORPHAN_ROUNDS = 12  # about a minute of looks at the default heartbeat: reconciliation's grace
 
 
 def republish_orphans(
@@ -207,3 +208,26 @@ def republish_orphans(
     if missing:
         log.warning("queue.orphans_republished", count=sent, failures=missing - sent)
     return sent
+
+
+def watch_for_orphans(
+    *,
+    store: RecordStore,
+    publish: Publish,
+    tickets: Tickets,
+    settle_s: float = SETTLE_S,
+    rounds: int = ORPHAN_ROUNDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """``republish_orphans`` again, ``settle_s`` apart, while the workers are busy: a busy
+    worker's count of the messages it holds runs ahead of its records (a task that finished
+    since its last heartbeat is still counted), which can hide a lost message. Stops at the
+    first publish, or after a look taken while nothing was on its way (the count is exact
+    then); after ``rounds`` looks, reconciliation's grace period covers the rest."""
+    for _ in range(rounds):
+        quiet = tickets() == 0
+        sent = republish_orphans(store=store, publish=publish, tickets=tickets, settle_s=settle_s)
+        if sent or quiet:
+            return sent
+        sleep(settle_s)
+    return 0

@@ -15,7 +15,7 @@ from .errors import CancellationFailed, ClaimNotDurable
 from .logging import get_logger
 from .messages import RECONCILE_TASK, TASK_NAME
 from .models import Status
-from .reconcile import reconcile, republish_orphans
+from .reconcile import reconcile, watch_for_orphans
 from .runtime import RIDE_OUT, Runtime, get_runtime, wait_unless_stopping
 from .store import RecordStore
 
@@ -121,7 +121,7 @@ def _tickets(store: RecordStore) -> Callable[[], int]:
 
 
 def repair_after_connect() -> None:
-    """Publish again what a lost connection may have swallowed (see ``republish_orphans``);
+    """Publish again what a lost connection may have swallowed (see ``watch_for_orphans``);
     run by the consumer in a thread of its own each time it (re)connects to Redis.
 
     It waits ORPHAN_MIN_AGE_S first: the workers' heartbeats then count the messages they
@@ -129,7 +129,7 @@ def repair_after_connect() -> None:
     time.sleep(ORPHAN_MIN_AGE_S)
     try:
         runtime = get_runtime(str(app.conf.adjustments_redis_url))
-        republish_orphans(
+        watch_for_orphans(
             store=runtime.store,
             publish=publish,
             tickets=_tickets(runtime.store),

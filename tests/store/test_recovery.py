@@ -18,6 +18,7 @@ from adjustments.reconcile import (
     ORPHANS_LOCK,
     reconcile,
     republish_orphans,
+    watch_for_orphans,
 )
 from adjustments.replay import ReplayFilter, replay
 from adjustments.retry import KEY_REJECTED, KEY_UNKNOWN, Decision
@@ -285,6 +286,36 @@ class TestOrphans:
         published = Published()
         sent = republish_orphans(store=store, publish=published, tickets=lambda: 2)
         assert (sent, published) == (1, [ids[0]])
+
+    def test_a_loss_hidden_by_busy_workers_is_found_once_they_are_quiet(
+        self, store: RecordStore
+    ) -> None:
+        """Busy workers count messages they have finished since their last heartbeat, which
+        hides a lost one (a worker's one look after an outage once missed it and the record
+        stayed queued): the watch looks again until a look taken while nothing is on its way,
+        and publishes the missing message then, once."""
+        record, _ = store.create(CancelRequest("v2", "ev", "hidden"), now=at(0))
+        counts = iter([3, 3, 3, 3, 3, 3, 0, 0, 0, 0])  # busy for three looks, then quiet
+        published = Published()
+        sent = watch_for_orphans(
+            store=store, publish=published, tickets=lambda: next(counts), settle_s=0,
+            sleep=lambda _: None,
+        )  # fmt: skip
+        assert (sent, published) == (1, [record.id])
+
+    def test_the_watch_stops_when_nothing_is_missing(self, store: RecordStore) -> None:
+        """Quiet and nothing lost: one look, nothing published."""
+        published = Published()
+        looks: list[int] = []
+
+        def tickets() -> int:
+            looks.append(0)
+            return 0
+
+        sent = watch_for_orphans(
+            store=store, publish=published, tickets=tickets, settle_s=0, sleep=lambda _: None
+        )
+        assert (sent, published) == (0, []) and len(looks) <= 3
 
     def test_enough_messages_means_nothing_is_published(self, store: RecordStore) -> None:
         """As many messages on their way as live records: nothing to repair."""
